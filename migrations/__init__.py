@@ -1,0 +1,1 @@
+"""Alembic migrations of the bcs-notifier store, shipped inside the installed package."""

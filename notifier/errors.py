@@ -1,0 +1,136 @@
+"""The one error tree of bcs-notifier.
+
+Every error the package raises on purpose derives from ``NotifierError``; lower-level
+errors (httpx, SQLAlchemy, apprise, OS) are mapped once, where they cross into the
+package, with ``raise ... from exc``::
+
+    NotifierError
+    ├── ConfigError                 the configuration is invalid (exit 78)
+    ├── SourceError                 polling one source failed; no state changes
+    │   ├── TransportError          connect/read failure or timeout after retries
+    │   ├── ApiError                the API answered with an error status
+    │   │   ├── AuthError           401/403: credentials rejected or expired
+    │   │   │   └── SignatureRejected   AK/SK signature refused: never retry blindly
+    │   │   └── ThrottledError      429 after the retries of one cycle
+    │   ├── InvalidResponse         the body is not the documented JSON shape
+    │   │   └── IncompleteResponse  ``count`` larger than the records returned
+    │   └── ResponseTooLarge        the body exceeded the configured size cap
+    ├── StoreError                  the database failed or has the wrong schema
+    │   └── AlreadyRunning          another ``run`` holds the database
+    └── DeliveryError               a channel could not deliver (retried later)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class NotifierError(Exception):
+    """Root of every error raised by bcs-notifier."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem found while validating the configuration."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(NotifierError):
+    """The configuration is invalid; carries every problem found, with key paths."""
+
+    def __init__(self, problems: Sequence[ConfigProblem], *, filename: str | None = None) -> None:
+        self.problems = tuple(problems)
+        self.filename = filename
+        where = f"{filename}: " if filename else ""
+        lines = [f"{where}{problem}" for problem in self.problems]
+        super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+class SourceError(NotifierError):
+    """Polling a source failed; the cycle stores and reports nothing for it."""
+
+    #: short machine-readable kind used in metrics and ``status`` ("transport", "api", ...)
+    kind: str = "source"
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
+        super().__init__(message)
+
+    def one_line(self) -> str:
+        """A single line for logs and ``status``: the reason plus the request id."""
+        text = " ".join(str(self).split())
+        if self.request_id:
+            text = f"{text} (request id {self.request_id})"
+        return text
+
+
+class TransportError(SourceError):
+    kind = "transport"
+
+
+class ApiError(SourceError):
+    """The API answered with an error status; fields from whatever body shape it sent."""
+
+    kind = "api"
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str | None,
+        message: str,
+        request_id: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.error_message = message
+        self.url = url
+        label = f"HTTP {status}"
+        if code:
+            label = f"{label} {code}"
+        super().__init__(f"{label}: {message}" if message else label, request_id=request_id)
+
+
+class AuthError(ApiError):
+    kind = "auth"
+
+
+class SignatureRejected(AuthError):
+    """An AK/SK-signed request was refused. Five in a row lock the key for 5 minutes."""
+
+    kind = "signature"
+
+
+class ThrottledError(ApiError):
+    kind = "throttled"
+
+
+class InvalidResponse(SourceError):
+    kind = "invalid_response"
+
+
+class IncompleteResponse(InvalidResponse):
+    kind = "incomplete_response"
+
+
+class ResponseTooLarge(SourceError):
+    kind = "too_large"
+
+
+class StoreError(NotifierError):
+    """The database failed, or its schema is not the one this version expects."""
+
+
+class AlreadyRunning(StoreError):
+    """Another ``bcs-notifier run`` holds this database."""
+
+
+class DeliveryError(NotifierError):
+    """A channel could not deliver; the outbox retries it later."""

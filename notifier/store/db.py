@@ -1,0 +1,126 @@
+"""Engine set-up and Alembic migrations, run programmatically from the installed package."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from notifier.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def migrations_path() -> Path:
+    """The ``migrations`` package directory, from a checkout or an installed wheel."""
+    import migrations
+
+    return Path(migrations.__file__).resolve().parent
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid database URL: {exc}") from exc
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(f"cannot open database: {exc}") from exc
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_path()))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def head_revision() -> str:
+    script = ScriptDirectory(str(migrations_path()))
+    head = script.get_current_head()
+    if head is None:  # pragma: no cover - the package always ships a migration
+        raise StoreError("no migrations found")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the schema revision: {exc}") from exc
+
+
+def upgrade(engine: Engine, *, backup: bool = True) -> str:
+    """Migrate to the head revision; back up an existing SQLite file first."""
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return head
+    if backup and current is not None:
+        backup_sqlite_file(engine, current)
+    logger.info("migrating database from %s to %s", current or "empty", head)
+    config = _alembic_config(engine)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database migration failed: {exc}") from exc
+    return head
+
+
+def backup_sqlite_file(engine: Engine, revision: str) -> Path | None:
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    source = Path(database)
+    if not source.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = source.with_name(f"{source.name}.{revision}.{stamp}.bak")
+    with engine.connect() as connection:  # checkpoint so the copy holds the WAL content
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy2(source, target)
+    logger.info("backed up %s to %s before migrating", source, target)
+    return target
+
+
+def require_current(engine: Engine) -> None:
+    """Refuse to work on a database whose schema is not this version's head."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current != head:
+        raise StoreError(
+            f"database schema is at {current or 'nothing'}, expected {head}: "
+            "run `bcs-notifier db upgrade`"
+        )

@@ -1,0 +1,106 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations are the only way they reach a
+database; ``tests/test_migrations.py`` checks the migrated schema matches these tables.
+
+Times written by the service are integer milliseconds since the epoch (UTC); API times are
+integer nanoseconds and kept as ``BigInteger``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Latest snapshot of every operation record seen, per source.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("operation_id", String(128), primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("data", Text, nullable=False),  # normalised record JSON (OperationRecord.to_dict)
+    Column("status", String(32), nullable=False),
+    Column("record_time", BigInteger, nullable=False),
+    Column("first_seen", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("gone_at", BigInteger, nullable=True),  # set when missing from a complete response
+)
+
+#: Per-source polling state: baseline done, last poll, failures, health reporting.
+source_state = Table(
+    "source_state",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("baseline_at", BigInteger, nullable=True),  # first successful poll
+    Column("last_poll_at", BigInteger, nullable=True),
+    Column("last_success_at", BigInteger, nullable=True),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("failing_since", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("unreachable_reported", Boolean, nullable=False, default=False),
+)
+
+#: A group of events to deliver together: one operation's changes in one cycle.
+event_groups = Table(
+    "event_groups",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("operation_id", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("record", Text, nullable=True),  # record JSON at that cycle (the step tree)
+)
+
+#: Every event recorded, oldest first by ``seq``.
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("group_id", ForeignKey("event_groups.id"), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("operation_id", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("record_time", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("payload", Text, nullable=False),  # Event.to_dict() JSON
+    Index("ix_events_operation", "source", "operation_id"),
+    Index("ix_events_group", "group_id"),
+)
+
+#: One delivery per (event group, channel): written with the events, sent by the dispatcher.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("group_id", ForeignKey("event_groups.id"), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("state", String(16), nullable=False, default="pending"),  # pending|sent|dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("done_targets", Text, nullable=False, default="[]"),  # JSON list of target keys sent
+    UniqueConstraint("group_id", "channel", name="uq_outbox_group_channel"),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+)
