@@ -10,6 +10,8 @@ Any string may reference an environment variable as ``${NAME}`` (``$${`` is a li
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -449,7 +451,9 @@ def _build(reader: _Reader, data: dict[str, Any]) -> Config | None:
     if "sources" not in data:
         reader.problem("sources", "at least one [[sources]] entry is required")
     root.finish()
-    _check_unique(reader, [(f"sources[{i}].name", s.name) for i, s in enumerate(sources) if s], "source")
+    _check_unique(
+        reader, [(f"sources[{i}].name", s.name) for i, s in enumerate(sources) if s], "source"
+    )
     _check_unique(
         reader, [(f"channels[{i}].name", c.name) for i, c in enumerate(channels) if c], "channel"
     )
@@ -658,8 +662,6 @@ def _run_channel_validators(channel: ChannelConfig) -> list[tuple[str, str]]:
 
 
 def _check_timezone(reader: _Reader, name: str, path: str) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -667,6 +669,4 @@ def _check_timezone(reader: _Reader, name: str, path: str) -> None:
 
 
 def _glob_matches_any(pattern: str) -> bool:
-    from fnmatch import fnmatchcase
-
     return any(fnmatchcase(event, pattern) for event in EVENT_TYPE_NAMES)

@@ -1,0 +1,1 @@
+"""Talking to the BCS and IAM APIs: client, authentication, request signing, parsing."""
