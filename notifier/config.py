@@ -10,15 +10,15 @@ Any string may reference an environment variable as ``${NAME}`` (``$${`` is a li
 from __future__ import annotations
 
 import os
-from fnmatch import fnmatchcase
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.errors import ConfigError, ConfigProblem
 
