@@ -1,16 +1,11 @@
-"""The ``bcs-notifier`` command line: a thin composition root.
-
-It parses options, wires the library together and turns ``NotifierError`` into a one-line
-message and an exit code. click is imported nowhere else.
-"""
+"""The ``main`` click group, the shared context and error-to-exit-code helpers."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -80,53 +75,3 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str | None) ->
         stream=sys.stderr,
     )
     ctx.obj = Context(find_config_path(config_path))
-
-
-def command(name: str | None = None, **kwargs: Any) -> Callable[..., Any]:
-    return main.command(name, **kwargs)
-
-
-@main.command("check-config")
-@pass_context
-def check_config(context: Context) -> None:
-    """Validate the configuration: exit 0, or 78 with every error."""
-    config = context.config()
-    click.echo(
-        f"{context.config_path}: OK ({len(config.sources)} source(s), "
-        f"{len(config.channels)} channel(s))"
-    )
-
-
-@main.group()
-def db() -> None:
-    """Database schema migrations (Alembic)."""
-
-
-@db.command("upgrade")
-@pass_context
-def db_upgrade(context: Context) -> None:
-    """Migrate the database to this version's schema."""
-    from notifier.store import db as store_db
-
-    try:
-        engine = store_db.make_engine(context.config().service.database)
-        revision = store_db.upgrade(engine)
-    except NotifierError as exc:
-        fail(exc)
-    click.echo(f"database at revision {revision}")
-
-
-@db.command("current")
-@pass_context
-def db_current(context: Context) -> None:
-    """Print the database's schema revision and this version's head."""
-    from notifier.store import db as store_db
-
-    try:
-        engine = store_db.make_engine(context.config().service.database)
-        current = store_db.current_revision(engine)
-        head = store_db.head_revision()
-    except NotifierError as exc:
-        fail(exc)
-    state = "up to date" if current == head else "needs `bcs-notifier db upgrade`"
-    click.echo(f"current: {current or 'none'}\nhead: {head}\n{state}")

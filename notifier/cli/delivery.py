@@ -1,0 +1,3 @@
+"""Delivery commands."""
+
+from __future__ import annotations

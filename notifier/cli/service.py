@@ -1,0 +1,3 @@
+"""Service commands."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Simulation commands."""
+
+from __future__ import annotations

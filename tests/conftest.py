@@ -1,0 +1,36 @@
+"""Shared fixtures: real SQLite files migrated by Alembic, the API page's example body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from notifier.store import db
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def example_body() -> dict[str, Any]:
+    """The 200 example response of the API page, quirks included."""
+    data: dict[str, Any] = json.loads((FIXTURES / "example_response.json").read_text())
+    return data
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A real SQLite file migrated to head through Alembic."""
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    yield engine
+    engine.dispose()
