@@ -33,7 +33,7 @@ from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, u
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import routing
-from notifier.channels import SendResult, Target, UnloadableURL, build_targets
+from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
 from notifier.channels.render import RenderOptions, TemplateError, Templates, render_message
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError

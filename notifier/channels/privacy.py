@@ -42,19 +42,19 @@ def mask_url(url: str) -> str:
 
 
 def describe_unloadable(url: str) -> str:
-    """A safe description of a URL apprise could not load: scheme and host only."""
+    """A safe description of a URL apprise could not load: its scheme only (hosts can be
+    tokens too, as in ``tgram://<bot token>/``); the key path says which URL it is."""
     match = re.match(r"^\s*([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if not match:
-        return "(not a URL)"
-    parts = urlsplit(url.strip())
-    host = parts.hostname or ""
-    rest = "/…" if parts.path.strip("/") or parts.query or "@" in parts.netloc else ""
-    return f"{match.group(1)}://{host}{rest}"
+        return "a value that is not a URL"
+    return f"a {match.group(1).lower()}:// URL"
 
 
 def _secret_candidates(raw_url: str) -> set[str]:
     parts = urlsplit(raw_url.strip())
     candidates: set[str] = set()
+    if parts.hostname:
+        candidates.add(parts.hostname)
     if parts.password:
         candidates.add(parts.password)
     if parts.username and parts.password is None:
@@ -85,11 +85,10 @@ class Scrubber:
     def for_url(cls, raw_url: str, public: Iterable[str] = ()) -> Scrubber:
         """``public``: strings known to be safe (the privacy URL, the host)."""
         shown = " ".join(public)
-        host = urlsplit(raw_url.strip()).hostname or ""
         secrets = {
             value
             for value in _secret_candidates(raw_url)
-            if value not in shown and value != host and not set(value) <= {"*"}
+            if (not shown or value not in shown) and not set(value) <= {"*"}
         }
         return cls(tuple(sorted(secrets, key=len, reverse=True)))
 

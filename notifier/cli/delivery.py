@@ -21,9 +21,9 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def _load(context: Context) -> Any:
     """The config, with channel URLs and templates checked (apprise loaded first)."""
-    import notifier.channels
+    import notifier.channels.targets
 
-    notifier.channels.install_validators()
+    notifier.channels.targets.install_validators()
     return context.config()
 
 
@@ -226,7 +226,7 @@ def outbox_dispatch(context: Context, limit: int | None) -> None:
 @pass_context
 def test_channel(context: Context, name: str) -> None:
     """Send a test message through every URL of channel NAME; exit 1 if one fails."""
-    from notifier.channels import UnloadableURL, build_targets
+    from notifier.channels.targets import UnloadableURL, build_targets
     from notifier.channels.render import RenderOptions, Templates, render_message, sample_events
     from notifier.model import ns_to_rfc3339
 
