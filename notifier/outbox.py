@@ -33,8 +33,8 @@ from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, u
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import routing
-from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
 from notifier.channels.render import RenderOptions, TemplateError, Templates, render_message
+from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, cloudevent

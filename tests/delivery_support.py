@@ -248,10 +248,13 @@ def http_receiver(**kwargs: Any) -> Iterator[Receiver]:
             with receiver.lock:
                 receiver.requests.append(Received("POST", self.path, headers, body, status))
             payload = b"ok" if status < 400 else b"nope"
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client died mid-request (crash tests)
 
         def log_message(self, format: str, *args: Any) -> None:
             return

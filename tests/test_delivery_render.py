@@ -68,7 +68,11 @@ def test_source_event_title_and_body() -> None:
         ("a*b_c`d[e](f)<g>", "markdown", r"a\*b\_c\`d\[e\](f)\<g\>"),
         ("x & y #1 | ~z~ !", "markdown", r"x \& y \#1 \| \~z\~ \!"),
         ("line1\nline2\r\nline3\tx", "markdown", "line1 line2 line3 x"),
-        ("<script>alert('x')</script> & \"q\"", "html", "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;q&quot;"),
+        (
+            "<script>alert('x')</script> & \"q\"",
+            "html",
+            "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;q&quot;",
+        ),
     ],
     ids=["markdown-inline", "markdown-punctuation", "newlines-flattened", "html"],
 )
@@ -77,9 +81,7 @@ def test_escaping(raw: str, fmt: str, expected: str) -> None:
     assert escape(raw) == expected
 
 
-@pytest.mark.parametrize(
-    "fmt", ["markdown", "html", "text"], ids=["markdown", "html", "text"]
-)
+@pytest.mark.parametrize("fmt", ["markdown", "html", "text"], ids=["markdown", "html", "text"])
 def test_api_strings_are_escaped_in_every_part_of_the_body(fmt: str) -> None:
     hostile = "*boom* <b>x</b> [link](http://evil)"
     rec = record(
@@ -139,7 +141,16 @@ def test_format_time(nanoseconds: int, tz: str, expected: str | None) -> None:
         (0, T0_NS, None),
         (T0_NS + S, T0_NS, None),
     ],
-    ids=["instant", "millis", "seconds", "minutes", "hours", "running", "not-started", "clock-skew"],
+    ids=[
+        "instant",
+        "millis",
+        "seconds",
+        "minutes",
+        "hours",
+        "running",
+        "not-started",
+        "clock-skew",
+    ],
 )
 def test_format_duration(start: int, end: int, expected: str | None) -> None:
     assert format_duration(start, end) == expected
@@ -163,7 +174,11 @@ def test_body_has_transitions_tree_in_serial_order_times_and_ids() -> None:
     )
     events = [
         event_for(
-            rec, EventType.STEP_STATUS_CHANGED, step_name="First", from_status="processing", to_status="finished"
+            rec,
+            EventType.STEP_STATUS_CHANGED,
+            step_name="First",
+            from_status="processing",
+            to_status="finished",
         )
     ]
     body = render_message(events, rec, RenderOptions(format="text", timezone="Asia/Shanghai")).body
@@ -179,7 +194,10 @@ def test_body_has_transitions_tree_in_serial_order_times_and_ids() -> None:
 def test_coalesced_events_render_in_order_with_the_latest_tree() -> None:
     early = record(status="processing", record_time=T0_NS)
     late = record(status="finished", record_time=T0_NS + 60 * S)
-    events = [status_event(early, "waiting", "processing"), status_event(late, "processing", "finished")]
+    events = [
+        status_event(early, "waiting", "processing"),
+        status_event(late, "processing", "finished"),
+    ]
     message = render_message(events, late, RenderOptions(format="text"))
     assert message.title.startswith("✅ finished")
     assert message.body.index("waiting → processing") < message.body.index("processing → finished")
@@ -270,7 +288,8 @@ class _Balance(HTMLParser):
             self.stack.append(tag)
 
     def handle_endtag(self, tag: str) -> None:
-        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> in {self.stack}"
+        assert self.stack, f"unbalanced </{tag}>"
+        assert self.stack[-1] == tag, f"unbalanced </{tag}> in {self.stack}"
         self.stack.pop()
 
 

@@ -78,7 +78,9 @@ def test_webhook_posts_one_signed_cloudevent_per_event(engine: Engine) -> None:
         )
         insert_group(engine, events, rec, ["hooks"])
         clock = FakeClock()
-        stats = Dispatcher(make_config([channel]), engine, clock=clock, sleep=clock.sleep).dispatch_due()
+        stats = Dispatcher(
+            make_config([channel]), engine, clock=clock, sleep=clock.sleep
+        ).dispatch_due()
         requests = receiver.accepted
     assert stats.sent == 1
     assert len(requests) == 2
@@ -149,7 +151,9 @@ def test_retry_resends_only_failed_events_with_the_same_webhook_id(engine: Engin
 def test_json_target_gets_one_readable_message_per_operation(engine: Engine) -> None:
     events, rec = _failed_operation()
     with http_receiver() as receiver:
-        channel = ChannelConfig(name="json", urls=(f"json://{receiver.base}/notify?format=markdown",))
+        channel = ChannelConfig(
+            name="json", urls=(f"json://{receiver.base}/notify?format=markdown",)
+        )
         insert_group(engine, events, rec, ["json"])
         Dispatcher(make_config([channel]), engine).dispatch_due()
         bodies = receiver.bodies()
@@ -164,7 +168,10 @@ def test_json_target_gets_one_readable_message_per_operation(engine: Engine) -> 
     [
         ("webhook://example.test/?secret=nope", "must start with 'whsec_'"),
         ("webhook://example.test/?secret=whsec_!!!", "not valid base64"),
-        ("webhook://example.test/?secret=whsec_" + base64.b64encode(b"short").decode(), "24-64 bytes"),
+        (
+            "webhook://example.test/?secret=whsec_" + base64.b64encode(b"short").decode(),
+            "24-64 bytes",
+        ),
         ("unknownschema://token@example.test/", "unknown schema"),
         ("console://printer", "stdout or stderr"),
     ],
@@ -186,7 +193,7 @@ def test_check_config_reports_a_bad_url_with_its_key_path_and_exit_78(tmp_path: 
     config.write_text(
         f"""
 [service]
-database = "sqlite:///{tmp_path / 'state.db'}"
+database = "sqlite:///{tmp_path / "state.db"}"
 
 [[sources]]
 name = "prod"

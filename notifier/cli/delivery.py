@@ -226,8 +226,8 @@ def outbox_dispatch(context: Context, limit: int | None) -> None:
 @pass_context
 def test_channel(context: Context, name: str) -> None:
     """Send a test message through every URL of channel NAME; exit 1 if one fails."""
-    from notifier.channels.targets import UnloadableURL, build_targets
     from notifier.channels.render import RenderOptions, Templates, render_message, sample_events
+    from notifier.channels.targets import UnloadableURL, build_targets
     from notifier.model import ns_to_rfc3339
 
     config = _load(context)
