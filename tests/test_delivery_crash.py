@@ -161,6 +161,7 @@ def test_sigkill_after_commit_and_mid_send_loses_nothing(tmp_path: Path) -> None
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         listed = subprocess.run(

@@ -326,7 +326,10 @@ def test_templates_render_and_html_is_autoescaped() -> None:
     events, rec = sample_events()
     templates = Templates(
         title="{{ symbol }} {{ operation.blockchain_name }} {{ status }}",
-        body="{% for e in events %}{{ e.symbol }} {{ e.substep or 'operation' }}: {{ e.to }}\n{% endfor %}<i>{{ operation.desc or '<none>' }}</i>",
+        body=(
+            "{% for e in events %}{{ e.symbol }} {{ e.substep or 'operation' }}: {{ e.to }}\n"
+            "{% endfor %}<i>{{ operation.desc or '<none>' }}</i>"
+        ),
     )
     html_message = render_message(events, rec, RenderOptions(format="html"), templates)
     assert html_message.title == "❌ bcs-sample failed"
