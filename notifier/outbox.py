@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import routing
@@ -123,6 +123,11 @@ class _Row:
     attempted: bool = False
 
 
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def backoff_seconds(
     attempts: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
 ) -> float:
@@ -158,6 +163,7 @@ class Dispatcher:
         self._target_errors: dict[str, str] = {}
         self._templates: dict[str, Templates] = {}
         self._last_send: dict[str, float] = {}
+        self._unsaved: dict[int, _Row] = {}
         self._waited = 0.0
 
     # -- public API ---------------------------------------------------------------------------
@@ -214,68 +220,68 @@ class Dispatcher:
             .limit(batch)
         )
         with self.engine.connect() as connection:
-            keys: list[tuple[str, str, str]] = []
-            for row in connection.execute(due_query):
-                key = (row.channel, row.source, row.operation_id)
-                if key not in keys:
-                    keys.append(key)
-            bundles: list[tuple[str, list[_Row]]] = []
-            for channel, source, operation_id in keys:
-                rows = self._load_rows(connection, channel, source, operation_id)
-                if rows:
-                    bundles.append((channel, rows))
-        return bundles
+            keys = list(dict.fromkeys(tuple(row) for row in connection.execute(due_query)))
+            by_key: dict[tuple[str, str, str], list[_Row]] = {key: [] for key in keys}
+            for chunk in _chunks(keys, 300):
+                for row in self._load_rows(connection, chunk):
+                    by_key[(row.channel, row.source, row.operation_id)].append(row)
+        return [(key[0], rows) for key, rows in by_key.items() if rows]
 
-    def _load_rows(
-        self, connection: Any, channel: str, source: str, operation_id: str
-    ) -> list[_Row]:
+    def _load_rows(self, connection: Any, keys: Sequence[tuple[str, str, str]]) -> list[_Row]:
         query = (
             select(
                 outbox.c.id,
                 outbox.c.group_id,
+                outbox.c.channel,
                 outbox.c.attempts,
                 func.coalesce(outbox.c.retried_at, outbox.c.created_at).label("age_from"),
                 outbox.c.done_targets,
+                event_groups.c.source,
+                event_groups.c.operation_id,
                 event_groups.c.created_at.label("group_created_at"),
                 event_groups.c.record,
             )
             .join(event_groups, event_groups.c.id == outbox.c.group_id)
             .where(
                 outbox.c.state == PENDING,
-                outbox.c.channel == channel,
-                event_groups.c.source == source,
-                event_groups.c.operation_id == operation_id,
+                tuple_(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id).in_(
+                    list(keys)
+                ),
             )
             .order_by(event_groups.c.created_at, outbox.c.id)
         )
         rows: list[_Row] = []
+        records: dict[str, OperationRecord | None] = {}
         for item in connection.execute(query):
-            record = OperationRecord.from_dict(json.loads(item.record)) if item.record else None
+            if item.group_id not in records:
+                records[item.group_id] = (
+                    OperationRecord.from_dict(json.loads(item.record)) if item.record else None
+                )
             rows.append(
                 _Row(
                     id=item.id,
                     group_id=item.group_id,
-                    channel=channel,
+                    channel=item.channel,
                     attempts=item.attempts,
                     created_at=item.age_from,
                     done=list(json.loads(item.done_targets or "[]")),
-                    source=source,
-                    operation_id=operation_id,
+                    source=item.source,
+                    operation_id=item.operation_id,
                     group_created_at=item.group_created_at,
-                    record=record,
+                    record=records[item.group_id],
                     events=[],
                 )
             )
-        if not rows:
-            return rows
-        by_group = {row.group_id: row for row in rows}
+        group_events: dict[str, list[Event]] = {group: [] for group in records}
         event_query = (
             select(events.c.group_id, events.c.payload)
-            .where(events.c.group_id.in_(list(by_group)))
+            .where(events.c.group_id.in_(list(records)))
             .order_by(events.c.seq)
         )
         for item in connection.execute(event_query):
-            by_group[item.group_id].events.append(Event.from_dict(json.loads(item.payload)))
+            group_events[item.group_id].append(Event.from_dict(json.loads(item.payload)))
+        for row in rows:
+            row.events = group_events[row.group_id]
         return rows
 
     # -- sending ------------------------------------------------------------------------------
@@ -327,6 +333,7 @@ class Dispatcher:
             row.deferred_until = max(row.deferred_until or 0, until)
 
     def _deliver(self, target: Target, **message: str) -> SendResult:
+        self._flush_done()  # every earlier success is committed before more network I/O
         result = target.send(**message)
         self._last_send[target.pacing_key] = self.clock()
         return result
@@ -431,13 +438,21 @@ class Dispatcher:
     # -- recording ----------------------------------------------------------------------------
 
     def _mark_done(self, rows: Sequence[_Row], keys: Sequence[str]) -> None:
-        """Persist a success at once: a crash after this never re-sends to that target."""
+        """Note a success; it is committed before the next send or with the row's new state,
+        so a crash never makes a retry re-send to a target that already has it (only a crash
+        between the target's answer and that commit can, which at-least-once allows)."""
+        for row, key in zip(rows, keys, strict=True):
+            if key not in row.done:
+                row.done.append(key)
+            self._unsaved[row.id] = row
+
+    def _flush_done(self) -> None:
+        if not self._unsaved:
+            return
         now_ms = self._now_ms()
         try:
             with self.engine.begin() as connection:
-                for row, key in zip(rows, keys, strict=True):
-                    if key not in row.done:
-                        row.done.append(key)
+                for row in self._unsaved.values():
                     connection.execute(
                         update(outbox)
                         .where(outbox.c.id == row.id)
@@ -445,6 +460,7 @@ class Dispatcher:
                     )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record a delivery: {exc}") from exc
+        self._unsaved.clear()
 
     def _required_keys(self, row: _Row) -> set[str] | None:
         channel = self._channels.get(row.channel)
@@ -475,7 +491,9 @@ class Dispatcher:
                     state = "deferred"
                     values = {"next_attempt_at": row.deferred_until}
                 elif not row.attempted and not force_dead:
-                    continue  # pulled into the bundle but nothing was tried for it
+                    if row.id not in self._unsaved:
+                        continue  # pulled into the bundle but nothing was tried for it
+                    state, values = "", {}  # only its bookkeeping changed
                 else:
                     attempts = row.attempts + 1
                     too_old = now_ms - row.created_at >= delivery.max_age * 1000
@@ -512,8 +530,11 @@ class Dispatcher:
                             "last_error": error,
                         }
                 values["updated_at"] = now_ms
+                values["done_targets"] = json.dumps(row.done)
                 connection.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
-                stats.count(channel, state)
+                self._unsaved.pop(row.id, None)
+                if state:
+                    stats.count(channel, state)
 
 
 # -- helpers for the CLI (list / retry / purge) ---------------------------------------------

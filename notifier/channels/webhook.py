@@ -136,6 +136,13 @@ class NotifyCloudEventWebhook(NotifyBase):
                 raise AppriseImproperlyConfigured(f"webhook secret: {exc}") from exc
         self.headers: dict[str, str] = dict(headers or {})
         self.params: dict[str, str] = dict(params or {})
+        # One keep-alive session per target: the dispatcher keeps this plugin instance.
+        self._session: requests.Session | None = None
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+        return self._session
 
     @property
     def endpoint(self) -> str:
@@ -164,7 +171,7 @@ class NotifyCloudEventWebhook(NotifyBase):
         auth = (self.user, self.password or "") if self.user else None
         self.throttle()
         try:
-            response = requests.post(
+            response = self._http().post(
                 self.endpoint,
                 data=payload,
                 headers=headers,
@@ -175,6 +182,9 @@ class NotifyCloudEventWebhook(NotifyBase):
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
+            if self._session is not None:  # start over with a fresh connection next time
+                self._session.close()
+                self._session = None
             self.logger.warning("webhook request failed: %s", type(exc).__name__)
             self.logger.debug("webhook exception: %s", exc)
             return False
