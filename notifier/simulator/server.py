@@ -308,10 +308,15 @@ class Simulator:
         at_substep: str | None = None,
         delay: float = 0.0,
     ) -> str:
-        """Add an operation created ``delay`` simulated seconds from now; returns its id."""
+        """Add an operation that exists ``delay`` simulated seconds from now; returns its id.
+
+        Its creation time lies within the second before that instant.
+        """
         with self._lock:
             scenario = self.scenario
-            at = (self.clock.now_ns() - scenario.origin_ns) / NS_PER_SECOND + delay
+            # creation times carry up to a second of nanosecond jitter: start a second early
+            # so the operation exists at ``now + delay``
+            at = (self.clock.now_ns() - scenario.origin_ns) / NS_PER_SECOND + delay - 1.0
             spec = OperationSpec(at, kind, blockchain, outcome, at_substep)
             self.scenario = scenario.with_operations(spec)
             plan = self.scenario.story_plans[-1]
@@ -719,7 +724,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "api-gateway"
     sys_version = ""
-    timeout = 30
+    timeout = 75  # idle keep-alive connections close like a gateway's would
+    disable_nagle_algorithm = True  # headers and body are two writes
 
     def do_GET(self) -> None:
         self._serve()
