@@ -166,6 +166,15 @@ def test_state_shows_the_truth_and_the_clock(sim: Simulator, client: httpx.Clien
     assert state["origin_ns"] == START * 1_000_000_000
     assert state["project_id"] == sim.project_id
     assert state["story_settled_ns"] > state["now_ns"]
+    remaining = (state["story_settled_ns"] - state["now_ns"]) / 1_000_000_000
+    assert sim.story_remaining() == pytest.approx(remaining)
+    sim.advance(remaining)
+    assert sim.story_remaining() == 0
+    assert {r["operation_status"] for r in sim.records()} <= {
+        "finished",
+        "failed",
+        "stop",
+    }
 
 
 @pytest.mark.parametrize(

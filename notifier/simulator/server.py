@@ -322,6 +322,12 @@ class Simulator:
             plan = self.scenario.story_plans[-1]
         return plan.operation_id
 
+    def story_remaining(self) -> float:
+        """Simulated seconds until every story operation is terminal (0 once they are)."""
+        with self._lock:
+            settled = self.scenario.story_settled_ns
+        return max(settled - self.clock.now_ns(), 0) / NS_PER_SECOND
+
     def requests(self) -> list[RequestLogEntry]:
         with self._lock:
             return list(self._log)
