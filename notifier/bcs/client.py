@@ -414,6 +414,13 @@ class BcsClient:
 
     def _transport_error(self, exc: Exception, request_id: str | None) -> tuple[SourceError, bool]:
         """The error for an httpx exception, and whether another attempt may help."""
+        error, retryable = self._map_transport_error(exc, request_id)
+        error.__cause__ = exc
+        return error, retryable
+
+    def _map_transport_error(
+        self, exc: Exception, request_id: str | None
+    ) -> tuple[SourceError, bool]:
         name = type(exc).__name__
         reason = one_line(redact(str(exc), self.auth.secrets()), 200) or name
         if isinstance(exc, httpx.TimeoutException):
@@ -487,13 +494,17 @@ def _iso(epoch: float) -> str:
 
 
 def _caused_by_tls(exc: BaseException) -> bool:
+    """A TLS handshake/verification failure (retrying will not fix a bad certificate)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLError):
-            return True
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        if isinstance(current, ssl.SSLError) or "[SSL" in str(current):
+            return True
+        pending.extend(link for link in (current.__cause__, current.__context__) if link)
     return False
 
 
