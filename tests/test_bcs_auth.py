@@ -16,7 +16,7 @@ from notifier import __version__
 from notifier.bcs.auth import AkSkAuth, PasswordAuth, TokenAuth, build_auth
 from notifier.bcs.client import BcsClient
 from notifier.config import AuthConfig, Secret, SourceConfig
-from notifier.errors import ApiError, AuthError
+from notifier.errors import ApiError, AuthError, ResponseTooLarge
 
 ENDPOINT = "https://bcs.cn-north-4.myhuaweicloud.com"
 IAM = "https://iam.cn-north-4.myhuaweicloud.com"
@@ -268,6 +268,25 @@ def test_second_401_is_auth_error(
     assert iam.call_count == 2
     assert tokens_sent(bcs) == [TOKEN_A, TOKEN_B]
     assert sleeps == []
+
+
+def test_huge_401_body_before_the_refresh_is_capped(
+    router: respx.MockRouter, clock: FakeClock
+) -> None:
+    """httpx reads an intermediate auth response whole; the raw-stream cap still applies."""
+    produced: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for index in range(100_000):
+            produced.append(index)
+            yield b"x" * 1024
+
+    router.post(IAM_URL).mock(side_effect=[issued(TOKEN_A), issued(TOKEN_B)])
+    router.get(RECORD_URL).mock(return_value=httpx.Response(401, content=chunks()))
+    source = password_source(max_response_bytes=1024)
+    with BcsClient(source, clock=clock) as client, pytest.raises(ResponseTooLarge):
+        client.fetch()
+    assert len(produced) <= 65
 
 
 def test_403_does_not_refresh(router: respx.MockRouter, client: BcsClient) -> None:

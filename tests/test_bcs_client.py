@@ -130,7 +130,6 @@ def test_token_request_shape_and_fetched(
             "blockchain_id": ("4ff8b8d0-b3c2-11ee-8a1a-0255ac100b02",),
             "resource_type": ("BCSSVC01", "BCSSVC02"),
             "operation_type": ("00",),
-            "operation_status": ("processing",),
         }
     )
     content = json.dumps(example_body).encode()
@@ -142,8 +141,7 @@ def test_token_request_shape_and_fetched(
     assert request.url.path == f"/v2/{PROJECT}/operation/record"
     # single-valued filters only, sorted and encoded; resource_type has two values: not sent
     assert request.url.query == (
-        b"blockchain_id=4ff8b8d0-b3c2-11ee-8a1a-0255ac100b02&operation_status=processing"
-        b"&operation_type=00"
+        b"blockchain_id=4ff8b8d0-b3c2-11ee-8a1a-0255ac100b02&operation_type=00"
     )
     assert request.headers["X-Auth-Token"] == TOKEN
     assert request.headers["User-Agent"] == f"bcs-notifier/{__version__}"
@@ -210,11 +208,11 @@ def test_aksk_request_shape(
     route = router.get(RECORD_URL).mock(return_value=ok())
     source = make_source(
         aksk_auth(security_token),
-        filters={"operation_status": ("processing",), "blockchain_id": ("bc 1",)},
+        filters={"operation_type": ("99",), "blockchain_id": ("bc 1",)},
     )
     make_client(source).fetch()
     request = route.calls.last.request
-    assert request.url.query == b"blockchain_id=bc%201&operation_status=processing"
+    assert request.url.query == b"blockchain_id=bc%201&operation_type=99"
     assert request.headers["X-Sdk-Date"] == "20240115T083000Z"
     assert request.headers["X-Project-Id"] == PROJECT
     assert request.headers.get("X-Security-Token") == security_token
@@ -558,6 +556,34 @@ def test_size_cap_applies_to_the_decompressed_body(
     )
     with pytest.raises(ResponseTooLarge):
         make_client(make_source(max_response_bytes=4096)).fetch()
+
+
+def test_large_error_page_is_an_api_error_not_too_large(
+    router: respx.MockRouter, make_client: Callable[..., BcsClient], sleeps: list[float]
+) -> None:
+    page = "<html><title>Bad Gateway</title><body>" + "<p>detail</p>" * 1000 + "</body></html>"
+    route = router.get(RECORD_URL).mock(side_effect=[httpx.Response(502, text=page), ok()])
+    assert make_client(make_source(max_response_bytes=1024)).fetch().status == 200
+    assert route.call_count == 2
+    assert sleeps == [0.5]
+
+
+def test_huge_error_body_is_cut_not_read_whole(
+    router: respx.MockRouter, make_client: Callable[..., BcsClient]
+) -> None:
+    produced: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for index in range(10_000):
+            produced.append(index)
+            yield b"<p>" + b"x" * 1021
+
+    router.get(RECORD_URL).mock(return_value=httpx.Response(400, content=chunks()))
+    with pytest.raises(ApiError) as caught:
+        make_client().fetch()
+    assert caught.value.status == 400
+    assert len(caught.value.error_message) <= 160
+    assert len(produced) <= 65
 
 
 def test_body_exactly_at_the_cap_is_accepted(

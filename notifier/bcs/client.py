@@ -372,9 +372,14 @@ class BcsClient:
         """Runs for every response (IAM and intermediate auth answers included)."""
         request_id = response.headers.get(REQUEST_ID_HEADER)
         limit = self.source.max_response_bytes
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise _BodyTooLarge(limit, declared=int(declared), request_id=request_id)
+        if response.is_success:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+                raise _BodyTooLarge(limit, declared=int(declared), request_id=request_id)
+        else:
+            # error bodies are cut at ERROR_BODY_LIMIT when read; a small cap must not turn a
+            # retryable 502 page into ResponseTooLarge
+            limit = max(limit, ERROR_BODY_LIMIT)
         if isinstance(response.stream, httpx.SyncByteStream):
             response.stream = _CappedStream(response.stream, limit, request_id)
         self._check_clock(response.headers.get("Date"))
