@@ -836,7 +836,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def local_server() -> Iterator[str]:
+def local_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)  # 127.0.0.1 must be reached directly
     release = threading.Event()
     handler = type("Handler", (_Handler,), {"release": release})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
