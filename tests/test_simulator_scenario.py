@@ -311,3 +311,16 @@ def test_every_template_plans_every_outcome() -> None:
 
 def test_default_story_is_a_tuple_of_specs() -> None:
     assert all(isinstance(spec, OperationSpec) for spec in DEFAULT_STORY)
+
+
+def test_retention_bounds_the_records_of_a_long_run() -> None:
+    engine = scenario(retention=86_400.0)
+    late = at(30 * 86_400)
+    records = engine.records_at(late)
+    oldest = min(int(r["operation_id"].rsplit("-", 1)[1]) for r in records)
+    assert late - oldest < 2 * 86_400 * NS
+    assert 100 < len(records) < 1000
+    # skipping the early episodes loses nothing retention would have kept
+    everything = scenario(retention=None).plans_until(late)
+    kept = {plan.operation_id for plan in everything if plan.ended_ns >= late - 86_400 * NS}
+    assert {r["operation_id"] for r in records} == kept

@@ -567,6 +567,7 @@ _EPISODE_KINDS: Final = (
     "light_node_addon",
 )
 _ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
+_EPISODE_SLACK_NS: Final = 3600 * NS
 
 
 def _outcome(rng: random.Random, failed: float, stop: float) -> str:
@@ -674,12 +675,25 @@ class Scenario:
                 self._episode_plans[index] = plans
             return plans
 
+    def _forget_episodes_before(self, first: int) -> None:
+        with self._lock:
+            for index in [index for index in self._episode_plans if index < first]:
+                del self._episode_plans[index]
+
     def plans_until(self, now: int) -> list[OperationPlan]:
         """Every operation created at or before ``now`` (and not yet purged by retention)."""
         plans = [plan for plan in self._story_plans if plan.created_ns <= now]
         if self.episodes and now >= self.origin_ns:
-            last = int((now - self.origin_ns) // round(self.period * NS))
-            for index in range(1, last + 1):
+            period_ns = round(self.period * NS)
+            last = int((now - self.origin_ns) // period_ns)
+            first = 1
+            if self.retention is not None:
+                # an episode's operations start within its period and last well under an
+                # hour: episodes that ended long before the retention horizon are skipped
+                horizon = now - round(self.retention * NS) - period_ns - _EPISODE_SLACK_NS
+                first = max(1, int((horizon - self.origin_ns) // period_ns))
+                self._forget_episodes_before(first)
+            for index in range(first, last + 1):
                 plans.extend(plan for plan in self._episode(index) if plan.created_ns <= now)
         if self.retention is not None:
             horizon = now - round(self.retention * NS)
