@@ -501,3 +501,13 @@ def test_the_verifier_accepts_the_official_sdk_vectors(
         signed.method, signed.path, signed.query, signed.headers, signed.body + b" "
     )
     assert isinstance(verifier.verify(tampered, START * NS), Rejection)
+
+
+def test_issue_token_is_a_shortcut_past_iam(sim: Simulator, client: httpx.Client) -> None:
+    token = sim.issue_token()
+    assert token != sim.credentials.token
+    assert client.get(record_path(sim), headers={"X-Auth-Token": token}).status_code == 200
+    assert sim.requests()[-1].auth == "iam-token"
+    shown = repr(sim.credentials)
+    for secret in (sim.credentials.secret_key, sim.credentials.password, sim.credentials.token):
+        assert secret not in shown

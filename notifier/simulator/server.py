@@ -65,13 +65,6 @@ FILTER_VALUES: Final[dict[str, frozenset[str] | None]] = {
     "operation_type": frozenset({"99", "00", "01", "91", "02", "03", "04", "05"}),
     "operation_id": None,
 }
-RECORD_FIELD: Final = {
-    "blockchain_id": "blockchain_id",
-    "operation_status": "operation_status",
-    "resource_type": "resource_type",
-    "operation_type": "operation_type",
-    "operation_id": "operation_id",
-}
 BAD_GATEWAY_PAGE: Final = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -543,7 +536,7 @@ class Simulator:
         records = [
             record
             for record in self.records()
-            if all(record[RECORD_FIELD[key]] == value for key, value in filters.items())
+            if all(record[key] == value for key, value in filters.items())
         ]
         count = len(records)
         fault = self.faults.take("bcs", BODY_FAULTS)
