@@ -303,3 +303,52 @@ secret_key = "exampleSecretKey0123456789abcdefEXAMPLE0"
     sources = {json.loads(line)["source"] for line in again.stdout.splitlines()}
     assert sources == {"bcs-notifier/prod"}  # staging's first success is its silent baseline
     assert run(path, "events", "--source", "staging").stdout == ""
+
+
+def test_poll_delivers_what_it_recorded_and_a_down_target_gets_it_later(
+    tmp_path: Path,
+    api: respx.MockRouter,
+    example_body: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from delivery_support import http_receiver
+
+    monkeypatch.setenv("BCS_TOKEN", "tok")
+    route = api.get(URL)
+    route.return_value = httpx.Response(200, json=example_body)
+    with http_receiver(statuses=[503]) as hook, http_receiver() as chat:
+        path = write_config(
+            tmp_path,
+            f"""
+[delivery]
+backoff_initial = 0
+
+[[channels]]
+name = "hooks"
+urls = ["webhook://{hook.base}/bcs?secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+
+[[channels]]
+name = "chat"
+urls = ["json://{chat.base}/chat"]
+""",
+        )
+        assert run(path, "poll").exit_code == 0
+        assert hook.requests == []  # the baseline sends nothing
+
+        route.return_value = httpx.Response(200, json=finished(example_body))
+        result = run(path, "poll")
+        assert result.exit_code == 0
+        assert len(result.stdout.splitlines()) == 4
+        assert "1 sent, 1 failed (retried later)" in result.stderr
+        assert len(chat.accepted) == 1  # one message for the operation
+        assert hook.accepted == []
+
+        route.return_value = httpx.Response(200, json=finished(example_body))
+        again = run(path, "poll")  # nothing new, but the failed webhook rows are due again
+        assert again.stdout == ""
+        delivered = [request.headers["webhook-id"] for request in hook.accepted]
+        history = [
+            json.loads(line)["id"] for line in run(path, "events", "--json").stdout.splitlines()
+        ]
+        assert delivered == history  # one request per event, in order, once
+        assert len(chat.accepted) == 1  # the chat target is not sent to again

@@ -19,14 +19,6 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def _load(context: Context) -> Any:
-    """The config, with channel URLs and templates checked (apprise loaded first)."""
-    import notifier.channels.targets
-
-    notifier.channels.targets.install_validators()
-    return context.config()
-
-
 def _iso_ms(value: int | None) -> str:
     if not value:
         return "-"
@@ -71,7 +63,7 @@ def outbox_list(
     from notifier import outbox as outbox_module
     from notifier.cli.core import open_store
 
-    _load(context)
+    context.config()
     wanted = list(outbox_module.STATES) if "all" in states else list(states or ("pending", "dead"))
     try:
         engine = open_store(context)
@@ -137,7 +129,7 @@ def outbox_retry(
     from notifier import outbox as outbox_module
     from notifier.cli.core import open_store
 
-    _load(context)
+    context.config()
     try:
         engine = open_store(context)
         count = outbox_module.retry(
@@ -184,7 +176,7 @@ def outbox_purge(
     cutoff = None
     if older_than is not None:
         cutoff = int((time.time() - _parse_duration(older_than)) * 1000)
-    _load(context)
+    context.config()
     try:
         engine = open_store(context)
         count = outbox_module.purge(
@@ -205,7 +197,7 @@ def outbox_dispatch(context: Context, limit: int | None) -> None:
     from notifier.cli.core import open_store
     from notifier.outbox import Dispatcher
 
-    config = _load(context)
+    config = context.config()
     try:
         engine = open_store(context)
         stats = Dispatcher(config, engine).dispatch_due(limit=limit)
@@ -230,7 +222,7 @@ def test_channel(context: Context, name: str) -> None:
     from notifier.channels.targets import UnloadableURL, build_targets
     from notifier.model import ns_to_rfc3339
 
-    config = _load(context)
+    config = context.config()
     try:
         channel = config.channel(name)
     except KeyError:
