@@ -136,3 +136,63 @@ def simulate(
             signal.signal(sig, handler)
         simulator.stop()
     click.echo("simulator stopped", err=True)
+
+
+@main.command("demo")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=1),
+    default=15.0,
+    show_default=True,
+    help="Simulated seconds per real second (15: the story takes about 35 s).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Scenario seed.")
+@click.option(
+    "--auth",
+    "auth_type",
+    type=click.Choice(AUTH_CHOICES),
+    default="aksk",
+    show_default=True,
+    help="How the service authenticates to the simulator.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Real seconds between polls.",
+)
+def demo(speed: float, seed: int, auth_type: str, interval: float) -> None:
+    """The embedded simulator + the real service + console output, self-contained.
+
+    Starts the BCS simulator on 127.0.0.1, a temporary SQLite store and the polling and
+    delivery pipeline with a console:// channel; plays a scripted story (a blockchain
+    created step by step, an operation failing, one stopped) and exits by itself, leaving
+    nothing behind. Needs no credentials and no network beyond loopback.
+    """
+    from notifier.errors import NotifierError
+    from notifier.simulator.demo import Demo, DemoOptions, summary_lines
+
+    runner = Demo(
+        DemoOptions(speed=speed, seed=seed, auth=auth_type, interval=interval),
+        say=click.echo,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        runner.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report = runner.run()
+    except NotifierError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot start the demo: {exc}") from exc
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("\n".join(summary_lines(report)))
+    if report.interrupted:
+        sys.exit(130)
+    if not report.completed:
+        sys.exit(1)

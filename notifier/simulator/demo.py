@@ -1,0 +1,387 @@
+"""``bcs-notifier demo``: the embedded simulator, the real service, a console channel.
+
+Everything runs in this process and is gone afterwards:
+
+* a :class:`~notifier.simulator.Simulator` on 127.0.0.1 (a free port) plays the scripted
+  story ``speed`` times faster than real time (15x: the story settles in about 35 s);
+* a temporary directory holds the SQLite store, migrated by Alembic like a real install;
+* the configuration is TOML text parsed and validated by the real loader (channel URLs
+  included); its only source is the simulator, with the simulator's own credentials;
+* the real pipeline polls, diffs, stores and delivers through the transactional outbox to
+  one ``console://`` channel, which prints what a chat user would see.
+
+The first poll is a silent baseline, as in production (``notify_existing = false``): the
+operations already there (three finished ones and an upgrade in progress) are stored without
+a message, and the running upgrade produces the first notifications right away. Reporting
+the history instead (``notify_existing = true``) would open the demo with three messages
+about operations that finished hours or days ago, which is exactly what a real install must
+never do.
+
+The demo ends by itself once every story operation is terminal, a poll has seen that, and
+the outbox is empty; :meth:`Demo.request_stop` (Ctrl-C) ends it early. Either way the
+simulator is stopped, the engine disposed of and the temporary directory removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Engine, func, select
+
+from notifier.config import Config, SourceConfig, parse_config
+from notifier.errors import NotifierError
+from notifier.model import OPERATION_TYPE_NAMES, TERMINAL_STATUSES
+from notifier.simulator.clock import NS_PER_SECOND
+from notifier.simulator.scenario import OperationPlan
+from notifier.simulator.server import AUTH_TYPES, Simulator
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPEED: Final = 15.0
+#: Real seconds between two polls (the real service's ``active_poll_interval``).
+DEFAULT_INTERVAL: Final = 1.0
+#: The demo gives up after this many real seconds beyond the story's expected end.
+DEADLINE_MARGIN: Final = 60.0
+SOURCE_NAME: Final = "demo"
+CHANNEL_NAME: Final = "chat"
+#: What the console channel reports: an operation's life and its steps (sub-steps are
+#: recorded too, and shown inside each message's step tree).
+CHANNEL_EVENTS: Final = ("operation.*", "step.*")
+WIDTH: Final = 88
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    speed: float = DEFAULT_SPEED
+    seed: int = 0
+    auth: str = "aksk"
+    interval: float = DEFAULT_INTERVAL
+    #: ``console://`` stream: ``stdout`` or ``stderr``
+    stream: str = "stdout"
+
+    def __post_init__(self) -> None:
+        if self.speed <= 0:
+            raise ValueError("speed must be positive")
+        if self.auth not in AUTH_TYPES:
+            raise ValueError(f"auth must be one of {AUTH_TYPES}, not {self.auth!r}")
+        if self.interval < 0.2:
+            raise ValueError("interval must be at least 0.2 s")
+
+
+@dataclass(frozen=True)
+class OperationOutcome:
+    blockchain: str
+    operation: str  # OpCreate, OpAddOrg, ...
+    status: str  # as the service last recorded it
+    operation_id: str
+    message: str | None = None  # the API's message of a failed or stopped operation
+
+
+@dataclass
+class DemoReport:
+    """What happened, for the closing summary."""
+
+    completed: bool = False  # the story ended and everything was delivered
+    interrupted: bool = False  # request_stop() (Ctrl-C) before that
+    elapsed: float = 0.0
+    polls: int = 0
+    failed_polls: int = 0
+    events: int = 0  # events recorded in the store
+    notifications: int = 0  # deliveries (outbox rows) sent
+    messages: int = 0  # messages the channel printed
+    pending: int = 0
+    dead: int = 0
+    operations: list[OperationOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def demo_config_text(simulator: Simulator, options: DemoOptions, database: str) -> str:
+    """The ``notifier.toml`` the demo runs with (it holds the simulator's credentials)."""
+    interval = f"{options.interval:g}"
+    events = ", ".join(f'"{name}"' for name in CHANNEL_EVENTS)
+    return "\n".join(
+        [
+            "[service]",
+            f'database = "{database}"',
+            f"poll_interval = {max(options.interval, 1.0):g}",
+            f"active_poll_interval = {interval}",
+            "poll_jitter = 0",
+            "notify_existing = false",
+            "unreachable_after = 30",
+            "",
+            "[delivery]",
+            "backoff_initial = 1",
+            "backoff_max = 5",
+            "timeout = 5",
+            "",
+            simulator.config_snippet(options.auth, name=SOURCE_NAME)
+            .replace("[[sources]]\n", "[[sources]]\ntimeout = 5\nmax_retries = 2\n", 1)
+            .rstrip("\n"),
+            "",
+            "[[channels]]",
+            f'name = "{CHANNEL_NAME}"',
+            f'urls = ["console://{options.stream}"]',
+            f"events = [{events}]",
+            "",
+        ]
+    )
+
+
+def story_outline(simulator: Simulator, speed: float) -> list[str]:
+    """One line per story operation still to come or in progress, in story order."""
+    scenario = simulator.scenario
+    origin = scenario.origin_ns
+    lines = []
+    for plan in scenario.story_plans:
+        if plan.ended_ns <= origin:
+            continue
+        name = _operation_name(plan)
+        if plan.created_ns <= origin:
+            when = "running"
+        else:
+            when = f"~{(plan.created_ns - origin) / NS_PER_SECOND / speed:.0f} s"
+        lines.append(f"  {when:>8}  {name:<14} {plan.spec.blockchain}")
+    return lines
+
+
+def _operation_name(plan: OperationPlan) -> str:
+    operation_type = plan.spec.template.operation_type
+    return OPERATION_TYPE_NAMES.get(operation_type, operation_type)
+
+
+class _ObservedPoller:
+    """The real :class:`~notifier.pipeline.Poller`, counting polls for the demo."""
+
+    def __init__(self, poller: Any, demo: Demo) -> None:
+        self._poller = poller
+        self._demo = demo
+
+    def poll_source(self, source: SourceConfig, /) -> Any:
+        settled = self._demo.simulator_settled()
+        result = self._poller.poll_source(source)
+        self._demo.observe_poll(result, story_settled=settled)
+        return result
+
+    def close(self) -> None:
+        self._poller.close()
+
+
+class Demo:
+    """One demo run; :meth:`run` blocks until the story is over or a stop is requested."""
+
+    def __init__(self, options: DemoOptions, *, say: Callable[[str], None]) -> None:
+        self.options = options
+        self.say = say
+        self.report = DemoReport()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._simulator: Simulator | None = None
+        self._seen_settled = False
+
+    # -- control (signal handlers) --
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- callbacks from the pipeline --
+
+    def simulator_settled(self) -> bool:
+        simulator = self._simulator
+        return simulator is not None and simulator.story_remaining() == 0
+
+    def observe_poll(self, result: Any, *, story_settled: bool) -> None:
+        with self._lock:
+            self.report.polls += 1
+            if result.error is not None:
+                self.report.failed_polls += 1
+                self.report.errors.append(result.error.one_line())
+                return
+            if story_settled and not result.active:
+                self._seen_settled = True
+        if result.baseline:
+            text = (
+                f"First poll: {result.records} operation(s) already there, stored silently "
+                "as the baseline (starting the service never floods a channel with "
+                "history). From now on every change is a notification:"
+            )
+            self.say("\n".join(textwrap.wrap(text, WIDTH)) + "\n")
+
+    # -- the run --
+
+    def run(self) -> DemoReport:
+        from notifier.channels.targets import install_validators
+        from notifier.store import db
+
+        started = time.monotonic()
+        scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-demo-"))
+        engine: Engine | None = None
+        simulator = Simulator(seed=self.options.seed, speed=self.options.speed, episodes=False)
+        try:
+            simulator.start()
+            self._simulator = simulator
+            database = f"sqlite:///{scratch / 'state.db'}"
+            install_validators()
+            config = parse_config(
+                demo_config_text(simulator, self.options, database),
+                filename="<demo>",
+                base_dir=scratch,
+            )
+            engine = db.make_engine(database)
+            db.upgrade(engine, backup=False)
+            self._header(simulator, config)
+            self._loop(simulator, config, engine)
+            self._summarise(engine)
+        finally:
+            simulator.stop()
+            self._simulator = None
+            if engine is not None:
+                engine.dispose()
+            shutil.rmtree(scratch, ignore_errors=True)
+            self.report.elapsed = time.monotonic() - started
+        return self.report
+
+    def _deadline(self, simulator: Simulator) -> float:
+        return time.monotonic() + simulator.story_remaining() / self.options.speed + DEADLINE_MARGIN
+
+    def _loop(self, simulator: Simulator, config: Config, engine: Engine) -> None:
+        from notifier.outbox import Dispatcher, counts_by_state
+        from notifier.pipeline import Poller
+
+        deadline = self._deadline(simulator)
+        poller = _ObservedPoller(Poller(config, engine), self)
+        dispatcher = Dispatcher(config, engine)
+        try:
+            while not self._stop.is_set():
+                for source in config.sources:
+                    poller.poll_source(source)
+                stats = dispatcher.dispatch_due()
+                self.report.messages += stats.messages
+                if self._seen_settled and counts_by_state(engine)["pending"] == 0:
+                    self.report.completed = True
+                    return
+                if time.monotonic() > deadline:
+                    self.report.errors.append(
+                        "the story did not finish in time (is the machine very busy?)"
+                    )
+                    return
+                self._stop.wait(config.service.active_poll_interval)
+            self.report.interrupted = True
+        finally:
+            poller.close()
+
+    # -- output --
+
+    def _header(self, simulator: Simulator, config: Config) -> None:
+        options = self.options
+        source = config.sources[0]
+        expected = simulator.story_remaining() / options.speed
+        auth = {
+            "aksk": "AK/SK-signed requests (SDK-HMAC-SHA256)",
+            "password": "an IAM token fetched with a password",
+            "token": "an IAM token",
+        }[source.auth.type]
+        intro = (
+            f"A BCS simulator on {simulator.endpoint} (seed {options.seed}) plays a scripted "
+            f"story {options.speed:g} times faster than real time, about {expected:.0f} s "
+            "here:"
+        )
+        service = (
+            f"The real service polls it every {config.service.active_poll_interval:g} s "
+            f"with {auth}, stores snapshots and events in a temporary SQLite database, and "
+            "delivers each operation's changes through the outbox to a console:// channel "
+            "that prints what a chat user would see (events: "
+            f"{', '.join(CHANNEL_EVENTS)}). Times in the messages are simulated time."
+        )
+        lines = [
+            "bcs-notifier demo",
+            "=================",
+            *textwrap.wrap(intro, WIDTH),
+            "",
+            "      when  operation      blockchain",
+            *story_outline(simulator, options.speed),
+            "",
+            *textwrap.wrap(service, WIDTH),
+            "Ctrl-C stops early; nothing is left behind.",
+            "",
+        ]
+        self.say("\n".join(lines))
+
+    def _summarise(self, engine: Engine) -> None:
+        from notifier.outbox import counts_by_state
+        from notifier.store.repository import Repository
+        from notifier.store.schema import events
+
+        report = self.report
+        try:
+            counts = counts_by_state(engine)
+            with engine.connect() as connection:
+                report.events = int(
+                    connection.execute(select(func.count()).select_from(events)).scalar_one()
+                )
+            repository = Repository(engine)
+            index = repository.snapshot_index(SOURCE_NAME)
+            records = repository.load_records(SOURCE_NAME, index)
+        except NotifierError as exc:
+            report.errors.append(str(exc))
+            return
+        report.notifications = counts["sent"]
+        report.pending = counts["pending"]
+        report.dead = counts["dead"]
+        simulator = self._simulator
+        baseline_ns = simulator.scenario.origin_ns if simulator is not None else 0
+        for record in sorted(records.values(), key=lambda record: record.operation_id):
+            if record.record_time < baseline_ns and record.status in TERMINAL_STATUSES:
+                continue  # history that was already over before the demo started
+            report.operations.append(
+                OperationOutcome(
+                    blockchain=record.blockchain_name or record.blockchain_id or "-",
+                    operation=OPERATION_TYPE_NAMES.get(
+                        record.operation_type, record.operation_type or "-"
+                    ),
+                    status=record.status,
+                    operation_id=record.operation_id,
+                    message=record.message[0] if record.message else None,
+                )
+            )
+
+
+def summary_lines(report: DemoReport) -> list[str]:
+    """The closing summary, as the CLI prints it."""
+    if report.completed:
+        heading = f"Demo finished in {report.elapsed:.1f} s."
+    elif report.interrupted:
+        heading = f"Demo interrupted after {report.elapsed:.1f} s."
+    else:
+        heading = f"Demo stopped after {report.elapsed:.1f} s without finishing the story."
+    lines = [
+        "",
+        heading,
+        f"  polls: {report.polls} ({report.failed_polls} failed)",
+        f"  events recorded: {report.events}",
+        f"  notifications delivered: {report.notifications} "
+        f"({report.messages} console message(s)); still pending: {report.pending}, "
+        f"dead: {report.dead}",
+    ]
+    if report.operations:
+        lines.append("  operations:")
+        width = max(len(item.operation) for item in report.operations)
+        for item in report.operations:
+            line = f"    {item.operation:<{width}}  {item.blockchain:<12} {item.status}"
+            if item.message and item.status != "finished":
+                line += f": {textwrap.shorten(item.message, 60, placeholder='...')}"
+            lines.append(line)
+    lines.extend(f"  error: {error}" for error in dict.fromkeys(report.errors))
+    lines.append(
+        "The temporary database was removed. Next: `bcs-notifier simulate` serves the "
+        "simulator alone for your own notifier.toml."
+    )
+    return lines
