@@ -1,0 +1,570 @@
+"""End-to-end helpers: a simulator that records what each poll saw, an independent oracle of
+the events that must follow, a signed-webhook receiver, and the real CLI as a subprocess.
+
+The oracle does not use ``notifier.diff``: it re-derives, from the raw API records the
+simulator served, which transitions a reader must be told about (DESIGN.md, "Events").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from notifier.simulator import ReceivedRequest, SimResponse, Simulator
+
+NS = 1_000_000_000
+RECORD_PATH = re.compile(r"^/v2/[^/]+/operation/record/?$")
+KNOWN_STATUSES = {"waiting", "processing", "finished", "failed", "stop"}
+SECRET = "whsec_" + base64.b64encode(b"end-to-end-webhook-secret-32byte").decode()
+ROOT = Path(__file__).parent.parent
+WAIT = 20.0  # seconds any single wait may take before the test fails
+
+
+# -- a simulator that knows what every poll saw ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One operation-record request: the simulated time it was answered at, and how."""
+
+    now_ns: int
+    status: int | None
+    fault: str | None
+    auth: str
+
+    @property
+    def valid(self) -> bool:
+        """The client got this body intact (no fault, 200): the service commits it."""
+        return self.status == 200 and self.fault is None
+
+
+class GatedSimulator(Simulator):
+    """Requests are answered one at a time under ``gate``, and the clock only moves under it,
+    so every answered record request has one exact simulated time, kept in ``observations``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("episodes", False)
+        super().__init__(**kwargs)
+        self.gate = threading.Condition()
+        self.observations: list[Observation] = []
+
+    def handle(self, request: ReceivedRequest) -> SimResponse:
+        with self.gate:
+            now = self.clock.now_ns()
+            response = super().handle(request)
+            if request.method == "GET" and RECORD_PATH.match(request.path):
+                entry = self.requests()[-1]
+                self.observations.append(Observation(now, entry.status, entry.fault, entry.auth))
+            self.gate.notify_all()
+        return response
+
+    def mark(self) -> int:
+        with self.gate:
+            return len(self.observations)
+
+    def move_to(self, target_ns: int) -> int:
+        """Set the simulated clock to ``target_ns``; returns the observation mark after it."""
+        with self.gate:
+            delta = target_ns - self.clock.now_ns()
+            if delta > 0:
+                self.clock.advance(delta / NS)
+            return len(self.observations)
+
+    def wait_for(
+        self, predicate: Callable[[list[Observation]], bool], timeout: float = WAIT
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        with self.gate:
+            while not predicate(self.observations):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"timed out; last observations: {self.observations[-5:]!r}"
+                    )
+                self.gate.wait(remaining)
+
+    def wait_valid_after(self, mark: int, timeout: float = WAIT) -> None:
+        """Until a record request after ``mark`` was answered intact."""
+        self.wait_for(lambda seen: any(o.valid for o in seen[mark:]), timeout)
+
+    def wait_requests_after(self, mark: int, count: int = 1, timeout: float = WAIT) -> None:
+        self.wait_for(lambda seen: len(seen) >= mark + count, timeout)
+
+    def change_instants(self) -> list[int]:
+        """Every simulated instant after now at which a story record changes."""
+        now = self.clock.now_ns()
+        return sorted({t for plan in self.scenario.story_plans for t in plan.times() if t > now})
+
+    def truths(self) -> list[tuple[int, list[dict[str, Any]]]]:
+        """The records of every intact answer, in order, as ``(observation index, records)``."""
+        with self.gate:
+            observations = list(self.observations)
+        return [
+            (index, self.scenario.records_at(o.now_ns))
+            for index, o in enumerate(observations)
+            if o.valid
+        ]
+
+
+# -- the oracle ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: str
+    type: str
+    operation_id: str
+    step: str | None
+    substep: str | None
+    from_status: str | None
+    to_status: str | None
+    record_time: int
+
+    @property
+    def key(self) -> tuple[str, str, str | None, str | None]:
+        return (self.source, self.operation_id, self.step, self.substep)
+
+
+def _status(value: Any, detail: Any = None) -> str:
+    text = str(value or "").strip().lower()
+    if not text and str(detail or "").strip().lower() in KNOWN_STATUSES:
+        return str(detail).strip().lower()
+    return text
+
+
+def _steps(record: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    steps = []
+    process = record.get("operation_process") or {}
+    for name, step in sorted(process.items(), key=lambda item: item[1]["serial_num"]):
+        subs = sorted((step.get("sub_steps") or {}).items(), key=lambda i: i[1]["serial_num"])
+        steps.append(
+            (
+                name,
+                _status(step.get("status"), step.get("detail")),
+                [(sub, _status(data.get("status"), data.get("detail"))) for sub, data in subs],
+            )
+        )
+    return steps
+
+
+def transitions_between(
+    source: str, previous: dict[str, Any] | None, current: dict[str, Any]
+) -> list[Transition]:
+    """What a reader must be told about one record between two intact observations."""
+    op = current["operation_id"]
+    at = int(current["record_time"])
+    status = _status(current["operation_status"])
+    if previous is None:
+        return [Transition(source, "operation.created", op, None, None, None, status, at)]
+    found: list[Transition] = []
+    old_steps = {name: (st, dict(subs)) for name, st, subs in _steps(previous)}
+    for name, step_status, subs in _steps(current):
+        old = old_steps.get(name)
+        if old is None:
+            found.append(Transition(source, "step.created", op, name, None, None, step_status, at))
+        elif old[0] != step_status:
+            found.append(
+                Transition(source, "step.status_changed", op, name, None, old[0], step_status, at)
+            )
+        old_subs = old[1] if old is not None else {}
+        for sub, sub_status in subs:
+            if sub not in old_subs:
+                found.append(
+                    Transition(source, "substep.created", op, name, sub, None, sub_status, at)
+                )
+            elif old_subs[sub] != sub_status:
+                found.append(
+                    Transition(
+                        source,
+                        "substep.status_changed",
+                        op,
+                        name,
+                        sub,
+                        old_subs[sub],
+                        sub_status,
+                        at,
+                    )
+                )
+    old_status = _status(previous["operation_status"])
+    if old_status != status:
+        found.append(
+            Transition(source, "operation.status_changed", op, None, None, old_status, status, at)
+        )
+    return found
+
+
+def expected_transitions(
+    source: str, truths: Sequence[tuple[int, list[dict[str, Any]]]]
+) -> dict[Transition, int]:
+    """Every transition the intact observations show, with the observation it appeared in;
+    the first observation is the silent baseline."""
+    expected: dict[Transition, int] = {}
+    known: dict[str, dict[str, Any]] = {}
+    for position, (index, records) in enumerate(truths):
+        for record in records:
+            op = record["operation_id"]
+            if position > 0:
+                for transition in transitions_between(source, known.get(op), record):
+                    assert transition not in expected, f"oracle saw {transition} twice"
+                    expected[transition] = index
+            known[op] = record
+    return expected
+
+
+def transition_of(cloudevent: dict[str, Any]) -> Transition:
+    data = cloudevent["data"]
+    return Transition(
+        cloudevent["source"].removeprefix("bcs-notifier/"),
+        cloudevent["type"].removeprefix("bcs_notifier."),
+        cloudevent["subject"],
+        data.get("step"),
+        data.get("substep"),
+        data.get("from"),
+        data.get("to"),
+        _ns(cloudevent["time"]),
+    )
+
+
+def _ns(rfc3339: str) -> int:
+    from datetime import datetime
+
+    base, _, fraction = rfc3339.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(base + "+00:00").timestamp())
+    return seconds * NS + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def _seed(
+    last: dict[tuple[str, str, str | None, str | None], str | None],
+    source: str,
+    record: dict[str, Any],
+) -> None:
+    op = record["operation_id"]
+    last[(source, op, None, None)] = _status(record["operation_status"])
+    for name, step_status, subs in _steps(record):
+        last[(source, op, name, None)] = step_status
+        for sub, sub_status in subs:
+            last[(source, op, name, sub)] = sub_status
+
+
+def assert_chains(
+    deliveries: Sequence[Delivery],
+    source: str,
+    truths: Sequence[tuple[int, list[dict[str, Any]]]],
+    expected: dict[Transition, int],
+) -> None:
+    """Per operation, step and sub-step of ``source`` the statuses told form one unbroken
+    chain in delivery order (``from`` is the previous ``to``), starting from the baseline or
+    from the record as it was when ``operation.created`` was told; each chain ends at the
+    status of the last intact observation."""
+    records = {index: {r["operation_id"]: r for r in found} for index, found in truths}
+    last: dict[tuple[str, str, str | None, str | None], str | None] = {}
+    for record in truths[0][1]:
+        _seed(last, source, record)
+    seen: set[str] = set()
+    for delivery in operation_deliveries(deliveries):
+        transition = delivery.transition
+        if transition.source != source or delivery.webhook_id in seen:
+            continue
+        seen.add(delivery.webhook_id)
+        key = transition.key
+        if transition.type == "operation.created":
+            assert key not in last, f"{transition}: created twice"
+            _seed(last, source, records[expected[transition]][transition.operation_id])
+            continue
+        if transition.type.endswith(".created"):
+            assert key not in last, f"{transition}: created twice"
+        else:
+            assert last.get(key) == transition.from_status, (
+                f"{transition} does not follow {last.get(key)!r}"
+            )
+        last[key] = transition.to_status
+    final: dict[tuple[str, str, str | None, str | None], str | None] = {}
+    for record in truths[-1][1]:
+        _seed(final, source, record)
+    assert last == final
+
+
+# -- a signed-webhook receiver ----------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    webhook_id: str
+    signature_ok: bool
+    document: dict[str, Any]
+
+    @property
+    def transition(self) -> Transition:
+        return transition_of(self.document)
+
+
+@dataclass
+class WebhookReceiver:
+    secret: str = SECRET
+    port: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    #: when set, the next request is recorded, ``arrived`` is set, and the answer waits for
+    #: ``release`` (a send "in flight" while the test kills the sender)
+    hold: threading.Event = field(default_factory=threading.Event)
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        return f"webhook://127.0.0.1:{self.port}/hooks/bcs?secret={self.secret}"
+
+    def record(self, headers: dict[str, str], body: bytes) -> None:
+        key = base64.b64decode(self.secret.removeprefix("whsec_"))
+        webhook_id = headers.get("webhook-id", "")
+        signed = f"{webhook_id}.{headers.get('webhook-timestamp', '')}.".encode() + body
+        expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        signatures = headers.get("webhook-signature", "").split()
+        ok = any(hmac.compare_digest(expected, value) for value in signatures)
+        with self.lock:
+            self.deliveries.append(Delivery(webhook_id, ok, json.loads(body)))
+            self.lock.notify_all()
+
+    def snapshot(self) -> list[Delivery]:
+        with self.lock:
+            return list(self.deliveries)
+
+    def wait_for(self, predicate: Callable[[list[Delivery]], bool], timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not predicate(self.deliveries):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out with {len(self.deliveries)} deliveries")
+                self.lock.wait(remaining)
+
+    def wait_ids(self, ids: set[str], timeout: float = WAIT) -> None:
+        self.wait_for(lambda got: ids <= {d.webhook_id for d in got}, timeout)
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            receiver.record({k.lower(): v for k, v in self.headers.items()}, body)
+            if receiver.hold.is_set():
+                receiver.hold.clear()
+                receiver.arrived.set()
+                receiver.release.wait(WAIT)
+            try:
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            except OSError:
+                self.close_connection = True  # the sender was killed mid-request
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def assert_exactly_once(
+    deliveries: Sequence[Delivery],
+    expected: dict[Transition, int],
+    *,
+    repeats: frozenset[str] = frozenset(),
+) -> None:
+    """Every expected transition delivered, nothing else, each id once (``repeats``: ids
+    allowed, and required, to arrive exactly twice), every signature valid, ids stable."""
+    assert all(d.signature_ok for d in deliveries), "a webhook signature did not verify"
+    assert all(d.webhook_id == d.document["id"] for d in deliveries)
+    deliveries = operation_deliveries(deliveries)
+    counts = Counter(d.webhook_id for d in deliveries)
+    twice = {webhook_id for webhook_id, n in counts.items() if n > 1}
+    assert twice == repeats, f"repeated ids {twice} (allowed: {repeats})"
+    assert all(counts[webhook_id] == 2 for webhook_id in repeats)
+    unique: dict[str, Transition] = {}
+    for delivery in deliveries:
+        transition = delivery.transition
+        assert unique.setdefault(delivery.webhook_id, transition) == transition
+    told = sorted(unique.values(), key=repr)
+    assert len(set(told)) == len(told), "two ids for one transition"
+    missing = set(expected) - set(told)
+    invented = set(told) - set(expected)
+    assert not missing, f"lost: {sorted(missing, key=repr)[:5]}"
+    assert not invented, f"invented: {sorted(invented, key=repr)[:5]}"
+
+
+def operation_deliveries(deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """The deliveries about operations (not ``source.*`` health events)."""
+    return [d for d in deliveries if not d.document["type"].startswith("bcs_notifier.source.")]
+
+
+def health_types(deliveries: Sequence[Delivery]) -> list[str]:
+    """The ``source.*`` events delivered, in order, as short type names."""
+    return [
+        d.document["type"].removeprefix("bcs_notifier.")
+        for d in deliveries
+        if d.document["type"].startswith("bcs_notifier.source.")
+    ]
+
+
+def assert_in_order(deliveries: Sequence[Delivery], expected: dict[Transition, int]) -> None:
+    """Per operation, events arrive in the order they were observed (first deliveries)."""
+    seen: set[str] = set()
+    position: dict[tuple[str, str], int] = defaultdict(int)
+    for delivery in operation_deliveries(deliveries):
+        if delivery.webhook_id in seen:
+            continue
+        seen.add(delivery.webhook_id)
+        transition = delivery.transition
+        index = expected[transition]
+        operation = (transition.source, transition.operation_id)
+        assert index >= position[operation], f"{transition} out of order"
+        position[operation] = index
+
+
+# -- the real CLI ------------------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI subprocess: unbuffered, no proxies for loopback."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+        and not key.startswith("BCS_NOTIFIER")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    return env
+
+
+def run_cli(*arguments: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "notifier", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+class Service:
+    """``bcs-notifier run`` as a real process; output goes to files (no pipe can fill up)."""
+
+    def __init__(self, config: Path, logs: Path) -> None:
+        self.config = config
+        self.logs = logs
+        self.process: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    def start(self) -> Service:
+        self.runs += 1
+        stdout = (self.logs / f"run{self.runs}.out").open("wb")
+        stderr = (self.logs / f"run{self.runs}.err").open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "notifier",
+                "--config",
+                str(self.config),
+                "--log-level",
+                "info",
+                "run",
+                "--log-format",
+                "text",
+                "--stop-grace",
+                "5",
+            ],
+            stdout=stdout,
+            stderr=stderr,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+        stdout.close()
+        stderr.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        process = self.process
+        assert process is not None
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+    def stderr(self, run: int | None = None) -> str:
+        return (self.logs / f"run{run or self.runs}.err").read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def source_block(sim: Simulator, auth: str, name: str, **settings: Any) -> str:
+    """A ``[[sources]]`` block for ``sim`` with per-source settings before its auth table."""
+    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return sim.config_snippet(auth, name=name).replace("[[sources]]\n", f"[[sources]]\n{extra}", 1)
+
+
+def write_config(directory: Path, sources: Sequence[str], webhook_url: str, **service: Any) -> Path:
+    settings = {
+        "database": f"sqlite:///{directory / 'state.db'}",
+        "poll_interval": 1,
+        "active_poll_interval": 0.2,
+        "poll_jitter": 0,
+        "unreachable_after": 600,
+        **service,
+    }
+    lines = ["[service]", *(f"{key} = {json.dumps(value)}" for key, value in settings.items())]
+    lines += ["", "[delivery]", "backoff_initial = 0.2", "backoff_max = 1", "timeout = 5", ""]
+    lines += [block.rstrip("\n") + "\n" for block in sources]
+    lines += ["[[channels]]", 'name = "automation"', f"urls = [{json.dumps(webhook_url)}]", ""]
+    path = directory / "notifier.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).strip()

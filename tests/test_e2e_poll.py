@@ -1,0 +1,91 @@
+"""End to end: ``bcs-notifier poll`` as a real process, run again and again against the
+simulator (manual clock) with faults in between, delivering to a signed-webhook receiver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from e2e_support import (
+    GatedSimulator,
+    assert_chains,
+    assert_exactly_once,
+    assert_in_order,
+    expected_transitions,
+    health_types,
+    run_cli,
+    source_block,
+    webhook_receiver,
+    write_config,
+)
+
+EX_UNAVAILABLE = 69
+
+
+def test_repeated_polls_deliver_every_observed_transition_once_through_faults(
+    tmp_path: Path,
+) -> None:
+    with GatedSimulator(seed=11) as sim, webhook_receiver() as receiver:
+        source = source_block(sim, "password", "prod", timeout=3, max_retries=0)
+        # unreachable_after = 0: every failed streak is reported once, and its end once
+        config = write_config(tmp_path, [source], receiver.url, unreachable_after=0)
+        origin = sim.clock.now_ns()
+        settled = sim.scenario.story_settled_ns
+
+        def poll(expect: int = 0) -> str:
+            done = run_cli("--config", str(config), "poll", "--json")
+            assert done.returncode == expect, done.stderr
+            return done.stderr
+
+        assert "baseline" in poll()
+        assert receiver.snapshot() == []  # the first poll is silent
+
+        plan = [
+            # (seconds after the story's origin, fault injected before that poll)
+            (60, None),
+            (75, "500"),
+            (130, "truncated"),
+            (130, None),  # the jump since 60 s is reported now, nothing of the failures
+            (170, "count"),
+            (240, "502"),
+            (330, None),
+            ((settled - origin) / 1e9 + 1, None),
+        ]
+        for at, fault in plan:
+            sim.move_to(origin + round(at * 1e9))
+            before = len(receiver.snapshot())
+            if fault is not None:
+                sim.inject(fault)
+                error = poll(EX_UNAVAILABLE)
+                lines = [line for line in error.splitlines() if line.startswith("error:")]
+                assert len(lines) == 1, error
+                # a failed poll delivers at most the source's health event, never a transition
+                new = receiver.snapshot()[before:]
+                assert all(d.document["type"].startswith("bcs_notifier.source.") for d in new)
+            else:
+                poll()
+
+        truths = sim.truths()
+        expected = expected_transitions("prod", truths)
+        deliveries = receiver.snapshot()
+        assert_exactly_once(deliveries, expected)
+        assert_in_order(deliveries, expected)
+        assert_chains(deliveries, "prod", truths, expected)
+        # two failed streaks (500 + truncated; count + 502), each reported once and its end once
+        assert health_types(deliveries) == ["source.unreachable", "source.recovered"] * 2
+        # the story is over and the last intact poll saw the end of every operation
+        assert truths[-1][1] == sim.records()
+        assert {r["operation_status"] for r in sim.records()} <= {"finished", "failed", "stop"}
+        assert any(
+            t.to_status == "failed" and t.type == "operation.status_changed" for t in expected
+        )
+        # password auth: each poll process logs in to IAM once, failed polls included
+        logins = [r for r in sim.requests() if r.path.startswith("/v3/auth/tokens")]
+        assert len(logins) == 1 + len(plan)
+
+        # `events --json` prints the same CloudEvents the webhook got, oldest first
+        listed = run_cli("--config", str(config), "events", "--json")
+        assert listed.returncode == 0, listed.stderr
+        documents = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [d["id"] for d in documents] == [d.webhook_id for d in deliveries]
+        assert documents == [d.document for d in deliveries]
