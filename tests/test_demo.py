@@ -1,0 +1,168 @@
+"""``bcs-notifier demo``: the simulator, the real pipeline and a console channel, run fast."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from e2e_support import cli_env
+
+from notifier.simulator.demo import Demo, DemoOptions, demo_config_text, summary_lines
+
+FAST = {"speed": 400.0, "interval": 0.2}
+
+
+@pytest.fixture
+def scratch_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Temporary files of the code under test go here, so a test can see none are left."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+@pytest.mark.parametrize("auth", ["aksk", "password", "token"])
+def test_the_demo_plays_the_story_and_leaves_nothing_behind(
+    auth: str, scratch_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said: list[str] = []
+    threads_before = set(threading.enumerate())
+
+    report = Demo(DemoOptions(auth=auth, **FAST), say=said.append).run()
+
+    assert report.completed, report.errors
+    assert not report.interrupted
+    assert report.errors == []
+    assert report.failed_polls == 0
+    assert report.polls >= 3
+    # every delivery went out, one console message each
+    assert report.pending == 0
+    assert report.dead == 0
+    assert report.notifications == report.messages > 0
+    assert report.events > report.notifications  # sub-steps are recorded, not messaged
+    outcomes = {(o.operation, o.blockchain): o.status for o in report.operations}
+    assert outcomes == {
+        ("OpUpgrade", "bcs-ledger"): "finished",
+        ("OpCreate", "bcs-supply"): "finished",
+        ("OpAddOrg", "bcs-finance"): "failed",
+        ("OpScaleOrg", "bcs-ledger"): "stop",
+        ("OpJoinChannel", "bcs-ledger"): "finished",
+    }
+    header = said[0]
+    assert "bcs-notifier demo" in header
+    assert "OpCreate" in header
+    assert "bcs-supply" in header
+    assert "First poll: 4 operation(s) already there" in said[1]
+    printed = capsys.readouterr().out
+    assert printed.count("\n=") == report.messages  # one titled console message each
+    assert "❌ failed · OpAddOrg · bcs-finance" in printed
+    assert "⏹️ stop · OpScaleOrg · bcs-ledger" in printed
+    assert "✅ finished · OpCreate · bcs-supply" in printed
+    assert list(scratch_tmp.iterdir()) == []
+    # the simulator's server and the service's workers are gone (apprise keeps its own pool)
+    leftover = set(threading.enumerate()) - threads_before
+    assert [t.name for t in leftover if t.name.startswith("bcs-")] == []
+
+
+def test_summary_lines_tell_what_happened(scratch_tmp: Path) -> None:
+    report = Demo(DemoOptions(**FAST), say=lambda _text: None).run()
+    text = "\n".join(summary_lines(report))
+    assert f"Demo finished in {report.elapsed:.1f} s." in text
+    assert f"events recorded: {report.events}" in text
+    assert f"notifications delivered: {report.notifications}" in text
+    assert "OpAddOrg       bcs-finance  failed: Deploy Organization failed" in text
+    assert "The temporary database was removed." in text
+
+
+def test_the_demo_config_is_a_valid_config_with_the_simulators_credentials() -> None:
+    from notifier.channels.targets import install_validators
+    from notifier.config import parse_config
+    from notifier.simulator import Simulator
+
+    install_validators()
+    simulator = Simulator(seed=3)
+    config = parse_config(
+        demo_config_text(simulator, DemoOptions(auth="password"), "sqlite:///x.db")
+    )
+    (source,) = config.sources
+    assert source.endpoint == simulator.endpoint
+    assert source.auth.type == "password"
+    assert source.auth.password is not None
+    assert source.auth.password.reveal() == simulator.credentials.password
+    assert config.service.notify_existing is False
+    assert config.channels[0].urls == ("console://stdout",)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"speed": 0}, "speed"),
+        ({"auth": "kerberos"}, "auth"),
+        ({"interval": 0.05}, "interval"),
+    ],
+    ids=["speed", "auth", "interval"],
+)
+def test_demo_options_are_checked(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DemoOptions(**options)  # type: ignore[arg-type]
+
+
+def _demo_process(tmp_path: Path, *arguments: str) -> subprocess.Popen[str]:
+    env = {**cli_env(), "TMPDIR": str(tmp_path)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "notifier", "demo", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_the_demo_command_exits_zero_by_itself(tmp_path: Path) -> None:
+    process = _demo_process(tmp_path, "--speed", "400", "--interval", "0.2", "--seed", "2")
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert out.startswith("bcs-notifier demo\n")
+    assert "Demo finished in" in out
+    assert "❌ failed · OpAddOrg · bcs-finance" in out
+    assert err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    process = _demo_process(tmp_path, "--speed", "2")
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("First poll"):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(30), "".join(lines)
+        assert len(list(tmp_path.iterdir())) == 1  # the demo's temporary directory
+        os.kill(process.pid, signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        process.kill()
+        process.wait(10)
+        reader.join(10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    assert "Demo interrupted after" in "".join(lines)
+    assert list(tmp_path.iterdir()) == []
