@@ -1,0 +1,182 @@
+"""End to end: ``bcs-notifier run`` as a real process against the simulator (manual clock,
+moved to every instant a record changes) and a signed-webhook receiver; faults injected
+mid-run, and the service stopped with SIGTERM and killed with SIGKILL in the middle."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import (
+    NS,
+    GatedSimulator,
+    Service,
+    assert_chains,
+    assert_exactly_once,
+    assert_in_order,
+    expected_transitions,
+    operation_deliveries,
+    source_block,
+    webhook_receiver,
+    write_config,
+)
+
+from notifier.cli import main
+from notifier.simulator import OperationSpec
+
+# `run` lands with the service branch; until it is merged there is nothing to run
+pytestmark = pytest.mark.skipif("run" not in main.commands, reason="no `run` command yet")
+
+#: A short story with every ending: history, an upgrade running at the start, then a
+#: failing "add organisation", a stopped "scale organisation" and a finishing "join channel".
+STORY = (
+    OperationSpec(at=-3_600, kind="create", blockchain="bcs-ledger"),
+    OperationSpec(at=-20, kind="upgrade", blockchain="bcs-ledger"),
+    OperationSpec(at=10, kind="add_org", blockchain="bcs-ledger", outcome="failed"),
+    OperationSpec(at=30, kind="scale_org", blockchain="bcs-ledger", outcome="stop"),
+    OperationSpec(at=45, kind="join_channel", blockchain="bcs-ledger"),
+)
+CLIENT_TIMEOUT = 1.0
+
+#: fault injected right before the clock moves to the change instant with this index
+FAULTS: dict[int, tuple[str, dict[str, object]]] = {
+    2: ("500", {}),
+    5: ("429", {"retry_after": 1}),
+    8: ("502", {}),
+    11: ("truncated", {}),
+    14: ("count", {}),
+    17: ("slow", {"delay": CLIENT_TIMEOUT + 1.0}),
+    20: ("disconnect", {}),
+    23: ("expire-tokens", {}),  # password auth: a 401, one new IAM login, the same poll works
+}
+
+
+def _wait_delivered(receiver: object, expected: dict[object, int], timeout: float = 20) -> None:
+    from e2e_support import WebhookReceiver
+
+    assert isinstance(receiver, WebhookReceiver)
+    receiver.wait_for(
+        lambda got: len({d.webhook_id for d in operation_deliveries(got)}) >= len(expected),
+        timeout,
+    )
+
+
+def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> None:
+    with GatedSimulator(seed=5, story=STORY) as sim, webhook_receiver() as receiver:
+        source = source_block(sim, "password", "prod", timeout=CLIENT_TIMEOUT, max_retries=0)
+        service = Service(write_config(tmp_path, [source], receiver.url), tmp_path)
+        try:
+            service.start()
+            sim.wait_valid_after(0)  # the silent baseline
+            instants = sim.change_instants()
+            assert len(instants) > max(FAULTS) + 3
+            for index, instant in enumerate(instants):
+                with sim.gate:
+                    fault = FAULTS.get(index)
+                    if fault is not None and fault[0] == "expire-tokens":
+                        sim.expire_tokens()
+                    elif fault is not None:
+                        sim.inject(fault[0], **fault[1])  # type: ignore[arg-type]
+                    mark = sim.move_to(instant)
+                sim.wait_valid_after(mark)
+            expected = expected_transitions("prod", sim.truths())
+            _wait_delivered(receiver, expected)
+            assert service.stop(signal.SIGTERM) == 0
+        finally:
+            service.kill()
+
+        deliveries = receiver.snapshot()
+        assert_exactly_once(deliveries, expected)
+        assert_in_order(deliveries, expected)
+        assert_chains(deliveries, "prod", sim.truths(), expected)
+        # every change instant was seen on its own: the transitions told are every one the
+        # simulator made, none merged into a jump
+        intact = [o.now_ns for o in sim.observations if o.valid]
+        assert set(instants) <= set(intact)
+        # every fault was really served, and each cost exactly one failed poll
+        faults = [o.fault for o in sim.observations if o.fault is not None]
+        assert sorted(faults) == sorted(
+            ["500", "429", "502", "truncated", "count", "slow", "disconnect"]
+        )
+        rejected = [o for o in sim.observations if o.status == 401]
+        assert len(rejected) == 1  # the revoked token, answered by one new login
+        logins = [r for r in sim.requests() if r.path.startswith("/v3/auth/tokens")]
+        assert len(logins) == 2
+        log = service.stderr()
+        assert "Traceback" not in log
+
+
+def test_restarts_resume_without_resending(tmp_path: Path) -> None:
+    """SIGTERM while a webhook is in flight: it completes, nothing is sent twice. SIGKILL
+    while a webhook is in flight: after the restart exactly that one event is sent again
+    (at-least-once), every other event exactly once, and nothing is lost."""
+    with GatedSimulator(seed=6, story=STORY) as sim, webhook_receiver() as receiver:
+        source = source_block(sim, "aksk", "prod", timeout=5, max_retries=0)
+        service = Service(write_config(tmp_path, [source], receiver.url), tmp_path)
+        origin = sim.scenario.origin_ns
+        settled = sim.scenario.story_settled_ns
+        steps = [origin + (settled - origin) * k // 8 for k in range(1, 9)] + [settled + NS]
+
+        def step(target: int) -> dict[object, int]:
+            mark = sim.move_to(target)
+            sim.wait_valid_after(mark)
+            expected = expected_transitions("prod", sim.truths())
+            _wait_delivered(receiver, expected)
+            return expected  # type: ignore[return-value]
+
+        def step_in_flight(target: int) -> str:
+            """Move on and hold the first webhook of that poll; returns its id."""
+            receiver.arrived.clear()
+            receiver.release.clear()
+            receiver.hold.set()
+            mark = sim.move_to(target)
+            sim.wait_valid_after(mark)
+            assert receiver.arrived.wait(20), "no webhook was sent"
+            return receiver.snapshot()[-1].webhook_id
+
+        try:
+            service.start()
+            sim.wait_valid_after(0)
+            step(steps[0])
+            step(steps[1])
+
+            # SIGTERM with a send in flight: the send completes, the service exits 0
+            graceful_id = step_in_flight(steps[2])
+            service.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            time.sleep(0.3)  # the stop request arrives while the webhook is held
+            receiver.release.set()
+            assert service.process.wait(20) == 0  # type: ignore[union-attr]
+            assert "Traceback" not in service.stderr()
+
+            mark = sim.mark()
+            service.start()
+            sim.wait_valid_after(mark)
+            step(steps[3])
+            step(steps[4])
+
+            # SIGKILL with a send in flight: the receiver has it, the service never knew
+            killed_id = step_in_flight(steps[5])
+            service.process.kill()  # type: ignore[union-attr]
+            service.process.wait(20)  # type: ignore[union-attr]
+            receiver.release.set()
+
+            mark = sim.mark()
+            service.start()
+            sim.wait_valid_after(mark)
+            for target in steps[6:]:
+                expected = step(target)
+            receiver.wait_for(lambda got: [d.webhook_id for d in got].count(killed_id) == 2)
+            assert service.stop(signal.SIGTERM) == 0
+        finally:
+            service.kill()
+
+        deliveries = receiver.snapshot()
+        assert graceful_id != killed_id
+        assert_exactly_once(deliveries, expected, repeats=frozenset({killed_id}))
+        assert_in_order(deliveries, expected)
+        assert_chains(deliveries, "prod", sim.truths(), expected)
+        # three processes, one baseline: the restarts reported nothing as "created" again
+        assert sum(1 for t in expected if t.type == "operation.created") == 3
+        assert service.runs == 3
