@@ -529,6 +529,14 @@ class Service:
         finally:
             self.kill()
 
+    def send(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
     def kill(self) -> None:
         process = self.process
         if process is not None and process.poll() is None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import (
     NS,
     GatedSimulator,
     Service,
+    Transition,
+    WebhookReceiver,
     assert_chains,
     assert_exactly_once,
     assert_in_order,
@@ -41,7 +44,7 @@ STORY = (
 CLIENT_TIMEOUT = 1.0
 
 #: fault injected right before the clock moves to the change instant with this index
-FAULTS: dict[int, tuple[str, dict[str, object]]] = {
+FAULTS: dict[int, tuple[str, dict[str, Any]]] = {
     2: ("500", {}),
     5: ("429", {"retry_after": 1}),
     8: ("502", {}),
@@ -53,10 +56,9 @@ FAULTS: dict[int, tuple[str, dict[str, object]]] = {
 }
 
 
-def _wait_delivered(receiver: object, expected: dict[object, int], timeout: float = 20) -> None:
-    from e2e_support import WebhookReceiver
-
-    assert isinstance(receiver, WebhookReceiver)
+def _wait_delivered(
+    receiver: WebhookReceiver, expected: dict[Transition, int], timeout: float = 20
+) -> None:
     receiver.wait_for(
         lambda got: len({d.webhook_id for d in operation_deliveries(got)}) >= len(expected),
         timeout,
@@ -78,7 +80,7 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> No
                     if fault is not None and fault[0] == "expire-tokens":
                         sim.expire_tokens()
                     elif fault is not None:
-                        sim.inject(fault[0], **fault[1])  # type: ignore[arg-type]
+                        sim.inject(fault[0], **fault[1])
                     mark = sim.move_to(instant)
                 sim.wait_valid_after(mark)
             expected = expected_transitions("prod", sim.truths())
@@ -119,12 +121,12 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
         settled = sim.scenario.story_settled_ns
         steps = [origin + (settled - origin) * k // 8 for k in range(1, 9)] + [settled + NS]
 
-        def step(target: int) -> dict[object, int]:
+        def step(target: int) -> dict[Transition, int]:
             mark = sim.move_to(target)
             sim.wait_valid_after(mark)
             expected = expected_transitions("prod", sim.truths())
             _wait_delivered(receiver, expected)
-            return expected  # type: ignore[return-value]
+            return expected
 
         def step_in_flight(target: int) -> str:
             """Move on and hold the first webhook of that poll; returns its id."""
@@ -144,10 +146,10 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
 
             # SIGTERM with a send in flight: the send completes, the service exits 0
             graceful_id = step_in_flight(steps[2])
-            service.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            service.send(signal.SIGTERM)
             time.sleep(0.3)  # the stop request arrives while the webhook is held
             receiver.release.set()
-            assert service.process.wait(20) == 0  # type: ignore[union-attr]
+            assert service.wait() == 0
             assert "Traceback" not in service.stderr()
 
             mark = sim.mark()
@@ -158,8 +160,8 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
 
             # SIGKILL with a send in flight: the receiver has it, the service never knew
             killed_id = step_in_flight(steps[5])
-            service.process.kill()  # type: ignore[union-attr]
-            service.process.wait(20)  # type: ignore[union-attr]
+            service.send(signal.SIGKILL)
+            assert service.wait() == -signal.SIGKILL
             receiver.release.set()
 
             mark = sim.mark()
