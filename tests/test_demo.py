@@ -138,7 +138,8 @@ def test_the_demo_command_exits_zero_by_itself(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+def test_a_stop_signal_ends_the_demo_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     process = _demo_process(tmp_path, "--speed", "2")
     lines: list[str] = []
     started = threading.Event()
@@ -155,7 +156,7 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     try:
         assert started.wait(30), "".join(lines)
         assert len(list(tmp_path.iterdir())) == 1  # the demo's temporary directory
-        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, sig)
         assert process.wait(30) == 130
     finally:
         process.kill()

@@ -181,7 +181,9 @@ def demo(speed: float, seed: int, auth_type: str, interval: float) -> None:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         runner.request_stop()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal must not leave the temporary directory behind
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
     try:
         report = runner.run()
     except NotifierError as exc:
