@@ -26,6 +26,7 @@ UNIT_NAME: Final = "bcs-notifier"
 DEFAULT_CONFIG_DIR: Final = Path("/etc/bcs-notifier")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/bcs-notifier")
 CREDENTIALS_SOURCE_DIR: Final = DEFAULT_CONFIG_DIR / "credentials"
+DEFAULT_STOP_GRACE: Final = 10.0
 
 
 def notify_address(value: str | None) -> str | None:
@@ -202,6 +203,8 @@ def _under(path: Path, *roots: str) -> bool:
 def unit_text(options: UnitOptions) -> str:
     """A hardened ``bcs-notifier.service`` with every line explained in a comment."""
     command = [*options.exec_start, "--config", str(options.config_path), "run"]
+    if options.stop_grace != DEFAULT_STOP_GRACE:
+        command += ["--stop-grace", f"{options.stop_grace:g}"]
     exec_start = " ".join(_quote(part) for part in command)
     executable = Path(options.exec_start[0])
     paths = [executable, options.config_path, *options.extra_read_paths]

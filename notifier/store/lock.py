@@ -106,6 +106,28 @@ class InstanceLock:
         connection.commit()
         self._connection = connection
 
+    def holder(self) -> int | None:
+        """The pid of the running service holding a SQLite lock file, without locking."""
+        if self.path is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            pid = _read_pid(fd)
+        finally:
+            os.close(fd)
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a crashed run left its pid behind; the lock itself is gone
+        except PermissionError:
+            return pid  # alive, owned by the service user
+        return pid
+
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
