@@ -27,7 +27,9 @@ DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/no
 DEFAULT_DATABASE: Final = "sqlite:///var/lib/bcs-notifier/state.db"
 
 AUTH_TYPES: Final = ("token", "password", "aksk")
-FILTER_KEYS: Final = ("blockchain_id", "resource_type", "operation_type", "operation_status")
+#: ``operation_status`` is deliberately not a filter: an operation leaving the filtered status
+#: would vanish from the response and its transition would never be seen.
+FILTER_KEYS: Final = ("blockchain_id", "resource_type", "operation_type")
 EVENT_TYPE_NAMES: Final = (
     "operation.created",
     "operation.status_changed",
@@ -581,7 +583,7 @@ def _build_source(reader: _Reader, section: _Section) -> SourceConfig | None:
     if filter_section is not None:
         for key in FILTER_KEYS:
             values = filter_section.strings(key)
-            if filter_section.has(key) and not values:
+            if filter_section.data.get(key) in ([], ""):
                 reader.problem(filter_section.key_path(key), "must not be empty")
             if values:
                 filters[key] = values

@@ -355,8 +355,27 @@ def cloudevent(event: Event) -> dict[str, Any]:
         "id": event.id,
         "type": f"bcs_notifier.{event.type}",
         "source": f"bcs-notifier/{event.source}",
-        "subject": event.operation_id,
+        "subject": event.operation_id or event.source,
         "time": time,
         "datacontenttype": "application/json",
         "data": event.data(),
     }
+
+
+def describe(event: Event) -> str:
+    """One line for terminals and logs: time, source, operation, what moved."""
+    when = ns_to_rfc3339(event.record_time) or "-"
+    where = " / ".join(part for part in (event.step, event.substep) if part)
+    if event.type in (EventType.SOURCE_UNREACHABLE, EventType.SOURCE_RECOVERED):
+        what = event.error or ""
+    elif event.from_status is None:
+        what = f"-> {event.to_status or '(none)'}"
+    else:
+        what = f"{event.from_status or '(none)'} -> {event.to_status or '(none)'}"
+    subject = event.operation_id or "-"
+    parts = [when, event.source, subject, str(event.type)]
+    if where:
+        parts.append(f"[{where}]")
+    if what:
+        parts.append(what)
+    return " ".join(parts)

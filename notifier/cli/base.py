@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +27,15 @@ class Context:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self._config: Config | None = None
+        self._cleanups: list[Callable[[], object]] = []
+
+    def on_close(self, cleanup: Callable[[], object]) -> None:
+        """Run ``cleanup`` when the command ends (engines, temporary files)."""
+        self._cleanups.append(cleanup)
+
+    def close(self) -> None:
+        while self._cleanups:
+            self._cleanups.pop()()
 
     def config(self) -> Config:
         if self._config is None:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
 
-from notifier.cli.base import Context, fail, main, pass_context
+from notifier.cli.base import EX_UNAVAILABLE, Context, fail, main, pass_context
+from notifier.config import SourceConfig
 from notifier.errors import NotifierError
+from notifier.model import Event, cloudevent, describe
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 @main.command("check-config")
@@ -52,3 +65,117 @@ def db_current(context: Context) -> None:
         fail(exc)
     state = "up to date" if current == head else "needs `bcs-notifier db upgrade`"
     click.echo(f"current: {current or 'none'}\nhead: {head}\n{state}")
+
+
+def open_store(context: Context, *, dry_run: bool = False) -> Engine:
+    """The migrated store; for a dry run on a database that does not exist yet, a
+    temporary one (so the dry run shows what a first poll would do and writes nothing)."""
+    from notifier.store import db as store_db
+
+    config = context.config()
+    if dry_run:
+        if not store_db.database_exists(config.service.database):
+            scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-dry-run-"))
+            context.on_close(lambda: shutil.rmtree(scratch, ignore_errors=True))
+            engine = store_db.make_engine(f"sqlite:///{scratch / 'state.db'}")
+            store_db.upgrade(engine, backup=False)
+        else:
+            engine = store_db.make_engine(config.service.database)
+            store_db.require_current(engine)
+    else:
+        engine = store_db.make_engine(config.service.database)
+        store_db.upgrade(engine)
+    context.on_close(engine.dispose)
+    return engine
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Fetch and diff, but store and send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One CloudEvents JSON document per line.")
+@click.option(
+    "--source",
+    "source_names",
+    multiple=True,
+    metavar="NAME",
+    help="Poll only this source (repeatable; default: all).",
+)
+@pass_context
+def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str, ...]) -> None:
+    """Run one cycle: poll every source, record and deliver the events found, print them.
+
+    Exits 69 when a source could not be polled (its stored state is left as it was).
+    """
+    from notifier.pipeline import Poller
+
+    config = context.config()
+    sources = _select_sources(config.sources, source_names)
+    failed = False
+    try:
+        engine = open_store(context, dry_run=dry_run)
+        with Poller(config, engine) as poller:
+            for source in sources:
+                result = poller.poll_source(source, dry_run=dry_run)
+                for event in result.events:
+                    click.echo(_event_text(event, as_json=as_json))
+                if result.error is not None:
+                    failed = True
+                    click.echo(f"error: {source.name}: {result.error.one_line()}", err=True)
+                elif result.baseline and not result.events:
+                    verb = "would be stored" if dry_run else "stored"
+                    click.echo(
+                        f"{source.name}: first poll, {result.records} operation(s) {verb} "
+                        "as the baseline (changes from now on are reported)",
+                        err=True,
+                    )
+    except NotifierError as exc:
+        fail(exc)
+    finally:
+        context.close()
+    if failed:
+        sys.exit(EX_UNAVAILABLE)
+
+
+@main.command()
+@click.option("--operation", "operation_id", metavar="ID", help="Only this operation's events.")
+@click.option("--source", "source_name", metavar="NAME", help="Only this source's events.")
+@click.option("--json", "as_json", is_flag=True, help="One CloudEvents JSON document per line.")
+@pass_context
+def events(
+    context: Context, operation_id: str | None, source_name: str | None, as_json: bool
+) -> None:
+    """The recorded events, oldest first."""
+    from notifier.store import db as store_db
+    from notifier.store.repository import Repository
+
+    config = context.config()
+    try:
+        if not store_db.database_exists(config.service.database):
+            return
+        engine = store_db.make_engine(config.service.database)
+        context.on_close(engine.dispose)
+        store_db.require_current(engine)
+        for stored in Repository(engine).iter_events(operation_id=operation_id, source=source_name):
+            click.echo(_event_text(stored.event, as_json=as_json))
+    except NotifierError as exc:
+        fail(exc)
+    finally:
+        context.close()
+
+
+def _select_sources(sources: Sequence[SourceConfig], names: Sequence[str]) -> list[SourceConfig]:
+    if not names:
+        return list(sources)
+    known = {source.name: source for source in sources}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"no source named {', '.join(unknown)} (known: {', '.join(known)})",
+            param_hint="--source",
+        )
+    return [known[name] for name in names]
+
+
+def _event_text(event: Event, *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":"))
+    return describe(event)

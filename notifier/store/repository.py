@@ -1,0 +1,353 @@
+"""Reading and writing the store. Every write of a cycle happens in one transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from notifier.errors import StoreError
+from notifier.model import Event, OperationRecord
+from notifier.store.schema import event_groups, events, outbox, snapshots, source_state
+
+_CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    content_hash: str
+    gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWrite:
+    """A record to store: its canonical JSON and the hash of that JSON, computed once."""
+
+    record: OperationRecord
+    data: str
+    content_hash: str
+    is_new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    source: str
+    baseline_at: int | None = None
+    last_poll_at: int | None = None
+    last_success_at: int | None = None
+    consecutive_failures: int = 0
+    failing_since: int | None = None
+    last_error: str | None = None
+    unreachable_reported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventGroup:
+    """Events delivered together (one operation in one cycle) and the channels they go to."""
+
+    id: str
+    source: str
+    operation_id: str
+    events: tuple[Event, ...]
+    channels: tuple[str, ...]
+    record: str | None = None  # the record's canonical JSON at that cycle
+
+
+@dataclass(frozen=True, slots=True)
+class CycleWrite:
+    state: SourceState
+    now_ms: int
+    snapshots: Sequence[SnapshotWrite] = ()
+    gone: Sequence[str] = ()
+    returned: Sequence[str] = ()  # marked gone before, present again with unchanged content
+    groups: Sequence[EventGroup] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    group_id: str
+    created_at: int
+    event: Event = field(compare=False)
+
+
+class Repository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot_index(self, source: str) -> dict[str, StoredSnapshot]:
+        query = select(
+            snapshots.c.operation_id, snapshots.c.content_hash, snapshots.c.gone_at
+        ).where(snapshots.c.source == source)
+        with self._connect() as connection:
+            return {
+                row.operation_id: StoredSnapshot(row.content_hash, row.gone_at is not None)
+                for row in connection.execute(query)
+            }
+
+    def load_records(self, source: str, operation_ids: Iterable[str]) -> dict[str, OperationRecord]:
+        found: dict[str, OperationRecord] = {}
+        with self._connect() as connection:
+            for chunk in _chunks(list(operation_ids)):
+                query = select(snapshots.c.operation_id, snapshots.c.data).where(
+                    snapshots.c.source == source, snapshots.c.operation_id.in_(chunk)
+                )
+                for row in connection.execute(query):
+                    found[row.operation_id] = OperationRecord.from_dict(json.loads(row.data))
+        return found
+
+    def active_operations(self, source: str) -> int:
+        """How many stored, not-gone operations of ``source`` are waiting or processing."""
+        query = (
+            select(func.count())
+            .select_from(snapshots)
+            .where(
+                snapshots.c.source == source,
+                snapshots.c.gone_at.is_(None),
+                snapshots.c.status.in_(("waiting", "processing")),
+            )
+        )
+        with self._connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    # -- source state ---------------------------------------------------------------------
+
+    def source_state(self, source: str) -> SourceState:
+        query = select(source_state).where(source_state.c.source == source)
+        with self._connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return SourceState(**row) if row is not None else SourceState(source=source)
+
+    def source_states(self) -> list[SourceState]:
+        with self._connect() as connection:
+            rows = connection.execute(select(source_state).order_by(source_state.c.source))
+            return [SourceState(**row) for row in rows.mappings()]
+
+    # -- the cycle ------------------------------------------------------------------------
+
+    def write_cycle(self, write: CycleWrite) -> list[EventGroup]:
+        """Snapshots, source state, event groups, events and outbox rows: one transaction.
+
+        Returns the groups actually written (a group whose events were all recorded
+        before, e.g. replayed after a crash, is skipped).
+        """
+        try:
+            with self.engine.begin() as connection:
+                self._write_snapshots(connection, write)
+                self._write_state(connection, write.state)
+                return self._write_groups(connection, write.groups, write.now_ms)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not store the cycle of {write.state.source}: {exc}") from exc
+
+    def _write_snapshots(self, connection: Connection, write: CycleWrite) -> None:
+        source, now = write.state.source, write.now_ms
+        new = [item for item in write.snapshots if item.is_new]
+        changed = [item for item in write.snapshots if not item.is_new]
+        if new:
+            connection.execute(
+                insert(snapshots),
+                [
+                    {
+                        "source": source,
+                        "operation_id": item.record.operation_id,
+                        "content_hash": item.content_hash,
+                        "data": item.data,
+                        "status": item.record.status,
+                        "record_time": item.record.record_time,
+                        "first_seen": now,
+                        "last_seen": now,
+                        "gone_at": None,
+                    }
+                    for item in new
+                ],
+            )
+        if changed:
+            connection.execute(
+                update(snapshots)
+                .where(
+                    snapshots.c.source == source,
+                    snapshots.c.operation_id == bindparam("b_operation_id"),
+                )
+                .values(
+                    content_hash=bindparam("b_hash"),
+                    data=bindparam("b_data"),
+                    status=bindparam("b_status"),
+                    record_time=bindparam("b_record_time"),
+                    last_seen=now,
+                    gone_at=None,
+                ),
+                [
+                    {
+                        "b_operation_id": item.record.operation_id,
+                        "b_hash": item.content_hash,
+                        "b_data": item.data,
+                        "b_status": item.record.status,
+                        "b_record_time": item.record.record_time,
+                    }
+                    for item in changed
+                ],
+            )
+        for ids, gone_at in ((write.gone, now), (write.returned, None)):
+            for chunk in _chunks(list(ids)):
+                connection.execute(
+                    update(snapshots)
+                    .where(snapshots.c.source == source, snapshots.c.operation_id.in_(chunk))
+                    .values(gone_at=gone_at, last_seen=now)
+                )
+
+    def _write_state(self, connection: Connection, state: SourceState) -> None:
+        values = {
+            "baseline_at": state.baseline_at,
+            "last_poll_at": state.last_poll_at,
+            "last_success_at": state.last_success_at,
+            "consecutive_failures": state.consecutive_failures,
+            "failing_since": state.failing_since,
+            "last_error": state.last_error,
+            "unreachable_reported": state.unreachable_reported,
+        }
+        result = connection.execute(
+            update(source_state).where(source_state.c.source == state.source).values(**values)
+        )
+        if result.rowcount == 0:
+            connection.execute(insert(source_state).values(source=state.source, **values))
+
+    def _write_groups(
+        self, connection: Connection, groups: Sequence[EventGroup], now: int
+    ) -> list[EventGroup]:
+        if not groups:
+            return []
+        all_ids = [event.id for group in groups for event in group.events]
+        known: set[str] = set()
+        for chunk in _chunks(all_ids):
+            known.update(connection.scalars(select(events.c.id).where(events.c.id.in_(chunk))))
+        written: list[EventGroup] = []
+        group_rows: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        outbox_rows: list[dict[str, Any]] = []
+        for group in groups:
+            fresh = tuple(event for event in group.events if event.id not in known)
+            if not fresh:
+                continue
+            known.update(event.id for event in fresh)
+            group_rows.append(
+                {
+                    "id": group.id,
+                    "source": group.source,
+                    "operation_id": group.operation_id,
+                    "created_at": now,
+                    "record": group.record,
+                }
+            )
+            event_rows.extend(
+                {
+                    "id": event.id,
+                    "group_id": group.id,
+                    "source": event.source,
+                    "operation_id": event.operation_id,
+                    "type": str(event.type),
+                    "record_time": event.record_time,
+                    "created_at": now,
+                    "payload": json.dumps(event.to_dict(), ensure_ascii=False),
+                }
+                for event in fresh
+            )
+            outbox_rows.extend(
+                {
+                    "group_id": group.id,
+                    "channel": channel,
+                    "state": "pending",
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                    "updated_at": now,
+                    "last_error": None,
+                    "done_targets": "[]",
+                }
+                for channel in group.channels
+            )
+            written.append(
+                EventGroup(group.id, group.source, group.operation_id, fresh, group.channels)
+            )
+        if group_rows:
+            connection.execute(insert(event_groups), group_rows)
+            connection.execute(insert(events), event_rows)
+        if outbox_rows:
+            connection.execute(insert(outbox), outbox_rows)
+        return written
+
+    # -- events ---------------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        operation_id: str | None = None,
+        source: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        return list(
+            self.iter_events(
+                operation_id=operation_id, source=source, after_seq=after_seq, limit=limit
+            )
+        )
+
+    def iter_events(
+        self,
+        *,
+        operation_id: str | None = None,
+        source: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Recorded events, oldest first."""
+        query = select(events.c.seq, events.c.group_id, events.c.created_at, events.c.payload)
+        query = query.where(events.c.seq > after_seq).order_by(events.c.seq)
+        if operation_id is not None:
+            query = query.where(events.c.operation_id == operation_id)
+        if source is not None:
+            query = query.where(events.c.source == source)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._connect() as connection:
+            for row in connection.execute(query):
+                yield StoredEvent(
+                    seq=row.seq,
+                    group_id=row.group_id,
+                    created_at=row.created_at,
+                    event=Event.from_dict(json.loads(row.payload)),
+                )
+
+    def _connect(self) -> _Connection:
+        return _Connection(self.engine)
+
+
+class _Connection:
+    """``engine.connect()`` with SQLAlchemy errors mapped to ``StoreError``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        try:
+            self.connection = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database: {exc}") from exc
+        return self.connection
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        assert self.connection is not None  # noqa: S101 - set in __enter__
+        self.connection.close()
+        if isinstance(exc, SQLAlchemyError):
+            raise StoreError(f"database query failed: {exc}") from exc
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

@@ -1,0 +1,198 @@
+"""Configuration: whole-file validation, key paths, secrets by reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from notifier.config import Secret, find_config_path, load_config, parse_config
+from notifier.errors import ConfigError
+
+MINIMAL = """
+[[sources]]
+name = "prod"
+endpoint = "https://bcs.cn-north-4.myhuaweicloud.com"
+project_id = "0123456789abcdef0123456789abcdef"
+[sources.auth]
+type = "token"
+token = "${BCS_TOKEN}"
+"""
+
+
+def problems(text: str, **environ: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, filename="notifier.toml", environ=environ)
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    config = parse_config(MINIMAL, environ={"BCS_TOKEN": "secret-token"})
+    assert config.service.database == "sqlite:///var/lib/bcs-notifier/state.db"
+    assert config.service.poll_interval == 60
+    assert config.service.active_poll_interval == 5
+    assert config.service.notify_existing is False
+    assert config.service.unreachable_after == 300
+    (source,) = config.sources
+    assert source.auth.token == Secret("secret-token")
+    assert "secret-token" not in repr(config)
+
+
+def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
+    found = problems(
+        """
+[service]
+poll_interval = "fast"
+colour = "blue"
+
+[[sources]]
+name = "bad name!"
+endpoint = "ftp://x"
+[sources.filters]
+resource_type = 3
+operation_status = "waiting"
+[sources.auth]
+type = "password"
+iam_endpoint = "https://iam.example"
+
+[[channels]]
+name = "c"
+urls = []
+events = ["operation.*", "nothing.*"]
+timezone = "Mars/Olympus"
+"""
+    )
+    assert found == [
+        "service.poll_interval: must be a number, not a string",
+        "service.colour: unknown key",
+        "sources[0].name: must be 1-64 letters, digits, '_', '.' or '-'",
+        "sources[0].endpoint: must be an http(s) URL, not 'ftp://x'",
+        "sources[0].project_id: is required",
+        "sources[0].filters.resource_type: must be a string or a list of strings",
+        "sources[0].filters.operation_status: unknown key",
+        "sources[0].auth.domain: is required",
+        "sources[0].auth.username: is required",
+        "sources[0].auth.password: is required",
+        "channels[0].urls: at least one apprise URL is required",
+        "channels[0].events[1]: 'nothing.*' matches no event type (operation.created, "
+        "operation.status_changed, step.created, step.status_changed, substep.created, "
+        "substep.status_changed, source.unreachable, source.recovered)",
+    ]
+
+
+def test_error_message_names_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"notifier.toml: sources: at least one"):
+        parse_config("", filename="notifier.toml")
+
+
+def test_missing_environment_variable_is_named() -> None:
+    assert problems(MINIMAL) == [
+        "sources[0].auth.token: environment variable not set: ${BCS_TOKEN}"
+    ]
+
+
+def test_dollar_dollar_escapes_interpolation() -> None:
+    config = parse_config(MINIMAL.replace("${BCS_TOKEN}", "$${literal}"), environ={})
+    assert config.sources[0].auth.token == Secret("${literal}")
+
+
+def test_secret_file_from_credentials_directory(tmp_path: Path) -> None:
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "bcs-sk").write_text("sk-from-systemd\n")
+    text = MINIMAL.replace(
+        '[sources.auth]\ntype = "token"\ntoken = "${BCS_TOKEN}"',
+        '[sources.auth]\ntype = "aksk"\naccess_key = "AK"\nsecret_key_file = "bcs-sk"',
+    )
+    config = parse_config(
+        text, environ={"CREDENTIALS_DIRECTORY": str(credentials)}, base_dir=tmp_path
+    )
+    secret = config.sources[0].auth.secret_key
+    assert secret is not None
+    assert secret.reveal() == "sk-from-systemd"
+
+
+def test_secret_and_secret_file_together_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "tok").write_text("x")
+    text = MINIMAL.replace('token = "${BCS_TOKEN}"', 'token = "a"\ntoken_file = "tok"')
+    with pytest.raises(ConfigError, match="give either token or token_file"):
+        parse_config(text, base_dir=tmp_path, environ={})
+
+
+def test_unreadable_secret_file_is_reported(tmp_path: Path) -> None:
+    text = MINIMAL.replace('token = "${BCS_TOKEN}"', 'token_file = "missing"')
+    with pytest.raises(ConfigError, match=r"sources\[0\].auth.token_file: cannot read"):
+        parse_config(text, base_dir=tmp_path, environ={})
+
+
+def test_duplicate_names_and_unknown_channel_source() -> None:
+    found = problems(
+        MINIMAL
+        + MINIMAL
+        + """
+[[channels]]
+name = "c"
+urls = ["json://127.0.0.1/"]
+sources = ["nope"]
+""",
+        BCS_TOKEN="x",
+    )
+    assert "sources[1].name: duplicate source name 'prod'" in found
+    assert "channels[0].sources: no source named 'nope'" in found
+
+
+def test_invalid_toml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("[service\n", filename="n.toml")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_config_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BCS_NOTIFIER_CONFIG", raising=False)
+    assert find_config_path("x.toml") == Path("x.toml")
+    assert find_config_path(None) == Path("notifier.toml")
+    monkeypatch.setenv("BCS_NOTIFIER_CONFIG", os.fspath(tmp_path / "env.toml"))
+    assert find_config_path(None) == tmp_path / "env.toml"
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    example = Path(__file__).parent.parent / "notifier.toml.example"
+    environ = {
+        "BCS_TOKEN": "t",
+        "HUAWEICLOUD_PASSWORD": "p",
+        "HUAWEICLOUD_SDK_AK": "ak",
+        "HUAWEICLOUD_SDK_SK": "sk",
+        "SLACK_WEBHOOK_TOKENS": "T000/B000/XXXX",
+        "SMTP_PASSWORD": "pw",
+        "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    }
+    config = parse_config(example.read_text(), environ=environ)
+    assert config.sources
+    assert config.channels
+    text = example.read_text()
+    from notifier import config as config_module
+
+    for cls in (
+        config_module.ServiceConfig,
+        config_module.HttpConfig,
+        config_module.DeliveryConfig,
+        config_module.SourceConfig,
+        config_module.AuthConfig,
+        config_module.ChannelConfig,
+    ):
+        for name in cls.__dataclass_fields__:
+            documented = (
+                f"{name} =" in text
+                or f"{name}_file =" in text
+                or f"[sources.{name}]" in text
+                or f"[service.{name}]" in text
+            )
+            assert documented, f"{cls.__name__}.{name} is not documented in notifier.toml.example"
+    for key in config_module.FILTER_KEYS:
+        assert f"{key} =" in text

@@ -1,0 +1,329 @@
+"""One cycle end to end over a real SQLite store migrated by Alembic, with a scripted source."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from notifier.config import Config, parse_config
+from notifier.errors import IncompleteResponse, SourceError, TransportError
+from notifier.model import EventType
+from notifier.pipeline import Poller
+from notifier.store.schema import event_groups, events, outbox, snapshots
+
+OP = "BCSSVC01-99-1618218591906093855"
+DEPENDENT = "Create Other Dependent Resource"
+
+
+@dataclass
+class Fetched:
+    body: Any
+    request_id: str | None = "req-1"
+
+
+@dataclass
+class ScriptedClient:
+    """Returns the next scripted body, or raises the next scripted error."""
+
+    script: list[Any] = field(default_factory=list)
+    closed: bool = False
+
+    def fetch(self) -> Fetched:
+        item = self.script.pop(0)
+        if isinstance(item, SourceError):
+            raise item
+        return Fetched(copy.deepcopy(item))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make_config(extra: str = "", **service: Any) -> Config:
+    service_lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in service.items())
+    return parse_config(
+        f"""
+[service]
+{service_lines}
+
+[[sources]]
+name = "prod"
+endpoint = "https://bcs.example.test"
+project_id = "p1"
+[sources.auth]
+type = "token"
+token = "t"
+{extra}
+"""
+    )
+
+
+class Clock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_poller(config: Config, engine: Engine, client: ScriptedClient, clock: Clock) -> Poller:
+    return Poller(config, engine, client_factory=lambda _source: client, clock=clock)
+
+
+def finish_storage(body: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    record = body["operation_records"][0]
+    sub = record["operation_process"][DEPENDENT]["sub_steps"]["Create network storage"]
+    sub.update(status="finished", detail=None, start_time=1, end_time=2)
+    record["operation_process"][DEPENDENT]["status"] = "finished"
+    record["operation_status"] = "finished"
+    record["record_time"] = 1618219200000000000
+    return body
+
+
+def with_new_operation(body: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    new = copy.deepcopy(body["operation_records"][0])
+    new["operation_id"] = "BCSSVC01-01-1618218600000000000"
+    new["operation_type"] = "01"
+    new["operation_status"] = "waiting"
+    body["operation_records"].append(new)
+    body["count"] = len(body["operation_records"])
+    return body
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def snapshot_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(select(snapshots))]
+
+
+def test_first_poll_is_a_silent_baseline_then_changes_are_reported(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    client = ScriptedClient([example_body, finish_storage(example_body)])
+    clock = Clock()
+    config = make_config()
+    poller = make_poller(config, engine, client, clock)
+
+    first = poller.poll_source(config.sources[0])
+    assert first.ok
+    assert first.baseline
+    assert first.events == ()
+    assert first.active  # the example operation is processing
+    assert count(engine, snapshots) == 1
+    assert count(engine, events) == 0
+
+    clock.now += 5
+    second = poller.poll_source(config.sources[0])
+    assert [(e.type, e.to_status) for e in second.events] == [
+        (EventType.STEP_STATUS_CHANGED, "finished"),
+        (EventType.SUBSTEP_STATUS_CHANGED, "finished"),
+        (EventType.OPERATION_STATUS_CHANGED, "finished"),
+    ]
+    assert not second.active
+    assert count(engine, events) == 3
+    assert count(engine, event_groups) == 1
+
+
+def test_unchanged_record_costs_no_write_and_restart_does_not_re_emit(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    config = make_config()
+    changed = finish_storage(example_body)
+    poller = make_poller(config, engine, ScriptedClient([example_body, changed]), Clock())
+    poller.poll_source(config.sources[0])
+    poller.poll_source(config.sources[0])
+    before = snapshot_rows(engine)
+
+    # a new process: new Poller, same database, same response
+    restarted = make_poller(
+        config, engine, ScriptedClient([changed, changed]), Clock(1_800_000_000)
+    )
+    for _ in range(2):
+        result = restarted.poll_source(config.sources[0])
+        assert result.ok
+        assert result.events == ()
+        assert result.stored == 0
+    assert snapshot_rows(engine) == before  # last_seen untouched: nothing was written
+    assert count(engine, events) == 3
+
+
+def test_notify_existing_reports_the_first_poll(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    config = make_config(notify_existing=True)
+    poller = make_poller(config, engine, ScriptedClient([example_body]), Clock())
+    result = poller.poll_source(config.sources[0])
+    assert [event.type for event in result.events] == [EventType.OPERATION_CREATED]
+
+
+def test_new_operation_after_baseline_is_created(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    config = make_config()
+    client = ScriptedClient([example_body, with_new_operation(example_body)])
+    poller = make_poller(config, engine, client, Clock())
+    poller.poll_source(config.sources[0])
+    result = poller.poll_source(config.sources[0])
+    assert [(e.type, e.operation_id, e.to_status) for e in result.events] == [
+        (EventType.OPERATION_CREATED, "BCSSVC01-01-1618218600000000000", "waiting")
+    ]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TransportError("read timeout"),
+        IncompleteResponse("count is 5 but 1 records were returned"),
+        "html",
+        {"count": 1},
+    ],
+    ids=["transport", "incomplete", "html-body", "missing-records"],
+)
+def test_failed_or_partial_fetch_changes_nothing(
+    engine: Engine, example_body: dict[str, Any], failure: Any
+) -> None:
+    config = make_config()
+    client = ScriptedClient([example_body, failure, finish_storage(example_body)])
+    clock = Clock()
+    poller = make_poller(config, engine, client, clock)
+    poller.poll_source(config.sources[0])
+    before = snapshot_rows(engine)
+
+    clock.now += 5
+    result = poller.poll_source(config.sources[0])
+    assert result.error is not None
+    assert result.events == ()
+    assert result.active  # falls back to the stored state: still processing
+    assert snapshot_rows(engine) == before
+    assert count(engine, events) == 0
+    state = poller.repository.source_state("prod")
+    assert state.consecutive_failures == 1
+    assert state.last_error
+
+    clock.now += 5
+    recovered = poller.poll_source(config.sources[0])
+    assert len(recovered.events) == 3  # nothing was lost: the change is seen after the fault
+    assert poller.repository.source_state("prod").consecutive_failures == 0
+
+
+def test_absent_record_is_marked_gone_and_not_created_again(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    config = make_config()
+    empty = {"count": 0, "operation_records": []}
+    client = ScriptedClient([example_body, empty, example_body])
+    poller = make_poller(config, engine, client, Clock())
+    poller.poll_source(config.sources[0])
+    gone = poller.poll_source(config.sources[0])
+    assert gone.events == ()
+    with engine.connect() as connection:
+        assert connection.execute(select(snapshots.c.gone_at)).scalar_one() is not None
+    back = poller.poll_source(config.sources[0])
+    assert back.events == ()  # not "created" again
+    with engine.connect() as connection:
+        assert connection.execute(select(snapshots.c.gone_at)).scalar_one() is None
+
+
+def test_unreachable_once_after_threshold_then_recovered_once(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    config = make_config(unreachable_after=60)
+    errors: list[Any] = [TransportError(f"connection refused {n}") for n in range(4)]
+    client = ScriptedClient([example_body, *errors, example_body, example_body])
+    clock = Clock()
+    poller = make_poller(config, engine, client, clock)
+    poller.poll_source(config.sources[0])
+
+    seen: list[EventType] = []
+    for step in (0, 30, 61, 90):  # failures at t=0, 30, 61, 90 s of the outage
+        clock.now = 1_700_000_100.0 + step
+        seen.extend(event.type for event in poller.poll_source(config.sources[0]).events)
+    assert seen == [EventType.SOURCE_UNREACHABLE]
+
+    clock.now += 10
+    healed = poller.poll_source(config.sources[0])
+    assert [event.type for event in healed.events] == [EventType.SOURCE_RECOVERED]
+    assert poller.poll_source(config.sources[0]).events == ()
+    with engine.connect() as connection:
+        payloads = [json.loads(p) for p in connection.scalars(select(events.c.payload))]
+    assert payloads[0]["error"] == "connection refused 2"
+    assert payloads[0]["source"] == "prod"
+
+
+def test_outbox_rows_follow_channel_routing(engine: Engine, example_body: dict[str, Any]) -> None:
+    config = make_config(
+        """
+[[channels]]
+name = "all"
+urls = ["json://127.0.0.1:9/"]
+
+[[channels]]
+name = "failures"
+urls = ["json://127.0.0.1:9/"]
+statuses = ["failed"]
+"""
+    )
+    client = ScriptedClient([example_body, finish_storage(example_body)])
+    poller = make_poller(config, engine, client, Clock())
+    poller.poll_source(config.sources[0])
+    poller.poll_source(config.sources[0])
+    with engine.connect() as connection:
+        rows = connection.execute(select(outbox.c.channel, outbox.c.state)).all()
+    assert [tuple(row) for row in rows] == [("all", "pending")]
+
+
+def test_dry_run_writes_nothing(engine: Engine, example_body: dict[str, Any]) -> None:
+    config = make_config()
+    client = ScriptedClient([example_body, finish_storage(example_body)])
+    poller = make_poller(config, engine, client, Clock())
+    poller.poll_source(config.sources[0])
+    before = snapshot_rows(engine)
+    result = poller.poll_source(config.sources[0], dry_run=True)
+    assert len(result.events) == 3
+    assert snapshot_rows(engine) == before
+    assert count(engine, events) == 0
+
+
+def test_multi_valued_filter_narrows_locally(engine: Engine, example_body: dict[str, Any]) -> None:
+    config = make_config(
+        """
+[sources.filters]
+operation_type = ["01", "02"]
+"""
+    )
+    body = with_new_operation(example_body)  # one "99" record, one "01" record
+    poller = make_poller(config, engine, ScriptedClient([body]), Clock())
+    result = poller.poll_source(config.sources[0])
+    assert result.records == 1
+    with engine.connect() as connection:
+        assert connection.scalars(select(snapshots.c.operation_id)).all() == [
+            "BCSSVC01-01-1618218600000000000"
+        ]
+
+
+def test_clients_are_reused_and_closed(engine: Engine, example_body: dict[str, Any]) -> None:
+    config = make_config()
+    made: list[ScriptedClient] = []
+
+    def factory(_source: Any) -> ScriptedClient:
+        client = ScriptedClient([example_body, example_body])
+        made.append(client)
+        return client
+
+    factory_typed: Callable[[Any], ScriptedClient] = factory
+    with Poller(config, engine, client_factory=factory_typed, clock=Clock()) as poller:
+        poller.poll_all()
+        poller.poll_all()
+    assert len(made) == 1
+    assert made[0].closed
