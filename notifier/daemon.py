@@ -50,6 +50,7 @@ SIGNATURE_BACKOFF: Final = 300.0  # five refused signatures lock an AK for five 
 OUTBOX_RECHECK: Final = 60.0  # look for rows written by others (`outbox retry`) this often
 SUMMARY_MAX_AGE: Final = 30.0
 GRACE_BATCH: Final = 10
+DISPATCH_RETRY: Final = 5.0  # due rows the dispatcher did not attempt: look again after this
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -231,6 +232,7 @@ class Daemon:
         self._dispatch_job: Future[Any] | None = None
         self._dispatch_components: Components | None = None
         self._dispatch_at: float = 0.0
+        self._idle_dispatch = False
         self._summary = OutboxSummary()
         self._summary_at: float = -math.inf
         self._summary_dirty = True
@@ -436,18 +438,22 @@ class Daemon:
             self.metrics.inc("poll_errors_total", source=name, kind=kind)
             self.metrics.set("source_up", 0, source=name)
             interval = self._failure_interval(schedule.config, schedule.failures, error)
-            level = logging.WARNING
-            if kind == schedule.last_error_kind and schedule.failures % 10 != 1:
-                level = logging.INFO
-            logger.log(
-                level,
-                "polling %s failed (%s, %d in a row): %s; next try in %.0fs",
-                name,
-                kind,
-                schedule.failures,
-                text,
-                interval,
-            )
+            # the pipeline logs every failed fetch; here only what the scheduler decides
+            if isinstance(error, SignatureRejected):
+                logger.warning(
+                    "%s: the AK/SK signature was refused; not polling it for %.0fs "
+                    "(repeated refusals lock the key)",
+                    name,
+                    interval,
+                )
+            else:
+                logger.debug(
+                    "%s: %d failed poll(s) in a row (%s); next try in %.0fs",
+                    name,
+                    schedule.failures,
+                    kind,
+                    interval,
+                )
             schedule.last_error = text
             schedule.last_error_kind = kind
         self.metrics.set("source_consecutive_failures", schedule.failures, source=name)
@@ -489,10 +495,13 @@ class Daemon:
         self._dispatch_job = self._submit(components.dispatcher.dispatch_due)
 
     def _record_dispatch(self, stats: Any) -> None:
-        for result, count in dispatch_counts(stats).items():
+        counts = dispatch_counts(stats)
+        for result, count in counts.items():
             if count:
                 self.metrics.inc("deliveries_total", count, result=result)
-        # next run: when the earliest pending row is due (refreshed below)
+        # next run: when the earliest pending row is due (refreshed below); when this run
+        # attempted nothing although rows were due, do not spin on them
+        self._idle_dispatch = bool(counts) and not any(counts.values())
         self._refresh_summary(force=True)
         self._schedule_dispatch_from_summary()
 
@@ -500,7 +509,7 @@ class Daemon:
         summary = self._summary
         now = self._clock()
         if summary.due:
-            self._dispatch_at = now
+            self._dispatch_at = now + (DISPATCH_RETRY if self._idle_dispatch else 0.0)
             return
         if summary.next_attempt_at is not None:
             delay = max(0.0, summary.next_attempt_at / 1000 - self._wall())
@@ -715,22 +724,18 @@ class Daemon:
         self._drain_jobs()
         components = self._components
         deadline = self._clock() + grace
-        delivered_batches = 0
-        while components is not None and self._clock() < deadline:
-            self._refresh_summary(force=True)
-            if not self._summary.due:
-                break
+        self._refresh_summary(force=True)
+        while components is not None and self._summary.due and self._clock() < deadline:
+            due_before = self._summary.due
             try:
                 stats = components.dispatcher.dispatch_due(limit=GRACE_BATCH)
             except Exception:
                 logger.exception("delivering during shutdown failed")
                 break
-            delivered_batches += 1
-            self._record_dispatch(stats)
-            counts = dispatch_counts(stats)
-            if counts and not any(counts.values()):
-                break  # nothing was attempted: what is due cannot be sent now
+            self._record_dispatch(stats)  # refreshes the summary
             self._ping_during_stop()
+            if self._idle_dispatch or self._summary.due >= due_before:
+                break  # no progress: what is due cannot be sent now
         self._refresh_summary(force=True)
         if self._summary.pending:
             logger.info(
@@ -797,18 +802,15 @@ def dispatch_counts(stats: Any) -> dict[str, int]:
 
 
 def _log_event(event: Event) -> None:
-    if str(event.type) == "source.unreachable":
-        logger.warning("source %s is unreachable: %s", event.source, event.error or "")
-    elif str(event.type) == "source.recovered":
-        logger.info("source %s recovered", event.source)
-    else:
-        logger.info(
-            "%s %s %s%s",
-            event.source,
-            event.operation_id,
-            event.type,
-            f" {event.from_status or '-'} -> {event.to_status}" if event.to_status else "",
-        )
+    if str(event.type).startswith("source."):
+        return  # the pipeline logs health changes when it records them
+    logger.info(
+        "%s %s %s%s",
+        event.source,
+        event.operation_id,
+        event.type,
+        f" {event.from_status or '-'} -> {event.to_status}" if event.to_status else "",
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -837,11 +839,10 @@ def default_components(config: Config, engine: Engine) -> Components:
     """The real pipeline: ``notifier.pipeline.Poller`` and ``notifier.outbox.Dispatcher``."""
     import importlib
 
-    pipeline: Any = importlib.import_module("notifier.pipeline")
+    from notifier.pipeline import Poller
+
     outbox: Any = importlib.import_module("notifier.outbox")
-    return Components(
-        poller=pipeline.Poller(config, engine), dispatcher=outbox.Dispatcher(config, engine)
-    )
+    return Components(poller=Poller(config, engine), dispatcher=outbox.Dispatcher(config, engine))
 
 
 @dataclass

@@ -27,6 +27,7 @@ DEFAULT_CONFIG_DIR: Final = Path("/etc/bcs-notifier")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/bcs-notifier")
 CREDENTIALS_SOURCE_DIR: Final = DEFAULT_CONFIG_DIR / "credentials"
 DEFAULT_STOP_GRACE: Final = 10.0
+SEND_TIMEOUT: Final = 1.0
 
 
 def notify_address(value: str | None) -> str | None:
@@ -71,6 +72,8 @@ class SystemdNotifier:
             try:
                 if self._socket is None:
                     self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    # a full receive queue must never hang the loop
+                    self._socket.settimeout(SEND_TIMEOUT)
                 self._socket.sendto(payload, self._address)
             except OSError as exc:
                 self._close_locked()
