@@ -4,6 +4,7 @@ involved."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import socket
@@ -183,7 +184,7 @@ def run_for(daemon: Daemon, clock: FakeClock, seconds: float) -> int:
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
+    return [round(b - a, 3) for a, b in itertools.pairwise(times)]
 
 
 def add_pending(engine: Engine, count: int, now_ms: int, *, due_in_ms: int = 0) -> None:
@@ -372,7 +373,7 @@ def test_a_scheduled_retry_is_dispatched_when_it_falls_due(
     add_pending(engine, 1, int(clock.wall() * 1000), due_in_ms=42_000)
     daemon, _, dispatcher = build(make_config(database_url), engine, clock)
     run_for(daemon, clock, 50)
-    assert [at for at, _ in dispatcher.calls if at > 0][0] == pytest.approx(42, abs=0.01)
+    assert next(at for at, _ in dispatcher.calls if at > 0) == pytest.approx(42, abs=0.01)
     assert pending(engine) == 0
 
 
