@@ -153,6 +153,7 @@ class UnitOptions:
     credentials: Sequence[str] = ()
     http_port: int | None = None
     extra_read_paths: Sequence[Path] = field(default_factory=tuple)
+    warnings: Sequence[str] = field(default_factory=tuple)
 
 
 def executable_command() -> list[str]:
@@ -227,6 +228,8 @@ def unit_text(options: UnitOptions) -> str:
         f"Install: save as /etc/systemd/system/{UNIT_NAME}.service, then\n"
         f"  systemctl daemon-reload && systemctl enable --now {UNIT_NAME}"
     )
+    for warning in options.warnings:
+        add(f"WARNING: {warning}")
     lines.append("")
     lines.append("[Unit]")
     add(
@@ -407,8 +410,15 @@ def unit_options_for(
 ) -> UnitOptions:
     """Options for this install: its executable, the config's credentials and database."""
     database_dir: Path | None = None
+    warnings: list[str] = []
     if database_url is not None:
         database_dir = sqlite_directory(database_url)
+        if database_dir is not None and not database_dir.is_absolute():
+            warnings.append(
+                f"service.database {database_url!r} is a relative path; under systemd use an "
+                "absolute one, e.g. sqlite:////var/lib/bcs-notifier/state.db"
+            )
+            database_dir = None
     command = list(exec_start) if exec_start else executable_command()
     extra: list[Path] = []
     if command and Path(command[0]).name.startswith("python"):
@@ -424,6 +434,7 @@ def unit_options_for(
         credentials=credentials_in(config_path),
         http_port=http_port,
         extra_read_paths=extra,
+        warnings=warnings,
     )
 
 
@@ -435,7 +446,4 @@ def sqlite_directory(url: str) -> Path | None:
     database = url[len(prefix) :].split("?", 1)[0]
     if not database or database == ":memory:":
         return None
-    path = Path(database)
-    if not path.is_absolute():
-        path = Path("/") / path  # under systemd the working directory is /
-    return path.parent
+    return Path(database).parent

@@ -301,4 +301,6 @@ def print_unit(
         watchdog_sec=watchdog_sec,
         stop_grace=stop_grace,
     )
+    for warning in options.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(unit_text(options), nl=False)
