@@ -123,7 +123,8 @@ def test_a_second_lock_on_the_same_database_is_refused(engine: Engine) -> None:
     finally:
         first.release()
     with InstanceLock(engine) as again:
-        assert again.path is not None and again.path.exists()
+        assert again.path is not None
+        assert again.path.exists()
     assert InstanceLock(engine).holder() is None
 
 

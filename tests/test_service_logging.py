@@ -85,7 +85,8 @@ def test_timestamps_only_when_stderr_is_not_the_journal(tmp_path: Path) -> None:
     assert under.format(record(logging.INFO, "hi")) == "<6>notifier.daemon: hi"
     for formatter in (elsewhere, plain):
         line = formatter.format(record(logging.INFO, "hi"))
-        assert line.startswith("<6>20") and line.endswith("Z notifier.daemon: hi")
+        assert line.startswith("<6>20")
+        assert line.endswith("Z notifier.daemon: hi")
 
 
 def test_json_lines_carry_level_logger_extra_fields_and_exceptions() -> None:
