@@ -103,9 +103,16 @@ class AuthError(ApiError):
 
 
 class SignatureRejected(AuthError):
-    """An AK/SK-signed request was refused. Five in a row lock the key for 5 minutes."""
+    """An AK/SK-signed request was refused. Five in a row lock the key for 5 minutes.
+
+    The client never retries it within a fetch; the caller must not send another signed
+    request for at least ``min_backoff`` seconds (``BcsClient.retry_not_before`` holds the
+    exact time and the client itself refuses to sign again earlier).
+    """
 
     kind = "signature"
+    #: seconds to wait after a rejection before the next signed request (the lock is 5 min)
+    min_backoff: float = 300.0
 
 
 class ThrottledError(ApiError):

@@ -13,6 +13,7 @@ PURE = [
     "notifier.routing",
     "notifier.bcs.parse",
     "notifier.bcs.signing",
+    "notifier.channels.render",
 ]
 FORBIDDEN = ["httpx", "sqlalchemy", "apprise", "click", "alembic", "requests"]
 

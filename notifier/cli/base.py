@@ -39,6 +39,10 @@ class Context:
 
     def config(self) -> Config:
         if self._config is None:
+            # apprise is needed to check channel URLs and templates, like every other key
+            from notifier.channels.targets import install_validators
+
+            install_validators()
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from notifier.cli.base import EX_UNAVAILABLE, Context, fail, main, pass_context
-from notifier.config import SourceConfig
+from notifier.config import Config, SourceConfig
 from notifier.errors import NotifierError
 from notifier.model import Event, cloudevent, describe
 
@@ -103,7 +103,9 @@ def open_store(context: Context, *, dry_run: bool = False) -> Engine:
 def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str, ...]) -> None:
     """Run one cycle: poll every source, record and deliver the events found, print them.
 
-    Exits 69 when a source could not be polled (its stored state is left as it was).
+    Due deliveries (these events', and earlier ones waiting for a retry) are sent once;
+    what fails stays in the outbox. Exits 69 when a source could not be polled (its
+    stored state is left as it was).
     """
     from notifier.pipeline import Poller
 
@@ -127,12 +129,30 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
                         "as the baseline (changes from now on are reported)",
                         err=True,
                     )
+        if not dry_run and config.channels:
+            _deliver(config, engine)
     except NotifierError as exc:
         fail(exc)
     finally:
         context.close()
     if failed:
         sys.exit(EX_UNAVAILABLE)
+
+
+def _deliver(config: Config, engine: Engine) -> None:
+    """Send the due outbox rows once; failures stay queued for the next poll or ``run``."""
+    from notifier.outbox import Dispatcher
+
+    stats = Dispatcher(config, engine).dispatch_due()
+    if stats.handled:
+        parts = [f"{stats.sent} sent"]
+        if stats.failed:
+            parts.append(f"{stats.failed} failed (retried later)")
+        if stats.deferred:
+            parts.append(f"{stats.deferred} deferred (pacing)")
+        if stats.dead:
+            parts.append(f"{stats.dead} dead")
+        click.echo(f"deliveries: {', '.join(parts)}", err=True)
 
 
 @main.command()

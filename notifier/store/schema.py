@@ -101,6 +101,7 @@ outbox = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("last_error", Text, nullable=True),
     Column("done_targets", Text, nullable=False, default="[]"),  # JSON list of target keys sent
+    Column("retried_at", BigInteger, nullable=True),  # last manual retry; max_age counts from it
     UniqueConstraint("group_id", "channel", name="uq_outbox_group_channel"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
 )

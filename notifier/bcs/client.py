@@ -1,0 +1,534 @@
+"""HTTP client for ``GET {endpoint}/v2/{project_id}/operation/record``.
+
+:class:`BcsClient` makes one logical fetch per call with bounded retries, and turns every
+failure into a :class:`~notifier.errors.SourceError` subclass; no httpx exception leaves
+:meth:`BcsClient.fetch`::
+
+    network error / timeout        -> TransportError     (retried)
+    HTTP 5xx                       -> ApiError           (retried)
+    HTTP 429                       -> ThrottledError     (retried; Retry-After honoured, capped)
+    HTTP 401 / 403                 -> AuthError          (password auth: new token, once)
+    HTTP 401 on an AK/SK request   -> SignatureRejected  (never retried, see below)
+    other HTTP 4xx / 3xx           -> ApiError
+    body over max_response_bytes   -> ResponseTooLarge
+    body not a JSON object         -> InvalidResponse
+
+Every error carries the ``X-Request-Id`` response header when there was a response.
+
+After a ``SignatureRejected`` the key must rest: five bad signatures in a row lock it for
+5 minutes. The client refuses to sign another request for ``SignatureRejected.min_backoff``
+seconds (300) and raises ``SignatureRejected`` again without sending anything;
+:attr:`BcsClient.retry_not_before` tells the service loop when the next try makes sense (it
+also covers an IAM login refused under password auth).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from notifier import __version__
+from notifier.bcs import signing
+from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
+from notifier.bcs.errors import (
+    REQUEST_ID_HEADER,
+    api_error,
+    html_excerpt,
+    one_line,
+    redact,
+    signature_echo,
+)
+from notifier.config import SourceConfig
+from notifier.errors import (
+    ApiError,
+    InvalidResponse,
+    ResponseTooLarge,
+    SignatureRejected,
+    SourceError,
+    TransportError,
+)
+
+logger = logging.getLogger(__name__)
+
+RECORD_PATH: Final = "/v2/{project_id}/operation/record"
+USER_AGENT: Final = f"bcs-notifier/{__version__}"
+#: First back-off after a network error or 5xx; doubles per retry, with jitter.
+BACKOFF_BASE: Final = 0.5
+#: First back-off after a 429 without Retry-After ("retry after a few seconds").
+THROTTLE_BASE: Final = 2.0
+#: No single back-off inside one fetch is longer than this (Retry-After included).
+BACKOFF_CAP: Final = 30.0
+#: Warn when the server's Date differs from the local clock by more than this (seconds).
+CLOCK_SKEW_WARNING: Final = 600.0
+#: Error bodies are read up to this many bytes (only an excerpt is kept anyway).
+ERROR_BODY_LIMIT: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One successful answer: the parsed JSON object and where it came from."""
+
+    body: Any
+    request_id: str | None
+    size: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """A failed attempt that may be retried; ``delay`` is the server's advice, if any."""
+
+    error: SourceError
+    delay: float | None = None
+
+
+class _BodyTooLarge(Exception):
+    """Raised from inside a response stream once it passes the size cap."""
+
+    def __init__(self, limit: int, *, declared: int | None, request_id: str | None) -> None:
+        self.limit = limit
+        self.declared = declared
+        self.request_id = request_id
+        super().__init__(limit)
+
+
+class _CappedStream(httpx.SyncByteStream):
+    """A response stream that stops once more than ``limit`` raw bytes came in."""
+
+    def __init__(self, stream: httpx.SyncByteStream, limit: int, request_id: str | None) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._request_id = request_id
+
+    def __iter__(self) -> Iterator[bytes]:
+        received = 0
+        for chunk in self._stream:
+            received += len(chunk)
+            if received > self._limit:
+                raise _BodyTooLarge(self._limit, declared=None, request_id=self._request_id)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class BcsClient:
+    """Fetches the operation records of one ``[[sources]]`` entry.
+
+    Query parameters: every filter of ``source.filters`` with exactly one value is sent
+    (``blockchain_id=...``); filters with several values are **not** sent, because the API
+    takes one value per parameter. The answer is then a superset of what the filters select,
+    and the pipeline filters those records locally. The query string is built with
+    :func:`notifier.bcs.signing.canonical_query` (sorted, percent-encoded) for every auth type,
+    so the query sent is byte for byte the one an AK/SK signature covers.
+
+    ``transport`` replaces httpx's network transport (tests, the simulator); ``clock`` returns
+    epoch seconds (token expiry, ``X-Sdk-Date``, Retry-After dates, skew check); ``sleep`` waits
+    between retries; ``jitter`` returns a float in [0, 1) that spreads the back-offs.
+
+    Not thread-safe: use one client per thread. Close it (or use it as a context manager).
+    """
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        clock: Clock = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        auth: BcsAuth | None = None,
+    ) -> None:
+        self.source = source
+        self._transport = transport
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self.auth = auth or build_auth(source, clock=clock, user_agent=USER_AGENT)
+        self._http: httpx.Client | None = None
+        self._skew_warned = False
+        self._signature_rejection: SignatureRejected | None = None
+        self._signature_rest_until = 0.0
+        project = quote(source.project_id, safe="")
+        self.url = source.endpoint.rstrip("/") + RECORD_PATH.format(project_id=project)
+        pairs = [(key, values[0]) for key, values in source.filters.items() if len(values) == 1]
+        self.query = signing.canonical_query(pairs)
+        self._host = urlsplit(source.endpoint).netloc
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BcsClient(source={self.source.name!r}, auth={self.auth.kind!r}, url={self.url!r})"
+
+    @property
+    def retry_not_before(self) -> float | None:
+        """Epoch seconds before which a fetch cannot succeed without risk, or None.
+
+        Set after a ``SignatureRejected`` (now + ``SignatureRejected.min_backoff``) and after
+        IAM refused the password; the service loop should not poll this source earlier.
+        """
+        now = self._clock()
+        candidates = [self._signature_rest_until, self.auth.retry_not_before or 0.0]
+        latest = max(candidates)
+        return latest if latest > now else None
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def fetch(self) -> Fetched:
+        """The operation records as parsed JSON, or a ``SourceError`` subclass."""
+        self._check_signature_rest()
+        attempts = self.source.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            outcome = self._attempt()
+            if isinstance(outcome, Fetched):
+                if attempt > 1:
+                    logger.info(
+                        "source %s: fetch succeeded on attempt %d", self.source.name, attempt
+                    )
+                return outcome
+            if attempt == attempts:
+                if attempts > 1:
+                    logger.warning(
+                        "source %s: giving up after %d attempts: %s",
+                        self.source.name,
+                        attempts,
+                        outcome.error.one_line(),
+                    )
+                raise outcome.error
+            delay = self._delay(attempt, outcome)
+            logger.warning(
+                "source %s: %s; retry %d of %d in %.1f s",
+                self.source.name,
+                outcome.error.one_line(),
+                attempt,
+                attempts - 1,
+                delay,
+            )
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(
+                transport=self._transport,
+                timeout=httpx.Timeout(self.source.timeout),
+                verify=self._verify(),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                follow_redirects=False,
+                event_hooks={"response": [self._on_response]},
+            )
+        return self._http
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if not self.source.verify_tls:
+            return False
+        if self.source.ca_file is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self.source.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise TransportError(
+                f"cannot load ca_file {self.source.ca_file}: {one_line(reason)}"
+            ) from exc
+
+    def _attempt(self) -> Fetched | _Retry:
+        client = self._client()
+        request = client.build_request("GET", self.url)
+        if self.query:
+            request.url = request.url.copy_with(query=self.query.encode("ascii"))
+        response: httpx.Response | None = None
+        try:
+            response = client.send(request, auth=self.auth, stream=True)
+            try:
+                return self._handle(response)
+            finally:
+                response.close()
+        except _BodyTooLarge as exc:
+            raise self._too_large(exc) from exc
+        except ApiError as exc:
+            # raised by an auth flow (IAM answered an error); 429 and 5xx are worth a retry
+            if exc.status == 429 or exc.status >= 500:
+                return _Retry(exc)
+            raise
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict) as exc:
+            request_id = response.headers.get(REQUEST_ID_HEADER) if response else None
+            error, retryable = self._transport_error(exc, request_id)
+            if retryable:
+                return _Retry(error)
+            raise error from exc
+
+    def _handle(self, response: httpx.Response) -> Fetched | _Retry:
+        status = response.status_code
+        request_id = response.headers.get(REQUEST_ID_HEADER)
+        if 200 <= status < 300:
+            body = self._read(response, self.source.max_response_bytes, request_id)
+            return Fetched(
+                body=self._parse(body, response, request_id),
+                request_id=request_id,
+                size=len(body),
+                status=status,
+            )
+        body = self._read(response, ERROR_BODY_LIMIT, request_id, truncate=True)
+        error = api_error(
+            status,
+            body,
+            response.headers,
+            signed=self.auth.signed,
+            url=self.url,
+            secrets=self.auth.secrets(),
+        )
+        if 300 <= status < 400:
+            location = one_line(response.headers.get("Location", "?"), 200)
+            error = ApiError(
+                status=status,
+                code=error.code,
+                message=f"unexpected redirect to {location}; check the endpoint",
+                request_id=error.request_id,
+                url=self.url,
+            )
+        if isinstance(error, SignatureRejected):
+            self._rest_after_rejection(error, body)
+            raise error
+        if status == 429:
+            return _Retry(error, _retry_after(response.headers, self._clock()))
+        if status >= 500:
+            return _Retry(error)
+        raise error
+
+    def _read(
+        self,
+        response: httpx.Response,
+        limit: int,
+        request_id: str | None,
+        *,
+        truncate: bool = False,
+    ) -> bytes:
+        """The decoded body, at most ``limit`` bytes (``truncate``: cut instead of failing)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                if truncate:
+                    chunks.append(chunk[: limit - (size - len(chunk))])
+                    break
+                raise _BodyTooLarge(limit, declared=None, request_id=request_id)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, body: bytes, response: httpx.Response, request_id: str | None) -> Any:
+        content_type = response.headers.get("Content-Type", "no Content-Type")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            excerpt = html_excerpt(body[:4096].decode("utf-8", errors="replace"), 80)
+            detail = f"{type(exc).__name__}: {one_line(str(exc), 120)}"
+            raise InvalidResponse(
+                f"HTTP {response.status_code} body is not JSON ({content_type}, "
+                f"{len(body)} bytes; {detail}){': ' + excerpt if excerpt else ''}",
+                request_id=request_id,
+            ) from exc
+        if not isinstance(data, dict):
+            raise InvalidResponse(
+                f"HTTP {response.status_code} body is JSON but not an object "
+                f"(a {type(data).__name__})",
+                request_id=request_id,
+            )
+        return data
+
+    # -- response hook: size cap, clock skew ---------------------------------------------------
+
+    def _on_response(self, response: httpx.Response) -> None:
+        """Runs for every response (IAM and intermediate auth answers included)."""
+        request_id = response.headers.get(REQUEST_ID_HEADER)
+        limit = self.source.max_response_bytes
+        if response.is_success:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+                raise _BodyTooLarge(limit, declared=int(declared), request_id=request_id)
+        else:
+            # error bodies are cut at ERROR_BODY_LIMIT when read; a small cap must not turn a
+            # retryable 502 page into ResponseTooLarge
+            limit = max(limit, ERROR_BODY_LIMIT)
+        if isinstance(response.stream, httpx.SyncByteStream):
+            response.stream = _CappedStream(response.stream, limit, request_id)
+        self._check_clock(response.headers.get("Date"))
+
+    def _check_clock(self, date_header: str | None) -> None:
+        if self._skew_warned or not date_header:
+            return
+        try:
+            server = parsedate_to_datetime(date_header)
+        except (TypeError, ValueError):
+            return
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=UTC)
+        skew = server.timestamp() - self._clock()
+        if abs(skew) > CLOCK_SKEW_WARNING:
+            self._skew_warned = True
+            logger.warning(
+                "source %s: the server's clock (%s) and the local clock differ by %d s; "
+                "fix the local time (NTP): AK/SK signatures are refused beyond 15 minutes of "
+                "skew and token expiry is misjudged",
+                self.source.name,
+                date_header,
+                round(skew),
+            )
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _too_large(self, exc: _BodyTooLarge) -> ResponseTooLarge:
+        if exc.declared is not None:
+            detail = f"Content-Length {exc.declared} bytes"
+        else:
+            detail = f"more than {exc.limit} bytes"
+        return ResponseTooLarge(
+            f"response from {self._host} is too large ({detail}; max_response_bytes = {exc.limit})",
+            request_id=exc.request_id,
+        )
+
+    def _transport_error(self, exc: Exception, request_id: str | None) -> tuple[SourceError, bool]:
+        """The error for an httpx exception, and whether another attempt may help."""
+        error, retryable = self._map_transport_error(exc, request_id)
+        error.__cause__ = exc
+        return error, retryable
+
+    def _map_transport_error(
+        self, exc: Exception, request_id: str | None
+    ) -> tuple[SourceError, bool]:
+        name = type(exc).__name__
+        reason = one_line(redact(str(exc), self.auth.secrets()), 200) or name
+        if isinstance(exc, httpx.TimeoutException):
+            phase = {
+                httpx.ConnectTimeout: "connecting to",
+                httpx.ReadTimeout: "reading from",
+                httpx.WriteTimeout: "writing to",
+                httpx.PoolTimeout: "waiting for a connection to",
+            }.get(type(exc), "talking to")
+            message = f"timed out after {self.source.timeout:g} s {phase} {self._host}"
+            return TransportError(message, request_id=request_id), True
+        if isinstance(exc, httpx.DecodingError):
+            message = f"cannot decode the response from {self._host}: {reason}"
+            return InvalidResponse(message, request_id=request_id), False
+        if isinstance(exc, httpx.ConnectError) and _caused_by_tls(exc):
+            message = f"TLS failure connecting to {self._host}: {reason}"
+            return TransportError(message, request_id=request_id), False
+        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError):
+            message = f"network error talking to {self._host} ({name}): {reason}"
+            return TransportError(message, request_id=request_id), True
+        message = f"request to {self._host} failed ({name}): {reason}"
+        return TransportError(message, request_id=request_id), False
+
+    def _delay(self, attempt: int, outcome: _Retry) -> float:
+        if outcome.delay is not None:
+            return min(outcome.delay, BACKOFF_CAP)
+        throttled = isinstance(outcome.error, ApiError) and outcome.error.status == 429
+        base = THROTTLE_BASE if throttled else BACKOFF_BASE
+        return min(BACKOFF_CAP, base * 2.0 ** (attempt - 1) * (1.0 + self._jitter()))
+
+    # -- AK/SK rejection -----------------------------------------------------------------------
+
+    def _rest_after_rejection(self, error: SignatureRejected, body: bytes) -> None:
+        self._signature_rejection = error
+        self._signature_rest_until = self._clock() + SignatureRejected.min_backoff
+        echo = signature_echo(body, self.auth.secrets())
+        ours = self.auth.describe_last_request() if isinstance(self.auth, AkSkAuth) else None
+        logger.error(
+            "source %s: the AK/SK signature was rejected: %s; no signed request before %s "
+            "(five rejections lock the key for 5 minutes). Check the access/secret key pair, "
+            "the security token of temporary credentials and the local clock. "
+            "Gateway canonical request: %s. Ours: %s",
+            self.source.name,
+            error.one_line(),
+            _iso(self._signature_rest_until),
+            echo.replace("\n", "\\n") if echo else "(not given)",
+            ours or "(none)",
+        )
+
+    def _check_signature_rest(self) -> None:
+        previous = self._signature_rejection
+        if previous is None:
+            return
+        if self._clock() >= self._signature_rest_until:
+            self._signature_rejection = None
+            return
+        raise SignatureRejected(
+            status=previous.status,
+            code=previous.code,
+            message=(
+                f"{previous.error_message} (signature rejected earlier; not signing again "
+                f"before {_iso(self._signature_rest_until)})"
+            ),
+            request_id=previous.request_id,
+            url=previous.url,
+        )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _caused_by_tls(exc: BaseException) -> bool:
+    """A TLS handshake/verification failure (retrying will not fix a bad certificate)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError) or "[SSL" in str(current):
+            return True
+        pending.extend(link for link in (current.__cause__, current.__context__) if link)
+    return False
+
+
+def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)

@@ -1,0 +1,662 @@
+"""The transactional outbox's consumer: send due deliveries, retry, dead-letter.
+
+An ``outbox`` row is one (event group, channel) delivery, written in the same transaction
+as the events. :class:`Dispatcher` picks due rows, renders them for each URL ("target") of
+the channel and records every target that succeeded in ``done_targets`` right after it
+did, so a retry (even after a crash) never re-sends to a target that already has it:
+
+- chat/email targets get one message per operation, key ``"<url index>"``; all pending
+  rows of the same (channel, operation) are coalesced into that one message, in order;
+- webhook targets get one CloudEvent per event, key ``"<url index>:<event id>"``.
+
+A row whose targets all succeeded becomes ``sent``. Otherwise it is retried with
+exponential backoff and jitter (``[delivery]`` settings, persisted in ``next_attempt_at``)
+until ``max_attempts`` or ``max_age``, then it is ``dead`` and stays visible
+(``outbox list``) until ``outbox retry`` or ``outbox purge``.
+
+Pacing: a service's own rate (apprise's ``request_rate_per_sec``, e.g. Slack's 1.2 s) is
+kept between two sends to the same target; a dispatch waits at most ``pacing_budget``
+seconds in total and defers the rest (no attempt counted), so a backlog never bursts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from notifier import routing
+from notifier.channels.render import RenderOptions, TemplateError, Templates, render_message
+from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
+from notifier.config import ChannelConfig, Config
+from notifier.errors import StoreError
+from notifier.model import Event, OperationRecord, cloudevent
+from notifier.store.schema import event_groups, events, outbox
+
+logger = logging.getLogger(__name__)
+
+PENDING: Final = "pending"
+SENT: Final = "sent"
+DEAD: Final = "dead"
+STATES: Final = (PENDING, SENT, DEAD)
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+@dataclass
+class ChannelStats:
+    sent: int = 0
+    failed: int = 0
+    dead: int = 0
+    deferred: int = 0
+    messages: int = 0  # requests made (messages or webhook events), successful or not
+
+
+@dataclass
+class DispatchStats:
+    """What one :meth:`Dispatcher.dispatch_due` did (counts of outbox rows)."""
+
+    sent: int = 0
+    failed: int = 0
+    dead: int = 0
+    deferred: int = 0
+    messages: int = 0
+    channels: dict[str, ChannelStats] = field(default_factory=dict)
+
+    def channel(self, name: str) -> ChannelStats:
+        return self.channels.setdefault(name, ChannelStats())
+
+    def count(self, channel: str, state: str) -> None:
+        stats = self.channel(channel)
+        attribute = {SENT: "sent", DEAD: "dead", PENDING: "failed", "deferred": "deferred"}[state]
+        setattr(stats, attribute, getattr(stats, attribute) + 1)
+        setattr(self, attribute, getattr(self, attribute) + 1)
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.failed + self.dead + self.deferred
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One outbox row for ``outbox list`` and ``status``."""
+
+    id: int
+    channel: str
+    state: str
+    attempts: int
+    source: str
+    operation_id: str
+    group_id: str
+    created_at: int
+    next_attempt_at: int
+    updated_at: int
+    last_error: str | None
+    done_targets: tuple[str, ...]
+    events: int
+
+
+@dataclass
+class _Row:
+    id: int
+    group_id: str
+    channel: str
+    attempts: int
+    created_at: int
+    done: list[str]
+    source: str
+    operation_id: str
+    group_created_at: int
+    record: OperationRecord | None
+    events: list[Event]
+    errors: list[str] = field(default_factory=list)
+    deferred_until: int | None = None
+    attempted: bool = False
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def backoff_seconds(
+    attempts: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    if attempts <= 0:
+        return 0.0
+    delay = min(maximum, initial * (2 ** (attempts - 1)))
+    return float(delay / 2 + rand() * delay / 2)
+
+
+class Dispatcher:
+    """Sends due outbox rows. One instance per process; not thread-safe."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        pacing_budget: float = 5.0,
+        targets: Mapping[str, Sequence[Target]] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+        self.pacing_budget = pacing_budget
+        self._channels: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
+        self._targets: dict[str, list[Target]] = {k: list(v) for k, v in (targets or {}).items()}
+        self._target_errors: dict[str, str] = {}
+        self._templates: dict[str, Templates] = {}
+        self._last_send: dict[str, float] = {}
+        self._unsaved: dict[int, _Row] = {}
+        self._waited = 0.0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def dispatch_due(self, limit: int | None = None) -> DispatchStats:
+        """Send every due delivery (at most ``limit`` rows, default ``batch_size``)."""
+        stats = DispatchStats()
+        self._waited = 0.0
+        now_ms = self._now_ms()
+        batch = limit if limit is not None else self.config.delivery.batch_size
+        try:
+            bundles = self._load_bundles(now_ms, batch)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the outbox: {exc}") from exc
+        for channel_name, rows in bundles:
+            self._dispatch_bundle(channel_name, rows, stats)
+        if stats.handled:
+            logger.info(
+                "dispatched: %d sent, %d retrying, %d dead, %d deferred",
+                stats.sent,
+                stats.failed,
+                stats.dead,
+                stats.deferred,
+            )
+        return stats
+
+    def next_due_at(self) -> float | None:
+        """When the earliest pending row is due (seconds since the epoch), or None."""
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(func.min(outbox.c.next_attempt_at)).where(outbox.c.state == PENDING)
+            ).scalar()
+        return None if value is None else value / 1000.0
+
+    def targets(self, channel: ChannelConfig) -> list[Target]:
+        """The channel's targets, built once (plugin instances and pacing persist)."""
+        if channel.name not in self._targets:
+            self._targets[channel.name] = build_targets(channel, self.config.delivery)
+        return self._targets[channel.name]
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _load_bundles(self, now_ms: int, batch: int) -> list[tuple[str, list[_Row]]]:
+        """Due rows grouped per (channel, source, operation), each group with every pending
+        row of that operation (older ones first) so messages coalesce and keep their order."""
+        due_query = (
+            select(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id)
+            .join(event_groups, event_groups.c.id == outbox.c.group_id)
+            .where(outbox.c.state == PENDING, outbox.c.next_attempt_at <= now_ms)
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
+            .limit(batch)
+        )
+        with self.engine.connect() as connection:
+            keys = list(dict.fromkeys(tuple(row) for row in connection.execute(due_query)))
+            by_key: dict[tuple[str, str, str], list[_Row]] = {key: [] for key in keys}
+            for chunk in _chunks(keys, 300):
+                for row in self._load_rows(connection, chunk):
+                    by_key[(row.channel, row.source, row.operation_id)].append(row)
+        return [(key[0], rows) for key, rows in by_key.items() if rows]
+
+    def _load_rows(self, connection: Any, keys: Sequence[tuple[str, str, str]]) -> list[_Row]:
+        query = (
+            select(
+                outbox.c.id,
+                outbox.c.group_id,
+                outbox.c.channel,
+                outbox.c.attempts,
+                func.coalesce(outbox.c.retried_at, outbox.c.created_at).label("age_from"),
+                outbox.c.done_targets,
+                event_groups.c.source,
+                event_groups.c.operation_id,
+                event_groups.c.created_at.label("group_created_at"),
+                event_groups.c.record,
+            )
+            .join(event_groups, event_groups.c.id == outbox.c.group_id)
+            .where(
+                outbox.c.state == PENDING,
+                tuple_(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id).in_(
+                    list(keys)
+                ),
+            )
+            .order_by(event_groups.c.created_at, outbox.c.id)
+        )
+        rows: list[_Row] = []
+        records: dict[str, OperationRecord | None] = {}
+        for item in connection.execute(query):
+            if item.group_id not in records:
+                records[item.group_id] = (
+                    OperationRecord.from_dict(json.loads(item.record)) if item.record else None
+                )
+            rows.append(
+                _Row(
+                    id=item.id,
+                    group_id=item.group_id,
+                    channel=item.channel,
+                    attempts=item.attempts,
+                    created_at=item.age_from,
+                    done=list(json.loads(item.done_targets or "[]")),
+                    source=item.source,
+                    operation_id=item.operation_id,
+                    group_created_at=item.group_created_at,
+                    record=records[item.group_id],
+                    events=[],
+                )
+            )
+        group_events: dict[str, list[Event]] = {group: [] for group in records}
+        event_query = (
+            select(events.c.group_id, events.c.payload)
+            .where(events.c.group_id.in_(list(records)))
+            .order_by(events.c.seq)
+        )
+        for item in connection.execute(event_query):
+            group_events[item.group_id].append(Event.from_dict(json.loads(item.payload)))
+        for row in rows:
+            row.events = group_events[row.group_id]
+        return rows
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _dispatch_bundle(self, channel_name: str, rows: list[_Row], stats: DispatchStats) -> None:
+        channel = self._channels.get(channel_name)
+        if channel is None:
+            for row in rows:
+                row.errors.append(f"channel {channel_name!r} is not configured any more")
+                row.attempted = True
+            self._finish(rows, stats, channel_name, force_dead=True)
+            return
+        try:
+            targets = self.targets(channel)
+        except UnloadableURL as exc:  # config changed under us; retry later like a send failure
+            for row in rows:
+                row.errors.append(str(exc))
+                row.attempted = True
+            self._finish(rows, stats, channel_name)
+            return
+        matched = {row.id: routing.matching_events(channel, row.events) for row in rows}
+        for target in targets:
+            if target.kind == "webhook":
+                self._send_webhook(channel, target, rows, matched, stats)
+            else:
+                self._send_message(channel, target, rows, matched, stats)
+        self._finish(rows, stats, channel_name)
+
+    def _pace(self, target: Target) -> bool:
+        """Wait for the target's pacing; False when the wait would exceed the budget."""
+        if target.interval <= 0:
+            return True
+        last = self._last_send.get(target.pacing_key)
+        if last is None:
+            return True
+        wait = last + target.interval - self.clock()
+        if wait <= 0:
+            return True
+        if self._waited + wait > self.pacing_budget:
+            return False
+        self._waited += wait
+        self.sleep(wait)
+        return True
+
+    def _defer(self, rows: Iterable[_Row], target: Target) -> None:
+        last = self._last_send.get(target.pacing_key, self.clock())
+        until = int((last + target.interval) * 1000) + 1
+        for row in rows:
+            row.deferred_until = max(row.deferred_until or 0, until)
+
+    def _deliver(self, target: Target, **message: str) -> SendResult:
+        self._flush_done()  # every earlier success is committed before more network I/O
+        result = target.send(**message)
+        self._last_send[target.pacing_key] = self.clock()
+        return result
+
+    def _send_message(
+        self,
+        channel: ChannelConfig,
+        target: Target,
+        rows: list[_Row],
+        matched: Mapping[int, list[Event]],
+        stats: DispatchStats,
+    ) -> None:
+        key = target.key()
+        waiting = [row for row in rows if key not in row.done]
+        if not waiting:
+            return
+        merged = [event for row in waiting for event in matched[row.id]]
+        if not merged:  # nothing this channel wants (filters changed): done for this target
+            self._mark_done(waiting, [key] * len(waiting))
+            return
+        if not self._pace(target):
+            self._defer(waiting, target)
+            return
+        record = next((row.record for row in reversed(waiting) if row.record is not None), None)
+        options = RenderOptions(
+            format=target.format,
+            timezone=channel.timezone,
+            budget=target.budget,
+            title_max=target.title_max,
+        )
+        try:
+            message = render_message(merged, record, options, self._templates_for(channel))
+        except TemplateError as exc:
+            logger.warning(
+                "channel %s: template failed (%s); sending the default message", channel.name, exc
+            )
+            message = render_message(merged, record, options)
+        for row in waiting:
+            row.attempted = True
+        stats.messages += 1
+        stats.channel(channel.name).messages += 1
+        result = self._deliver(
+            target,
+            title=message.title,
+            body=message.body,
+            notify_type=message.notify_type,
+            body_format=message.format,
+        )
+        if result.ok:
+            self._mark_done(waiting, [key] * len(waiting))
+        else:
+            error = f"{target.safe_url}: {result.error}"
+            logger.warning("channel %s: delivery failed: %s", channel.name, error)
+            for row in waiting:
+                row.errors.append(error)
+
+    def _send_webhook(
+        self,
+        channel: ChannelConfig,
+        target: Target,
+        rows: list[_Row],
+        matched: Mapping[int, list[Event]],
+        stats: DispatchStats,
+    ) -> None:
+        blocked: str | None = None
+        for row in rows:
+            for event in matched[row.id]:
+                key = target.key(event.id)
+                if key in row.done:
+                    continue
+                if blocked is not None:
+                    # Keep the operation's events in order: later ones wait with the failed one.
+                    row.attempted = True
+                    row.errors.append(blocked)
+                    break
+                if not self._pace(target):
+                    self._defer([row], target)
+                    break
+                row.attempted = True
+                stats.messages += 1
+                stats.channel(channel.name).messages += 1
+                body = json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":"))
+                result = self._deliver(
+                    target, title=str(event.type), body=body, notify_type="info", body_format="text"
+                )
+                if result.ok:
+                    self._mark_done([row], [key])
+                    continue
+                error = f"{target.safe_url}: {result.error}"
+                logger.warning("channel %s: webhook failed: %s", channel.name, error)
+                row.errors.append(error)
+                blocked = f"{target.safe_url}: waiting for an earlier event of this operation"
+                break
+
+    def _templates_for(self, channel: ChannelConfig) -> Templates | None:
+        if not channel.title and not channel.body:
+            return None
+        if channel.name not in self._templates:
+            self._templates[channel.name] = Templates(title=channel.title, body=channel.body)
+        return self._templates[channel.name]
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def _mark_done(self, rows: Sequence[_Row], keys: Sequence[str]) -> None:
+        """Note a success; it is committed before the next send or with the row's new state,
+        so a crash never makes a retry re-send to a target that already has it (only a crash
+        between the target's answer and that commit can, which at-least-once allows)."""
+        for row, key in zip(rows, keys, strict=True):
+            if key not in row.done:
+                row.done.append(key)
+            self._unsaved[row.id] = row
+
+    def _flush_done(self) -> None:
+        if not self._unsaved:
+            return
+        now_ms = self._now_ms()
+        try:
+            with self.engine.begin() as connection:
+                for row in self._unsaved.values():
+                    connection.execute(
+                        update(outbox)
+                        .where(outbox.c.id == row.id)
+                        .values(done_targets=json.dumps(row.done), updated_at=now_ms)
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record a delivery: {exc}") from exc
+        self._unsaved.clear()
+
+    def _required_keys(self, row: _Row) -> set[str] | None:
+        channel = self._channels.get(row.channel)
+        if channel is None or row.channel not in self._targets:
+            return None
+        targets = self._targets[row.channel]
+        wanted = routing.matching_events(channel, row.events)
+        keys: set[str] = set()
+        for target in targets:
+            if target.kind == "webhook":
+                keys.update(target.key(event.id) for event in wanted)
+            elif wanted or target.key() in row.done:
+                keys.add(target.key())
+        return keys
+
+    def _finish(
+        self, rows: Sequence[_Row], stats: DispatchStats, channel: str, *, force_dead: bool = False
+    ) -> None:
+        now_ms = self._now_ms()
+        delivery = self.config.delivery
+        with self.engine.begin() as connection:
+            for row in rows:
+                required = self._required_keys(row)
+                values: dict[str, Any]
+                if not force_dead and required is not None and required <= set(row.done):
+                    state, values = SENT, {"state": SENT, "last_error": None}
+                elif not row.attempted and row.deferred_until is not None and not force_dead:
+                    state = "deferred"
+                    values = {"next_attempt_at": row.deferred_until}
+                elif not row.attempted and not force_dead:
+                    if row.id not in self._unsaved:
+                        continue  # pulled into the bundle but nothing was tried for it
+                    state, values = "", {}  # only its bookkeeping changed
+                else:
+                    attempts = row.attempts + 1
+                    too_old = now_ms - row.created_at >= delivery.max_age * 1000
+                    error = "; ".join(dict.fromkeys(row.errors))[:2000] or None
+                    if row.deferred_until is not None and not row.errors and not force_dead:
+                        state = "deferred"
+                        values = {"next_attempt_at": row.deferred_until}
+                    elif force_dead or attempts >= delivery.max_attempts or too_old:
+                        state = DEAD
+                        reason = "max_age reached" if too_old else f"{attempts} attempts"
+                        values = {
+                            "state": DEAD,
+                            "attempts": attempts,
+                            "last_error": f"dead after {reason}: {error or 'no detail'}"[:2000],
+                        }
+                        logger.error(
+                            "delivery %d to channel %s is dead (%s): %s",
+                            row.id,
+                            channel,
+                            reason,
+                            error,
+                        )
+                    else:
+                        state = PENDING
+                        delay = backoff_seconds(
+                            attempts, delivery.backoff_initial, delivery.backoff_max, self.rand
+                        )
+                        next_at = now_ms + int(delay * 1000)
+                        if row.deferred_until is not None:
+                            next_at = max(next_at, row.deferred_until)
+                        values = {
+                            "attempts": attempts,
+                            "next_attempt_at": next_at,
+                            "last_error": error,
+                        }
+                values["updated_at"] = now_ms
+                values["done_targets"] = json.dumps(row.done)
+                connection.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+                self._unsaved.pop(row.id, None)
+                if state:
+                    stats.count(channel, state)
+
+
+# -- helpers for the CLI (list / retry / purge) ---------------------------------------------
+
+
+def list_entries(
+    engine: Engine,
+    *,
+    states: Sequence[str] = (PENDING, DEAD),
+    channel: str | None = None,
+    limit: int | None = None,
+) -> list[OutboxEntry]:
+    counts = (
+        select(events.c.group_id, func.count().label("events"))
+        .group_by(events.c.group_id)
+        .subquery()
+    )
+    query = (
+        select(
+            outbox,
+            event_groups.c.source,
+            event_groups.c.operation_id,
+            func.coalesce(counts.c.events, 0).label("events"),
+        )
+        .join(event_groups, event_groups.c.id == outbox.c.group_id)
+        .outerjoin(counts, counts.c.group_id == outbox.c.group_id)
+        .where(outbox.c.state.in_(list(states)))
+        .order_by(outbox.c.id)
+    )
+    if channel:
+        query = query.where(outbox.c.channel == channel)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as connection:
+        return [
+            OutboxEntry(
+                id=row.id,
+                channel=row.channel,
+                state=row.state,
+                attempts=row.attempts,
+                source=row.source,
+                operation_id=row.operation_id,
+                group_id=row.group_id,
+                created_at=row.created_at,
+                next_attempt_at=row.next_attempt_at,
+                updated_at=row.updated_at,
+                last_error=row.last_error,
+                done_targets=tuple(json.loads(row.done_targets or "[]")),
+                events=row.events,
+            )
+            for row in connection.execute(query)
+        ]
+
+
+def counts_by_state(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(outbox.c.state, func.count()).group_by(outbox.c.state)
+        ).all()
+    result = dict.fromkeys(STATES, 0)
+    for state, count in rows:
+        result[str(state)] = int(count)
+    return result
+
+
+def retry(
+    engine: Engine,
+    *,
+    now_ms: int,
+    ids: Sequence[int] = (),
+    channel: str | None = None,
+    include_pending: bool = False,
+) -> int:
+    """Make dead (and, with ``include_pending``, waiting) rows due now with a fresh attempt
+    count. ``done_targets`` is kept: targets that already have a message are not re-sent."""
+    states = [DEAD, PENDING] if include_pending else [DEAD]
+    conditions: list[ColumnElement[bool]] = [outbox.c.state.in_(states)]
+    if ids:
+        conditions.append(outbox.c.id.in_(list(ids)))
+    if channel:
+        conditions.append(outbox.c.channel == channel)
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(outbox)
+            .where(and_(*conditions))
+            .values(
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=now_ms,
+                updated_at=now_ms,
+                retried_at=now_ms,  # max_age counts again from the manual retry
+            )
+        )
+    return int(result.rowcount or 0)
+
+
+def purge(
+    engine: Engine,
+    *,
+    states: Sequence[str] = (SENT,),
+    older_than_ms: int | None = None,
+    ids: Sequence[int] = (),
+    channel: str | None = None,
+) -> int:
+    """Delete outbox rows (events stay in the history)."""
+    conditions: list[ColumnElement[bool]] = [outbox.c.state.in_(list(states))]
+    if older_than_ms is not None:
+        conditions.append(outbox.c.updated_at < older_than_ms)
+    if ids:
+        conditions.append(outbox.c.id.in_(list(ids)))
+    if channel:
+        conditions.append(outbox.c.channel == channel)
+    with engine.begin() as connection:
+        result = connection.execute(delete(outbox).where(and_(*conditions)))
+    return int(result.rowcount or 0)
+
+
+def oldest_undelivered_ms(engine: Engine) -> int | None:
+    with engine.connect() as connection:
+        value = connection.execute(
+            select(func.min(outbox.c.created_at)).where(
+                or_(outbox.c.state == PENDING, outbox.c.state == DEAD)
+            )
+        ).scalar()
+    return None if value is None else int(value)

@@ -1,0 +1,39 @@
+"""An embedded stand-in for the BCS operation-record API and the IAM token API.
+
+``with Simulator(seed=1) as sim:`` serves both on ``sim.endpoint`` (127.0.0.1, a free port)
+with a manual clock that tests move with ``sim.advance(seconds)``; ``Simulator(speed=20)``
+runs the scripted story 20 times faster than real time instead. ``sim.source_config(auth)``
+and ``sim.config_snippet(auth)`` give a client working credentials; ``sim.inject(...)``
+makes the next responses fail on purpose; ``sim.records()`` is the truth to compare with.
+
+The scenario engine (:mod:`notifier.simulator.scenario`) is pure: records are a function of
+the seed, the story's origin and the simulated time.
+"""
+
+from notifier.simulator.auth import Credentials, ReceivedRequest
+from notifier.simulator.clock import ManualClock, ScaledClock, SimClock
+from notifier.simulator.faults import Fault, FaultKind
+from notifier.simulator.scenario import (
+    DEFAULT_STORY,
+    TEMPLATES,
+    OperationSpec,
+    Scenario,
+)
+from notifier.simulator.server import RequestLogEntry, SimResponse, Simulator
+
+__all__ = [
+    "DEFAULT_STORY",
+    "TEMPLATES",
+    "Credentials",
+    "Fault",
+    "FaultKind",
+    "ManualClock",
+    "OperationSpec",
+    "ReceivedRequest",
+    "RequestLogEntry",
+    "ScaledClock",
+    "Scenario",
+    "SimClock",
+    "SimResponse",
+    "Simulator",
+]

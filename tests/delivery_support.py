@@ -1,0 +1,279 @@
+"""Helpers for the delivery tests: outbox rows, a real local HTTP receiver, SMTP, configs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from sqlalchemy import Engine, insert
+
+from notifier.config import ChannelConfig, Config, DeliveryConfig, ServiceConfig
+from notifier.model import Event, EventType, OperationRecord, Step, SubStep, event_id
+from notifier.store.schema import event_groups, events, outbox
+
+T0_NS = 1_700_000_000_000_000_000
+NOW_MS = 1_700_000_100_000
+
+
+def record(
+    operation_id: str = "BCSSVC01-99-1700000000000000001",
+    status: str = "processing",
+    *,
+    steps: Sequence[Step] = (),
+    name: str = "bcs-prod",
+    record_time: int = T0_NS,
+) -> OperationRecord:
+    return OperationRecord(
+        operation_id=operation_id,
+        status=status,
+        resource_type="BCSSVC01",
+        operation_type="99",
+        project_id="p" * 32,
+        blockchain_id="23604f57-eac9-3777-e9f5-ae87457f2338",
+        blockchain_name=name,
+        record_time=record_time,
+        steps=tuple(steps),
+    )
+
+
+def step(name: str, status: str, serial: int, subs: Sequence[SubStep] = ()) -> Step:
+    return Step(name=name, status=status, serial_num=serial, sub_steps=tuple(subs))
+
+
+def sub(
+    name: str,
+    status: str,
+    serial: int,
+    *,
+    start: int = 0,
+    end: int = 0,
+    message: Sequence[str] = (),
+) -> SubStep:
+    return SubStep(
+        name=name,
+        status=status,
+        serial_num=serial,
+        start_time=start,
+        end_time=end,
+        message=tuple(message),
+    )
+
+
+def event_for(
+    rec: OperationRecord,
+    event_type: EventType,
+    *,
+    source: str = "prod",
+    step_name: str | None = None,
+    substep: str | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    detail: str | None = None,
+    message: Sequence[str] = (),
+    started_at: int = 0,
+    ended_at: int = 0,
+) -> Event:
+    return Event(
+        id=event_id(
+            source, rec.operation_id, step_name, substep, from_status, to_status, rec.record_time
+        ),
+        type=event_type,
+        source=source,
+        operation_id=rec.operation_id,
+        record_time=rec.record_time,
+        operation=rec.summary(),
+        step=step_name,
+        substep=substep,
+        from_status=from_status,
+        to_status=to_status,
+        detail=detail,
+        message=tuple(message),
+        started_at=started_at,
+        ended_at=ended_at,
+    )
+
+
+def status_event(rec: OperationRecord, from_status: str, to_status: str) -> Event:
+    return event_for(
+        rec, EventType.OPERATION_STATUS_CHANGED, from_status=from_status, to_status=to_status
+    )
+
+
+_group_counter = iter(range(1, 1_000_000))
+
+
+def insert_group(
+    engine: Engine,
+    group_events: Sequence[Event],
+    rec: OperationRecord | None,
+    channels: Sequence[str],
+    *,
+    now_ms: int = NOW_MS,
+    group_id: str | None = None,
+) -> str:
+    """What the pipeline writes in one transaction: group, events, one outbox row per channel."""
+    group_id = group_id or f"grp_{next(_group_counter):06d}"
+    first = group_events[0]
+    with engine.begin() as connection:
+        connection.execute(
+            insert(event_groups).values(
+                id=group_id,
+                source=first.source,
+                operation_id=first.operation_id,
+                created_at=now_ms,
+                record=json.dumps(rec.to_dict()) if rec is not None else None,
+            )
+        )
+        for event in group_events:
+            connection.execute(
+                insert(events).values(
+                    id=event.id,
+                    group_id=group_id,
+                    source=event.source,
+                    operation_id=event.operation_id,
+                    type=str(event.type),
+                    record_time=event.record_time,
+                    created_at=now_ms,
+                    payload=json.dumps(event.to_dict()),
+                )
+            )
+        for channel in channels:
+            connection.execute(
+                insert(outbox).values(
+                    group_id=group_id,
+                    channel=channel,
+                    state="pending",
+                    attempts=0,
+                    created_at=now_ms,
+                    next_attempt_at=now_ms,
+                    updated_at=now_ms,
+                    done_targets="[]",
+                )
+            )
+    return group_id
+
+
+def make_config(
+    channels: Sequence[ChannelConfig], database: str = "sqlite://", **delivery: Any
+) -> Config:
+    return Config(
+        service=ServiceConfig(database=database),
+        delivery=DeliveryConfig(**delivery),
+        sources=(),
+        channels=tuple(channels),
+    )
+
+
+class FakeClock:
+    """An injected clock; ``sleep`` advances it and records the waits."""
+
+    def __init__(self, start: float = NOW_MS / 1000) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# -- a real local HTTP receiver ---------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int = 200
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """Records every request; answers ``status`` (a list is consumed one per request)."""
+
+    port: int = 0
+    requests: list[Received] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    default_status: int = 200
+    delay: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def next_status(self) -> int:
+        with self.lock:
+            return self.statuses.pop(0) if self.statuses else self.default_status
+
+    @property
+    def accepted(self) -> list[Received]:
+        with self.lock:
+            return [request for request in self.requests if 200 <= request.status < 300]
+
+    def bodies(self) -> list[Any]:
+        return [request.json() for request in self.accepted]
+
+
+@contextmanager
+def http_receiver(**kwargs: Any) -> Iterator[Receiver]:
+    receiver = Receiver(**kwargs)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            if receiver.delay:
+                threading.Event().wait(receiver.delay)
+            status = receiver.next_status()
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            with receiver.lock:
+                receiver.requests.append(Received("POST", self.path, headers, body, status))
+            payload = b"ok" if status < 400 else b"nope"
+            try:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client died mid-request (crash tests)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

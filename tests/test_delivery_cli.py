@@ -1,0 +1,137 @@
+"""`outbox list|retry|purge|dispatch` and `test-channel` through the real click commands."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from delivery_support import http_receiver, insert_group, record, status_event
+
+from notifier.cli import main
+from notifier.store import db
+
+SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+
+def _config(tmp_path: Path, urls: list[str]) -> Path:
+    path = tmp_path / "notifier.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [service]
+            database = "sqlite:///{tmp_path / "state.db"}"
+
+            [delivery]
+            max_attempts = 1
+
+            [[sources]]
+            name = "prod"
+            endpoint = "https://bcs.example.test"
+            project_id = "p1"
+            [sources.auth]
+            type = "token"
+            token = "t"
+
+            [[channels]]
+            name = "ops"
+            urls = {json.dumps(urls)}
+            """
+        )
+    )
+    return path
+
+
+def _run(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--config", str(config), *args])
+    return result.exit_code, result.output
+
+
+def test_outbox_lifecycle_through_the_cli(tmp_path: Path) -> None:
+    with http_receiver(default_status=500) as receiver:
+        config = _config(tmp_path, [f"json://user:pa55word@{receiver.base}/"])
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        db.upgrade(engine)
+        rec = record(status="failed")
+        insert_group(
+            engine,
+            [status_event(rec, "processing", "failed")],
+            rec,
+            ["ops"],
+            now_ms=int(time.time() * 1000),
+        )
+
+        code, output = _run(config, "outbox", "dispatch")
+        assert code == 1
+        assert "1 dead" in output
+
+        code, output = _run(config, "outbox")
+        assert code == 0
+        assert "#1 dead attempts=1 channel=ops prod/BCSSVC01-99-1700000000000000001" in output
+        assert "dead after 1 attempts" in output
+        assert "pa55word" not in output
+        assert "(0 pending, 0 sent, 1 dead)" in output
+
+        code, output = _run(config, "outbox", "list", "--json")
+        [row] = [json.loads(line) for line in output.splitlines()]
+        assert (row["id"], row["state"], row["events"]) == (1, "dead", 1)
+
+        receiver.default_status = 200
+        assert _run(config, "outbox", "retry") == (0, "1 delivery due again\n")
+        code, output = _run(config, "outbox", "dispatch")
+        assert (code, output.split(",")[0]) == (0, "1 sent")
+        assert len(receiver.accepted) == 1
+
+        assert (
+            _run(config, "outbox", "purge", "--older-than", "1h")[1] == "purged 0 sent deliveries\n"
+        )
+        assert _run(config, "outbox", "purge")[1] == "purged 1 sent delivery\n"
+        code, output = _run(config, "outbox", "list", "--state", "all")
+        assert "no pending/sent/dead deliveries" in output
+    engine.dispose()
+
+
+def test_test_channel_sends_to_every_target(tmp_path: Path) -> None:
+    with http_receiver() as receiver:
+        config = _config(
+            tmp_path,
+            [f"webhook://{receiver.base}/hook?secret={SECRET}", f"json://{receiver.base}/json"],
+        )
+        code, output = _run(config, "test-channel", "ops")
+        requests = list(receiver.accepted)
+    assert code == 0, output
+    assert output.count("ok ") == 2
+    assert "secret=****" in output
+    hook, chat = requests
+    assert hook.json()["type"] == "bcs_notifier.test"
+    assert hook.headers["webhook-id"] == hook.json()["id"]
+    assert chat.json()["title"].startswith("[test] ❌ failed · OpCreate")
+
+
+def test_test_channel_reports_failures_and_unknown_names(tmp_path: Path) -> None:
+    with http_receiver(default_status=502) as receiver:
+        config = _config(tmp_path, [f"json://{receiver.base}/"])
+        code, output = _run(config, "test-channel", "ops")
+        assert code == 1
+        assert "FAILED" in output
+    code, output = _run(config, "test-channel", "nope")
+    assert code == 2
+    assert "no channel named 'nope' (known: ops)" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["outbox", "purge", "--no-sent"], "nothing to purge"),
+        (["outbox", "purge", "--older-than", "soon"], "not a duration"),
+    ],
+    ids=["nothing", "bad-duration"],
+)
+def test_outbox_purge_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    config = _config(tmp_path, ["console://"])
+    code, output = _run(config, *args)
+    assert code == 2
+    assert message in output

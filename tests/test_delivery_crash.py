@@ -1,0 +1,190 @@
+"""Crash safety with real processes: SIGKILL right after the commit, and again in the middle
+of a send; after a restart every event reaches its webhook, repeats carry the same id."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from delivery_support import http_receiver
+
+FIXTURE = Path(__file__).parent / "fixtures" / "example_response.json"
+SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-0123456789abcd").decode()
+ROOT = Path(__file__).parent.parent
+
+POLL_THEN_HANG = textwrap.dedent(
+    """
+    import copy, json, sys, time
+    from dataclasses import dataclass
+    from typing import Any
+    from notifier.config import load_config
+    from notifier.pipeline import Poller
+    from notifier.store import db
+
+    config = load_config(sys.argv[1])
+    body = json.loads(open(sys.argv[2]).read())
+    changed = copy.deepcopy(body)
+    op = changed["operation_records"][0]
+    op["operation_status"] = "failed"
+    op["record_time"] += 60_000_000_000
+    dependent = op["operation_process"]["Create Other Dependent Resource"]
+    dependent["status"] = "failed"
+    dependent["sub_steps"]["Create network storage"].update(
+        status="failed", detail="", message=["disk quota exceeded"],
+        start_time=op["record_time"] - 5_000_000_000, end_time=op["record_time"])
+
+    @dataclass
+    class Fetched:
+        body: Any
+        request_id: str | None = "req"
+
+    class Scripted:
+        def __init__(self): self.bodies = [body, changed]
+        def fetch(self): return Fetched(self.bodies.pop(0))
+        def close(self): pass
+
+    engine = db.make_engine(config.service.database)
+    db.upgrade(engine)
+    client = Scripted()
+    with Poller(config, engine, client_factory=lambda source: client) as poller:
+        poller.poll_all()            # baseline, silent
+        results = poller.poll_all()  # the change: snapshot + events + outbox, one commit
+    print("COMMITTED", sum(len(r.events) for r in results), flush=True)
+    time.sleep(600)                  # killed here, before anything is sent
+    """
+)
+
+
+def _write_config(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "notifier.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [service]
+            database = "sqlite:///{tmp_path / "state.db"}"
+
+            [delivery]
+            backoff_initial = 0
+            backoff_max = 0
+            timeout = 5
+
+            [[sources]]
+            name = "prod"
+            endpoint = "https://bcs.example.test"
+            project_id = "p1"
+            [sources.auth]
+            type = "token"
+            token = "t"
+
+            [[channels]]
+            name = "hooks"
+            urls = ["webhook://127.0.0.1:{port}/events?secret={SECRET}"]
+            """
+        )
+    )
+    return config
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "notifier", "--config", str(config), *args]
+
+
+@pytest.mark.slow
+def test_sigkill_after_commit_and_mid_send_loses_nothing(tmp_path: Path) -> None:
+    release = threading.Event()
+    with http_receiver() as receiver:
+        config = _write_config(tmp_path, receiver.port)
+
+        # 1. Poll and commit, then die before dispatching anything.
+        child = subprocess.Popen(
+            [sys.executable, "-c", POLL_THEN_HANG, str(config), str(FIXTURE)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("COMMITTED"), line
+        expected_events = int(line.split()[1])
+        assert expected_events >= 3
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        child.stdout.close()
+        assert receiver.requests == []
+
+        # 2. Restart the dispatcher; the receiver holds the second request open, and the
+        #    dispatcher is killed while that send is in flight.
+        holding = threading.Event()
+        original = receiver.next_status
+
+        def hold_second_request() -> int:
+            if len(receiver.requests) == 1:
+                holding.set()
+                release.wait(timeout=30)
+            return original()
+
+        receiver.next_status = hold_second_request  # type: ignore[method-assign]
+        dispatcher = subprocess.Popen(
+            _cli(config, "outbox", "dispatch"), env=_env(), stderr=subprocess.DEVNULL
+        )
+        assert holding.wait(timeout=30), "the dispatcher never reached the second send"
+        dispatcher.send_signal(signal.SIGKILL)
+        dispatcher.wait(timeout=10)
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(receiver.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        receiver.next_status = original  # type: ignore[method-assign]
+        before_restart = [request.headers["webhook-id"] for request in receiver.requests]
+        assert len(before_restart) == 2
+
+        # 3. Restart again: everything is delivered; only the interrupted event repeats.
+        done = subprocess.run(
+            _cli(config, "outbox", "dispatch"),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        listed = subprocess.run(
+            _cli(config, "outbox", "list", "--state", "all", "--json"),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        requests = list(receiver.requests)
+
+    ids = [request.headers["webhook-id"] for request in requests]
+    assert len(set(ids)) == expected_events, ids
+    assert ids[:2] == before_restart
+    repeated = {item for item in ids if ids.count(item) > 1}
+    assert repeated == {before_restart[1]}  # the send that was cut, and nothing else
+    bodies: dict[str, Any] = {}
+    for request in requests:
+        document = request.json()
+        assert document["id"] == request.headers["webhook-id"]
+        if document["id"] in bodies:
+            assert document == bodies[document["id"]]
+        bodies[document["id"]] = document
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [row["state"] for row in rows] == ["sent"]

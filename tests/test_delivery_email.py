@@ -1,0 +1,124 @@
+"""mailto:// through a real local SMTP server (aiosmtpd): one mail per operation, HTML + text."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Iterator
+from email.header import decode_header, make_header
+from email.message import Message
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from delivery_support import (
+    T0_NS,
+    event_for,
+    free_port,
+    insert_group,
+    make_config,
+    record,
+    status_event,
+    step,
+    sub,
+)
+from sqlalchemy import Engine
+
+from notifier.config import ChannelConfig
+from notifier.model import EventType
+from notifier.outbox import Dispatcher
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.recipients: list[list[str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        self.recipients.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[_Inbox, int]]:
+    inbox = _Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+def test_email_has_html_with_a_step_table_and_a_text_part(
+    engine: Engine, smtp: tuple[_Inbox, int]
+) -> None:
+    inbox, port = smtp
+    hostile = "bcs<script>&"
+    rec = record(
+        status="failed",
+        name=hostile,
+        steps=[
+            step(
+                "Preparation",
+                "finished",
+                1,
+                [sub("Generate config", "finished", 1, start=T0_NS, end=T0_NS + 2 * 10**9)],
+            ),
+            step(
+                "Network",
+                "failed",
+                2,
+                [
+                    sub(
+                        "Create EIP",
+                        "failed",
+                        2,
+                        start=T0_NS,
+                        end=T0_NS + 95 * 10**9,
+                        message=["quota <exceeded>"],
+                    )
+                ],
+            ),
+        ],
+    )
+    events = [
+        event_for(
+            rec,
+            EventType.SUBSTEP_STATUS_CHANGED,
+            step_name="Network",
+            substep="Create EIP",
+            from_status="processing",
+            to_status="failed",
+            message=["quota <exceeded>"],
+        ),
+        status_event(rec, "processing", "failed"),
+    ]
+    channel = ChannelConfig(
+        name="mail",
+        urls=(f"mailto://127.0.0.1:{port}?from=bcs@example.test&to=ops@example.test",),
+        timezone="Asia/Shanghai",
+    )
+    insert_group(engine, events, rec, ["mail"])
+    stats = Dispatcher(make_config([channel]), engine).dispatch_due()
+    assert stats.sent == 1
+    assert len(inbox.messages) == 1
+    mail = inbox.messages[0]
+    assert inbox.recipients == [["ops@example.test"]]
+    subject = str(make_header(decode_header(mail["Subject"])))
+    assert subject == f"❌ failed · OpCreate · {hostile}"
+    parts = {part.get_content_type(): part for part in mail.walk() if not part.is_multipart()}
+    assert set(parts) == {"text/plain", "text/html"}
+    html = parts["text/html"].get_payload(decode=True).decode()
+    text = parts["text/plain"].get_payload(decode=True).decode()
+    assert "<table" in html
+    assert '<th align="left">Step / sub-step</th>' in html
+    assert "bcs&lt;script&gt;&amp;" in html
+    assert "<script>" not in html
+    assert "quota &lt;exceeded&gt;" in html
+    assert "2023-11-15T06:13:20+08:00" in html  # the channel's time zone
+    assert "1m 35s" in html
+    assert "Create EIP" in text
+    assert "processing → failed" in text
+    assert "<table" not in text

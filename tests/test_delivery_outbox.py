@@ -1,0 +1,343 @@
+"""The dispatcher over a real migrated SQLite file: routing, retries, dead letters, pacing,
+coalescing, per-target bookkeeping, and the list/retry/purge helpers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+from unittest import mock
+
+import pytest
+import requests
+from delivery_support import (
+    NOW_MS,
+    FakeClock,
+    event_for,
+    http_receiver,
+    insert_group,
+    make_config,
+    record,
+    status_event,
+)
+from sqlalchemy import Engine, select
+
+from notifier import outbox as outbox_module
+from notifier.config import ChannelConfig
+from notifier.model import Event, EventType
+from notifier.outbox import Dispatcher, backoff_seconds, list_entries
+from notifier.store.schema import outbox
+
+
+def _rows(engine: Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return list(connection.execute(select(outbox).order_by(outbox.c.id)))
+
+
+def _dispatcher(
+    engine: Engine, channels: list[ChannelConfig], **delivery: Any
+) -> tuple[Dispatcher, FakeClock]:
+    clock = FakeClock()
+    dispatcher = Dispatcher(
+        make_config(channels, **delivery), engine, clock=clock, sleep=clock.sleep, rand=lambda: 0.5
+    )
+    return dispatcher, clock
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(0, 0.0), (1, 7.5), (2, 15.0), (3, 30.0), (10, 75.0)],
+    ids=["none", "first", "second", "third", "capped"],
+)
+def test_backoff_is_exponential_with_jitter_and_capped(attempts: int, expected: float) -> None:
+    assert backoff_seconds(attempts, 10, 100, lambda: 0.5) == expected
+    if attempts:
+        low = backoff_seconds(attempts, 10, 100, lambda: 0.0)
+        high = backoff_seconds(attempts, 10, 100, lambda: 1.0)
+        assert low == high / 2
+
+
+@pytest.mark.parametrize(
+    ("channel", "event_types", "expected"),
+    [
+        (
+            ChannelConfig(name="c", urls=("x",)),
+            ["operation.status_changed", "substep.status_changed"],
+            2,
+        ),
+        (
+            ChannelConfig(name="c", urls=("x",), events=("operation.*",)),
+            ["operation.status_changed", "substep.status_changed"],
+            1,
+        ),
+        (
+            ChannelConfig(name="c", urls=("x",), statuses=("failed",)),
+            ["operation.status_changed"],
+            1,
+        ),
+        (
+            ChannelConfig(name="c", urls=("x",), statuses=("finished",)),
+            ["operation.status_changed"],
+            0,
+        ),
+        (
+            ChannelConfig(name="c", urls=("x",), blockchains=("bcs-other",)),
+            ["operation.status_changed"],
+            0,
+        ),
+        (
+            ChannelConfig(name="c", urls=("x",), blockchains=("bcs-prod",)),
+            ["operation.status_changed"],
+            1,
+        ),
+        (
+            ChannelConfig(name="c", urls=("x",), operation_types=("00",)),
+            ["operation.status_changed"],
+            0,
+        ),
+        (ChannelConfig(name="c", urls=("x",), sources=("other",)), ["operation.status_changed"], 0),
+    ],
+    ids=[
+        "all",
+        "glob",
+        "status-match",
+        "status-miss",
+        "chain-miss",
+        "chain-name",
+        "optype-miss",
+        "source-miss",
+    ],
+)
+def test_webhook_gets_only_the_events_its_filters_admit(
+    engine: Engine, channel: ChannelConfig, event_types: list[str], expected: int
+) -> None:
+    rec = record(status="failed")
+    events = []
+    for event_type in event_types:
+        if event_type == "operation.status_changed":
+            events.append(status_event(rec, "processing", "failed"))
+        else:
+            events.append(
+                event_for(
+                    rec,
+                    EventType.SUBSTEP_STATUS_CHANGED,
+                    step_name="s",
+                    substep="x",
+                    from_status="processing",
+                    to_status="failed",
+                )
+            )
+    with http_receiver() as receiver:
+        hook = ChannelConfig(**{**channel.__dict__, "urls": (f"webhook://{receiver.base}/",)})
+        insert_group(engine, events, rec, ["c"])
+        dispatcher, _ = _dispatcher(engine, [hook])
+        stats = dispatcher.dispatch_due()
+        received = receiver.accepted
+    assert len(received) == expected
+    assert stats.sent == 1  # nothing (left) to send is delivered too
+
+
+def test_partial_failure_never_resends_to_the_target_that_succeeded(engine: Engine) -> None:
+    rec = record(status="failed")
+    with http_receiver() as good, http_receiver(default_status=500) as bad:
+        channel = ChannelConfig(name="c", urls=(f"json://{good.base}/", f"json://{bad.base}/"))
+        insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["c"])
+        dispatcher, clock = _dispatcher(engine, [channel], backoff_initial=10)
+        first = dispatcher.dispatch_due()
+        [row] = _rows(engine)
+        assert (first.failed, row.state, row.attempts) == (1, "pending", 1)
+        assert json.loads(row.done_targets) == ["0"]
+        assert "HTTP Error 500" in row.last_error or "500" in row.last_error
+        bad.default_status = 200
+        clock.advance(60)
+        second = dispatcher.dispatch_due()
+        good_count, bad_count = len(good.requests), len(bad.requests)
+    assert second.sent == 1
+    assert (good_count, bad_count) == (1, 2)
+    [row] = _rows(engine)
+    assert row.state == "sent"
+    assert sorted(json.loads(row.done_targets)) == ["0", "1"]
+
+
+def test_dead_after_max_attempts_then_retry_and_purge(engine: Engine) -> None:
+    rec = record(status="failed")
+    with http_receiver(default_status=503) as receiver:
+        channel = ChannelConfig(name="c", urls=(f"json://{receiver.base}/",))
+        insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["c"])
+        dispatcher, clock = _dispatcher(
+            engine, [channel], max_attempts=3, backoff_initial=1, backoff_max=1
+        )
+        outcomes = []
+        for _ in range(4):
+            stats = dispatcher.dispatch_due()
+            outcomes.append((stats.failed, stats.dead))
+            clock.advance(5)
+        assert outcomes == [(1, 0), (1, 0), (0, 1), (0, 0)]
+        [entry] = list_entries(engine)
+        assert entry.state == "dead"
+        assert entry.last_error is not None
+        assert entry.last_error.startswith("dead after 3 attempts")
+        assert outbox_module.counts_by_state(engine) == {"pending": 0, "sent": 0, "dead": 1}
+
+        receiver.default_status = 200
+        assert outbox_module.retry(engine, now_ms=int(clock() * 1000)) == 1
+        assert dispatcher.dispatch_due().sent == 1
+    assert outbox_module.purge(engine, states=["dead"]) == 0
+    assert outbox_module.purge(engine, states=["sent"], older_than_ms=0) == 0
+    assert outbox_module.purge(engine, states=["sent"]) == 1
+    assert _rows(engine) == []
+
+
+def test_dead_after_max_age_even_with_attempts_left(engine: Engine) -> None:
+    rec = record(status="failed")
+    with http_receiver(default_status=500) as receiver:
+        channel = ChannelConfig(name="c", urls=(f"json://{receiver.base}/",))
+        insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["c"])
+        dispatcher, clock = _dispatcher(engine, [channel], max_age=3600, max_attempts=100)
+        clock.advance(3601)
+        stats = dispatcher.dispatch_due()
+    assert stats.dead == 1
+    assert "max_age" in _rows(engine)[0].last_error
+
+
+def test_a_channel_removed_from_the_config_leaves_dead_visible_rows(engine: Engine) -> None:
+    rec = record(status="failed")
+    insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["gone"])
+    dispatcher, _ = _dispatcher(engine, [ChannelConfig(name="c", urls=("console://",))])
+    assert dispatcher.dispatch_due().dead == 1
+    assert "not configured" in list_entries(engine)[0].last_error
+
+
+def test_backlog_for_one_operation_is_coalesced_into_one_message_in_order(engine: Engine) -> None:
+    cycles = [("waiting", "processing"), ("processing", "failed")]
+    with http_receiver(default_status=500) as receiver:
+        channel = ChannelConfig(name="c", urls=(f"json://{receiver.base}/",))
+        dispatcher, clock = _dispatcher(engine, [channel], backoff_initial=30)
+        for index, (old, new) in enumerate(cycles):
+            rec = record(status=new, record_time=1_700_000_000_000_000_000 + index * 10**12)
+            insert_group(engine, [status_event(rec, old, new)], rec, ["c"], now_ms=NOW_MS + index)
+            dispatcher.dispatch_due()
+            clock.advance(1)
+        receiver.default_status = 200
+        clock.advance(600)
+        stats = dispatcher.dispatch_due()
+        messages = receiver.bodies()
+    assert stats.sent == 2
+    assert len(messages) == 1
+    body = messages[0]["message"]
+    assert body.index("waiting → processing") < body.index("processing → failed")
+    assert messages[0]["title"].startswith("❌ failed")
+
+
+def test_one_message_per_operation_per_cycle(engine: Engine) -> None:
+    with http_receiver() as receiver:
+        channel = ChannelConfig(name="c", urls=(f"json://{receiver.base}/",))
+        for number in range(3):
+            rec = record(
+                operation_id=f"BCSSVC01-99-17000000000000000{number:02d}", status="finished"
+            )
+            events: list[Event] = [
+                event_for(
+                    rec,
+                    EventType.STEP_STATUS_CHANGED,
+                    step_name="a",
+                    from_status="processing",
+                    to_status="finished",
+                ),
+                status_event(rec, "processing", "finished"),
+            ]
+            insert_group(engine, events, rec, ["c"])
+        dispatcher, _ = _dispatcher(engine, [channel])
+        stats = dispatcher.dispatch_due()
+        titles = [body["title"] for body in receiver.bodies()]
+    assert (stats.sent, stats.messages) == (3, 3)
+    assert titles == ["✅ finished · OpCreate · bcs-prod"] * 3
+
+
+class _SlackHTTP:
+    """What apprise's own tests do: patch requests at the boundary and read the payloads."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[float, str, dict[str, Any]]] = []
+
+    def __call__(self, method: str, url: str, **kwargs: Any) -> Any:
+        self.calls.append((self.clock(), url, json.loads(kwargs["data"])))
+        response = mock.Mock()
+        response.status_code = requests.codes.ok
+        response.content = b"ok"
+        return response
+
+
+def test_slack_payload_and_pacing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    channel = ChannelConfig(
+        name="slack", urls=("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ops",)
+    )
+    for number in range(12):
+        rec = record(
+            operation_id=f"BCSSVC01-99-17000000000000001{number:02d}",
+            status="failed",
+            name="bcs_<prod>",
+        )
+        insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["slack"])
+    dispatcher, clock = _dispatcher(engine, [channel])
+    slack = _SlackHTTP(clock)
+    monkeypatch.setattr(requests, "request", slack)
+
+    first = dispatcher.dispatch_due()
+    assert first.sent == 5  # 1 + 4 paced sends fit the 5 s pacing budget
+    assert first.deferred == 7
+    times = [when for when, _, _ in slack.calls]
+    assert all(later - earlier >= 1.2 - 1e-9 for earlier, later in itertools.pairwise(times))
+    assert dispatcher.dispatch_due().handled == 0  # deferred rows wait their turn
+    for _ in range(10):
+        clock.advance(1.2)
+        dispatcher.dispatch_due()
+    assert len(slack.calls) == 12
+    assert outbox_module.counts_by_state(engine)["sent"] == 12
+
+    _, url, payload = slack.calls[0]
+    assert url == "https://hooks.slack.com/services/T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"
+    assert payload["channel"] == "#ops"
+    text = json.dumps(payload, ensure_ascii=False)
+    assert "❌ failed · OpCreate · bcs_&lt;prod&gt;" in text  # Slack escaping of &, <, >
+    assert "processing → failed" in text
+
+
+def test_console_target_prints_markdown_or_text(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = record(status="failed")
+    insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["md", "txt"])
+    channels = [
+        ChannelConfig(name="md", urls=("console://?format=markdown",)),
+        ChannelConfig(name="txt", urls=("console://",)),
+    ]
+    dispatcher, _ = _dispatcher(engine, channels)
+    assert dispatcher.dispatch_due().sent == 2
+    out = capsys.readouterr().out
+    assert "## ❌ failed · OpCreate · bcs-prod" in out
+    assert "**Operation**: processing → failed" in out
+    assert "❌ failed · OpCreate · bcs-prod\n=====" in out
+    assert "- ❌ Operation: processing → failed" in out
+
+
+def test_errors_and_logs_never_show_url_secrets(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = record(status="failed")
+    with http_receiver(default_status=500) as receiver:
+        channel = ChannelConfig(
+            name="c",
+            urls=(
+                f"json://admin:hunter2pass@{receiver.base}/x?+Authorization=Bearer%20tok3n-s3cret",
+            ),
+        )
+        insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["c"])
+        dispatcher, _ = _dispatcher(engine, [channel])
+        dispatcher.dispatch_due()
+    stored = json.dumps([dict(row._mapping) for row in _rows(engine)])
+    for secret in ("hunter2pass", "tok3n-s3cret"):
+        assert secret not in stored
+        assert secret not in caplog.text
+    assert "json://admin:****@" in stored
