@@ -476,7 +476,9 @@ class Daemon:
         delay = self._jittered(min(service.poll_interval, backoff))
         hint = getattr(error, "retry_after", None)
         if isinstance(error, SignatureRejected):
-            floor = hint if isinstance(hint, int | float) and hint > 0 else SIGNATURE_BACKOFF
+            floor = getattr(error, "min_backoff", SIGNATURE_BACKOFF)
+            if isinstance(hint, int | float) and hint > floor:
+                floor = hint
             return max(delay, float(floor))
         if isinstance(hint, int | float) and hint > 0:
             return max(delay, float(hint))
@@ -783,21 +785,28 @@ class Daemon:
         return self._summary
 
 
+#: ``DispatchStats`` field -> ``deliveries_total{result=...}`` label
+DELIVERY_RESULTS: Final = {
+    "sent": "sent",
+    "failed": "retry",
+    "retried": "retry",
+    "dead": "dead",
+    "deferred": "deferred",
+}
+
+
 def dispatch_counts(stats: Any) -> dict[str, int]:
-    """Delivery counts by result from a ``DispatchStats`` (whatever fields it has)."""
+    """Delivery counts by result label from a ``DispatchStats`` (or a mapping of them)."""
     counts: dict[str, int] = {}
     if stats is None:
         return counts
-    items: list[tuple[Any, Any]]
-    if isinstance(stats, Mapping):
-        items = list(stats.items())
-    elif dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-        items = list(dataclasses.asdict(stats).items())
-    else:
-        items = [(name, getattr(stats, name, None)) for name in ("sent", "retried", "dead")]
-    for name, value in items:
+    for field_name, label in DELIVERY_RESULTS.items():
+        if isinstance(stats, Mapping):
+            value = stats.get(field_name)
+        else:
+            value = getattr(stats, field_name, None)
         if isinstance(value, int) and not isinstance(value, bool):
-            counts[str(name)] = value
+            counts[label] = counts.get(label, 0) + value
     return counts
 
 
@@ -837,12 +846,10 @@ def _clock_text(seconds: float) -> str:
 
 def default_components(config: Config, engine: Engine) -> Components:
     """The real pipeline: ``notifier.pipeline.Poller`` and ``notifier.outbox.Dispatcher``."""
-    import importlib
-
+    from notifier.outbox import Dispatcher
     from notifier.pipeline import Poller
 
-    outbox: Any = importlib.import_module("notifier.outbox")
-    return Components(poller=Poller(config, engine), dispatcher=outbox.Dispatcher(config, engine))
+    return Components(poller=Poller(config, engine), dispatcher=Dispatcher(config, engine))
 
 
 @dataclass

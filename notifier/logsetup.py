@@ -110,12 +110,12 @@ def config_secrets(config: Config) -> list[str]:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The parts of an apprise URL that may be credentials (whole URL included)."""
-    found = [url]
+    """The parts of an apprise URL that may be credentials."""
+    found: list[str] = []
     try:
         parts = urlsplit(url)
     except ValueError:
-        return found
+        return [url]
     if parts.password:
         found.append(parts.password)
     if parts.username and parts.password:

@@ -30,6 +30,7 @@ from notifier.daemon import (
 from notifier.errors import ConfigError, ConfigProblem, SignatureRejected, TransportError
 from notifier.health import Metrics
 from notifier.model import Event, EventType
+from notifier.outbox import DispatchStats
 from notifier.store.schema import event_groups, outbox
 from notifier.systemd import SystemdNotifier
 
@@ -268,8 +269,8 @@ def test_failures_back_off_from_the_active_to_the_idle_interval(
 
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
-    [(None, 300), (600.0, 600)],
-    ids=["default-300s", "client-hint"],
+    [(None, 300), (600.0, 600), (10.0, 300)],
+    ids=["min-backoff-300s", "longer-hint", "shorter-hint-ignored"],
 )
 def test_a_refused_signature_pauses_the_source_for_the_lock_out(
     engine: Engine, database_url: str, retry_after: float | None, expected: float
@@ -622,14 +623,17 @@ def test_health_goes_stale_when_the_loop_stops_going_round(
     assert any("run loop" in reason for reason in report.reasons)
 
 
+EXPECTED_STATS = {"sent": 3, "retry": 2, "dead": 1, "deferred": 4}
+
+
 @pytest.mark.parametrize(
     ("stats", "expected"),
     [
-        ({"sent": 2, "retried": 1, "dead": 0}, {"sent": 2, "retried": 1, "dead": 0}),
+        ({"sent": 2, "retried": 1, "dead": 0}, {"sent": 2, "retry": 1, "dead": 0}),
         (None, {}),
-        (Result("x"), {"records": 0}),
+        (DispatchStats(sent=3, failed=2, dead=1, deferred=4, messages=9), EXPECTED_STATS),
     ],
-    ids=["mapping", "none", "dataclass-ints-only"],
+    ids=["mapping", "none", "dispatch-stats"],
 )
 def test_dispatch_counts(stats: Any, expected: dict[str, int]) -> None:
     assert dispatch_counts(stats) == expected

@@ -120,7 +120,7 @@ secret_key = "sk-very-secret-value"
 name = "chat"
 urls = ["slack://T1234ABCD/B5678EFGH/abcdefghijklmnopqrstuvwx/#bcs",
         "mailtos://ops:mail-password-9@smtp.example.test?to=ops@example.test",
-        "webhooks://hooks.example.test/in?secret=whsec_c2VjcmV0c2VjcmV0"]
+        "webhooks://hooks.example.test/in?secret=whsec_YmNzLW5vdGlmaWVyLXRlc3Qtc2VjcmV0LTMyYnl0ZXM="]
 """
 
 
