@@ -293,6 +293,23 @@ def test_run_under_a_harness(
         assert receiver.types().count("bcs_notifier.source.recovered") == 1
         assert any(line.startswith("STATUS=last poll") for line in systemd.lines())
 
+        # SIGHUP: an invalid config is refused and logged, a valid one applied
+        good = config.read_text()
+        config.write_text(good.replace(f"poll_interval = {IDLE}", "poll_interval = 0"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: "the new configuration is invalid" in (tmp_path / "run.log").read_text(),
+            10,
+            "the refused reload",
+        )
+        assert "service.poll_interval: must be at least 1" in (tmp_path / "run.log").read_text()
+        config.write_text(good.replace('name = "hook"', 'name = "hook2"'))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in (tmp_path / "run.log").read_text(), 10, "the reload")
+        assert process.poll() is None
+        assert "RELOADING=1" in systemd.lines()
+        assert systemd.lines().count("READY=1") == 3  # start, and after each reload
+
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:

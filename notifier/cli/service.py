@@ -33,10 +33,9 @@ LOG_FORMAT_CHOICES = ("journal", "text", "json")
 
 def _register_channel_checks() -> None:
     """Load the channel validators (apprise URLs, templates) before a config is read."""
-    import importlib.util
+    from notifier.channels.targets import install_validators
 
-    if importlib.util.find_spec("notifier.channels") is not None:
-        importlib.import_module("notifier.channels")
+    install_validators()
 
 
 def _explicit_log_level() -> str | None:
