@@ -664,6 +664,9 @@ class Daemon:
                 )
                 return False
             if self._components is not None:
+                adopt = getattr(components.poller, "adopt_clients", None)
+                if callable(adopt):  # keep unchanged sources' clients (and their IAM tokens)
+                    adopt(self._components.poller)
                 self._retired.append(self._components)
             self._components = components
             self.config = new
