@@ -106,6 +106,14 @@ class Poller:
                 del self._clients[name]
         self.config = config
 
+    def adopt_clients(self, previous: Poller) -> None:
+        """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
+        so cached IAM tokens survive; ``previous`` keeps, and closes, the rest."""
+        for name, (source, client) in list(previous._clients.items()):
+            if any(current == source for current in self.config.sources):
+                self._clients.setdefault(name, (source, client))
+                del previous._clients[name]
+
     def close(self) -> None:
         for _source, client in self._clients.values():
             client.close()

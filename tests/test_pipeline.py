@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -327,3 +327,32 @@ def test_clients_are_reused_and_closed(engine: Engine, example_body: dict[str, A
         poller.poll_all()
     assert len(made) == 1
     assert made[0].closed
+
+
+def test_a_reloaded_poller_adopts_the_clients_of_unchanged_sources(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    made: list[ScriptedClient] = []
+
+    def factory(_source: Any) -> ScriptedClient:
+        client = ScriptedClient([example_body] * 3)
+        made.append(client)
+        return client
+
+    old_config = make_config()
+    old = Poller(old_config, engine, client_factory=factory, clock=Clock())
+    old.poll_source(old_config.sources[0])
+
+    same = Poller(make_config(), engine, client_factory=factory, clock=Clock())
+    same.adopt_clients(old)
+    same.poll_source(same.config.sources[0])
+    assert len(made) == 1  # the client (and its cached IAM token) carried over
+    old.close()
+    assert not made[0].closed
+
+    base = make_config()
+    moved = replace(base, sources=(replace(base.sources[0], timeout=3.0),))
+    changed = Poller(moved, engine, client_factory=factory, clock=Clock())
+    changed.adopt_clients(same)
+    same.close()
+    assert made[0].closed  # the source changed: its old client was not adopted

@@ -1,3 +1,305 @@
-"""Service commands."""
+"""Service commands: ``run``, ``status``, ``print-unit``.
+
+Heavy modules (SQLAlchemy, the pipeline, apprise) are imported inside the commands so that
+``bcs-notifier --help`` stays fast.
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from notifier.cli.base import (
+    EX_CONFIG,
+    EX_UNAVAILABLE,
+    Context,
+    fail,
+    main,
+    pass_context,
+)
+from notifier.config import Config
+from notifier.errors import AlreadyRunning, ConfigError, NotifierError
+
+logger = logging.getLogger("notifier.cli")
+
+LOG_FORMAT_CHOICES = ("journal", "text", "json")
+
+
+def _register_channel_checks() -> None:
+    """Load the channel validators (apprise URLs, templates) before a config is read."""
+    from notifier.channels.targets import install_validators
+
+    install_validators()
+
+
+def _explicit_log_level() -> str | None:
+    root = click.get_current_context().find_root()
+    value = root.params.get("log_level")
+    return str(value) if value else None
+
+
+@main.command("run")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMAT_CHOICES),
+    default="journal",
+    show_default=True,
+    envvar="BCS_NOTIFIER_LOG_FORMAT",
+    help="journal: <N> level prefixes for journald (timestamps only outside the journal); "
+    "text: for a terminal; json: one object a line for log shippers. "
+    "[env: BCS_NOTIFIER_LOG_FORMAT]",
+)
+@click.option(
+    "--stop-grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds given to due deliveries after SIGTERM before exiting.",
+)
+@pass_context
+def run(context: Context, log_format: str, stop_grace: float) -> None:
+    """The service: poll, diff, store, deliver, until SIGTERM/SIGINT (SIGHUP reloads)."""
+    from notifier import logsetup
+    from notifier.config import load_config
+    from notifier.daemon import ServeOptions, serve
+
+    _register_channel_checks()
+    config = context.config()
+    explicit_level = _explicit_log_level()
+    redactor = logsetup.Redactor(logsetup.config_secrets(config))
+    logsetup.configure(log_format, explicit_level or config.service.log_level, redactor=redactor)
+
+    def load() -> Config:
+        _register_channel_checks()
+        return load_config(context.config_path)
+
+    def on_reload(_old: Config, new: Config) -> None:
+        redactor.update(logsetup.config_secrets(new))
+        if explicit_level is None:
+            logsetup.set_level(new.service.log_level)
+
+    try:
+        code = serve(
+            config,
+            config_loader=load,
+            options=ServeOptions(stop_grace=stop_grace),
+            on_reload=on_reload,
+        )
+    except AlreadyRunning as exc:
+        logger.error("not starting: %s", exc)
+        sys.exit(EX_UNAVAILABLE)
+    except ConfigError as exc:
+        logger.error("not starting: %s", exc)
+        sys.exit(EX_CONFIG)
+    except NotifierError as exc:
+        logger.error("not starting: %s", " ".join(str(exc).split()))
+        sys.exit(1)
+    sys.exit(code)
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def _age(now: float, then_ms: int | None) -> float | None:
+    return None if then_ms is None else max(0.0, now - then_ms / 1000)
+
+
+def _when(then_ms: int | None) -> str | None:
+    if then_ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(then_ms / 1000))
+
+
+def _human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def collect_status(config: Config, now: float) -> dict[str, Any]:
+    """Everything ``status`` shows, as JSON-ready data (secrets redacted)."""
+    from notifier.logsetup import Redactor, config_secrets
+    from notifier.store import db
+    from notifier.store.lock import InstanceLock
+    from notifier.store.status import outbox_summary, source_statuses
+
+    redactor = Redactor(config_secrets(config))
+    engine = db.make_engine(config.service.database)
+    try:
+        db.require_current(engine)
+        states = source_statuses(engine)
+        summary = outbox_summary(engine, int(now * 1000))
+        lock = InstanceLock(engine)
+        holder = lock.holder()
+        can_tell = lock.path is not None
+    finally:
+        engine.dispose()
+    sources = []
+    names = [source.name for source in config.sources]
+    names += sorted(name for name in states if name not in names)
+    for name in names:
+        state = states.get(name)
+        error = state.last_error if state else None
+        sources.append(
+            {
+                "source": name,
+                "configured": name in {source.name for source in config.sources},
+                "last_poll": _when(state.last_poll_at) if state else None,
+                "last_success": _when(state.last_success_at) if state else None,
+                "last_success_age": _age(now, state.last_success_at) if state else None,
+                "consecutive_failures": state.consecutive_failures if state else 0,
+                "failing_since": _when(state.failing_since) if state else None,
+                "unreachable_reported": state.unreachable_reported if state else False,
+                "last_error": redactor.redact(error) if error else None,
+            }
+        )
+    return {
+        "running": (holder is not None) if can_tell else None,
+        "pid": holder,
+        "sources": sources,
+        "outbox": {
+            "pending": summary.pending,
+            "due": summary.due,
+            "oldest_pending": _when(summary.oldest_pending_at),
+            "oldest_pending_age": summary.oldest_pending_age(int(now * 1000)),
+            "dead": summary.dead,
+            "sent": summary.sent,
+        },
+    }
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+@pass_context
+def status(context: Context, as_json: bool) -> None:
+    """Last poll per source, failures, outbox depth, oldest undelivered, dead deliveries."""
+    config = context.config()
+    now = time.time()
+    try:
+        report = collect_status(config, now)
+    except NotifierError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    if report["running"] is None:
+        running = "unknown (only SQLite databases have a lock file to look at)"
+    elif report["running"]:
+        running = f"running (pid {report['pid']})"
+    else:
+        running = "not running"
+    click.echo(f"service: {running}")
+    click.echo("sources:")
+    for source in report["sources"]:
+        failures = source["consecutive_failures"]
+        health = "ok" if not failures else f"{failures} failed poll(s) in a row"
+        if source["unreachable_reported"]:
+            health += ", reported unreachable"
+        if source["last_poll"] is None:
+            health = "never polled"
+        if not source["configured"]:
+            health += " (no longer configured)"
+        last = source["last_success"] or "never"
+        click.echo(
+            f"  {source['source']}: {health}; last successful poll {last} "
+            f"({_human_age(source['last_success_age'])})"
+        )
+        if source["last_error"] and failures:
+            click.echo(f"    last error: {source['last_error']}")
+    outbox = report["outbox"]
+    oldest = (
+        f", oldest undelivered {outbox['oldest_pending']} "
+        f"({_human_age(outbox['oldest_pending_age'])})"
+        if outbox["pending"]
+        else ""
+    )
+    click.echo(
+        f"outbox: {outbox['pending']} pending ({outbox['due']} due){oldest}; "
+        f"{outbox['dead']} dead; {outbox['sent']} sent"
+    )
+
+
+# -- print-unit -----------------------------------------------------------------------------
+
+
+def _raw_settings(path: Path) -> tuple[str | None, int | None]:
+    """service.database and service.http.port, read without validating (secrets may be
+    unset in the shell that prints the unit)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None, None
+    section = data.get("service")
+    service: dict[str, Any] = section if isinstance(section, dict) else {}
+    database = service.get("database")
+    http = service.get("http")
+    port: int | None = None
+    if isinstance(http, dict):
+        raw_port = http.get("port", 9310)
+        port = raw_port if isinstance(raw_port, int) else None
+    return (database if isinstance(database, str) else None), port
+
+
+@main.command("print-unit")
+@click.option(
+    "--user",
+    default=None,
+    help="Run as this existing system user instead of a systemd DynamicUser.",
+)
+@click.option("--group", default=None, help="Its group (default: same as --user).")
+@click.option(
+    "--watchdog-sec",
+    type=click.IntRange(min=10),
+    default=60,
+    show_default=True,
+    help="WatchdogSec=: systemd restarts the service when a cycle hangs this long.",
+)
+@click.option(
+    "--stop-grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Grace for due deliveries on stop (TimeoutStopSec= allows for it).",
+)
+@pass_context
+def print_unit(
+    context: Context, user: str | None, group: str | None, watchdog_sec: int, stop_grace: float
+) -> None:
+    """Print a hardened systemd unit for this install (every line commented)."""
+    if group is not None and user is None:
+        raise click.UsageError("--group needs --user (a DynamicUser has its own group)")
+    from notifier.config import DEFAULT_DATABASE
+    from notifier.systemd import DEFAULT_CONFIG_DIR, unit_options_for, unit_text
+
+    config_path = context.config_path
+    if config_path.is_file():
+        config_path = config_path.resolve()
+    else:
+        config_path = DEFAULT_CONFIG_DIR / "notifier.toml"
+    database, port = _raw_settings(config_path)
+    options = unit_options_for(
+        config_path,
+        database_url=database or DEFAULT_DATABASE,
+        http_port=port,
+        user=user,
+        group=group,
+        watchdog_sec=watchdog_sec,
+        stop_grace=stop_grace,
+    )
+    for warning in options.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(unit_text(options), nl=False)

@@ -1,0 +1,168 @@
+"""The service commands through click: status, print-unit, run's refusals, fast --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, insert
+
+from notifier.cli import main
+from notifier.store.lock import InstanceLock
+from notifier.store.schema import event_groups, outbox, source_state
+
+NOW_MS = int(time.time() * 1000)
+
+
+def write_config(
+    tmp_path: Path, database_url: str, *, sources: tuple[str, ...] = ("prod",)
+) -> Path:
+    blocks = "".join(
+        f"""
+[[sources]]
+name = "{name}"
+endpoint = "https://bcs.example.test"
+project_id = "p"
+[sources.auth]
+type = "token"
+token = "tok-{name}-secret-value"
+"""
+        for name in sources
+    )
+    path = tmp_path / "notifier.toml"
+    path.write_text(f'[service]\ndatabase = "{database_url}"\n{blocks}')
+    return path
+
+
+def fill(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            insert(source_state).values(
+                source="prod",
+                baseline_at=NOW_MS - 3_600_000,
+                last_poll_at=NOW_MS - 5_000,
+                last_success_at=NOW_MS - 600_000,
+                consecutive_failures=4,
+                failing_since=NOW_MS - 590_000,
+                last_error="HTTP 401 APIGW.0301: token tok-prod-secret-value rejected",
+                unreachable_reported=True,
+            )
+        )
+        for index, state in enumerate(("pending", "pending", "dead", "sent")):
+            group = f"grp_{index}"
+            connection.execute(
+                insert(event_groups).values(
+                    id=group, source="prod", operation_id="op", created_at=NOW_MS
+                )
+            )
+            connection.execute(
+                insert(outbox).values(
+                    group_id=group,
+                    channel="chat",
+                    state=state,
+                    attempts=1,
+                    created_at=NOW_MS - 120_000 * (index + 1),
+                    next_attempt_at=NOW_MS + (10**9 if index else -1),
+                    updated_at=NOW_MS,
+                    done_targets="[]",
+                )
+            )
+
+
+def test_status_text(engine: Engine, database_url: str, tmp_path: Path) -> None:
+    fill(engine)
+    config = write_config(tmp_path, database_url, sources=("prod", "new"))
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "service: not running"
+    assert lines[2].startswith("  prod: 4 failed poll(s) in a row, reported unreachable; ")
+    assert "(10m ago)" in lines[2]
+    assert lines[3] == "    last error: HTTP 401 APIGW.0301: token ******** rejected"
+    assert lines[4] == "  new: never polled; last successful poll never (never)"
+    assert lines[5].startswith("outbox: 2 pending (1 due), oldest undelivered ")
+    assert lines[5].endswith("(4m ago); 1 dead; 1 sent")
+    assert "tok-prod-secret-value" not in result.output
+
+
+def test_status_json_and_running(engine: Engine, database_url: str, tmp_path: Path) -> None:
+    fill(engine)
+    config = write_config(tmp_path, database_url)
+    with InstanceLock(engine):
+        result = CliRunner().invoke(main, ["--config", str(config), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["running"] is True
+    assert report["pid"] > 0
+    prod = report["sources"][0]
+    assert prod["consecutive_failures"] == 4
+    assert 599 <= prod["last_success_age"] <= 700
+    assert report["outbox"]["pending"] == 2
+    assert report["outbox"]["dead"] == 1
+    assert 239 <= report["outbox"]["oldest_pending_age"] <= 300
+
+
+def test_status_on_an_unmigrated_database(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}")
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    assert "run `bcs-notifier db upgrade`" in result.output
+
+
+def test_run_refuses_a_database_in_use(engine: Engine, database_url: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, database_url)
+    with InstanceLock(engine):
+        result = CliRunner().invoke(
+            main,
+            ["--config", str(config), "run", "--log-format", "text"],
+            env={"NOTIFY_SOCKET": ""},
+        )
+    assert result.exit_code == 69
+
+
+def test_run_with_an_invalid_config_exits_78(tmp_path: Path) -> None:
+    config = tmp_path / "notifier.toml"
+    config.write_text("[service]\npoll_interval = 0\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "run"])
+    assert result.exit_code == 78
+    assert "service.poll_interval" in result.output
+
+
+def test_print_unit_options(tmp_path: Path, database_url: str) -> None:
+    config = write_config(tmp_path, database_url)
+    result = CliRunner().invoke(
+        main,
+        ["--config", str(config), "print-unit", "--user", "bcs", "--watchdog-sec", "120"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "\nUser=bcs\n" in result.output
+    assert "\nWatchdogSec=120\n" in result.output
+    assert f"--config {config.resolve()} run\n" in result.output
+    assert f"\nReadWritePaths={tmp_path}\n" in result.output  # the database is not in /var/lib
+
+
+def test_print_unit_group_needs_user() -> None:
+    result = CliRunner().invoke(main, ["print-unit", "--group", "bcs"])
+    assert result.exit_code == 2
+    assert "--group needs --user" in result.output
+
+
+@pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["status", "--help"]])
+def test_help_imports_no_heavy_library(command: list[str]) -> None:
+    script = (
+        "import sys\n"
+        "from notifier.cli import main\n"
+        f"try:\n    main({command!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('sqlalchemy', 'httpx', 'apprise', 'jinja2', 'alembic')"
+        " if m in sys.modules]\n"
+        "print(heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,650 @@
+"""The run loop against fakes: a scripted poller and dispatcher, an injected clock, a real
+SQLite store migrated by Alembic (for the outbox queries), real sockets where systemd is
+involved."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, insert, select, update
+
+from notifier.config import Config, SourceConfig, parse_config
+from notifier.daemon import (
+    Components,
+    Daemon,
+    DaemonOptions,
+    InlineExecutor,
+    dispatch_counts,
+)
+from notifier.errors import ConfigError, ConfigProblem, SignatureRejected, TransportError
+from notifier.health import Metrics
+from notifier.model import Event, EventType
+from notifier.outbox import DispatchStats
+from notifier.store.schema import event_groups, outbox
+from notifier.systemd import SystemdNotifier
+
+EPOCH = 1_700_000_000.0
+
+
+def make_config(database: str, sources: tuple[str, ...] = ("a",), **service: Any) -> Config:
+    settings = {"poll_interval": 60, "active_poll_interval": 5, "poll_jitter": 0} | service
+    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
+    blocks = "".join(
+        f"""
+[[sources]]
+name = "{name}"
+endpoint = "https://bcs.example.test"
+project_id = "p1"
+[sources.auth]
+type = "token"
+token = "secret-token-{name}"
+"""
+        for name in sources
+    )
+    return parse_config(f'[service]\ndatabase = "{database}"\n{lines}\n{blocks}')
+
+
+class FakeClock:
+    """Monotonic and wall time that only move when the loop sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.stop_at: float | None = None
+        self.on_stop: Callable[[], None] | None = None
+        self.daemon: Daemon | None = None
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return EPOCH + self.now
+
+    def wait(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.stop_at is not None and self.now >= self.stop_at and self.daemon is not None:
+            if self.on_stop is not None and not self.daemon.stopping:
+                self.on_stop()
+            self.daemon.request_stop()
+
+
+@dataclass(frozen=True)
+class Result:
+    source: str
+    events: tuple[Event, ...] = ()
+    active: bool = False
+    error: Any = None
+    records: int = 0
+    duration: float = 0.01
+
+
+Script = Callable[[str, float, int], Result]
+
+
+@dataclass
+class FakePoller:
+    clock: FakeClock
+    script: Script
+    calls: list[tuple[str, float]] = field(default_factory=list)
+    closed: bool = False
+
+    def poll_source(self, source: SourceConfig, /) -> Result:
+        count = sum(1 for name, _ in self.calls if name == source.name)
+        self.calls.append((source.name, self.clock.now))
+        return self.script(source.name, self.clock.now, count)
+
+    def times(self, name: str) -> list[float]:
+        return [at for source, at in self.calls if source == name]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeDispatcher:
+    clock: FakeClock
+    engine: Engine | None = None
+    deliver: bool = True
+    calls: list[tuple[float, int | None]] = field(default_factory=list)
+
+    def dispatch_due(self, limit: int | None = None) -> dict[str, int]:
+        self.calls.append((self.clock.now, limit))
+        if not self.deliver or self.engine is None:
+            return {"sent": 0, "retried": 0, "dead": 0}
+        due = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.state == "pending",
+                outbox.c.next_attempt_at <= int(self.clock.wall() * 1000),
+            )
+            .limit(limit if limit is not None else -1)
+        )
+        with self.engine.begin() as connection:
+            ids = list(connection.execute(due).scalars())
+            connection.execute(update(outbox).where(outbox.c.id.in_(ids)).values(state="sent"))
+        sent = len(ids)
+        return {"sent": sent, "retried": 0, "dead": 0}
+
+
+def idle(name: str, _now: float, _count: int) -> Result:
+    return Result(name)
+
+
+def event(source: str = "a", kind: EventType = EventType.OPERATION_STATUS_CHANGED) -> Event:
+    return Event(
+        id=f"evt_{source}_{kind}",
+        type=kind,
+        source=source,
+        operation_id="BCSSVC01-99-1",
+        record_time=1,
+        from_status="waiting",
+        to_status="processing",
+    )
+
+
+def build(
+    config: Config,
+    engine: Engine,
+    clock: FakeClock,
+    script: Script = idle,
+    *,
+    dispatcher: FakeDispatcher | None = None,
+    **kwargs: Any,
+) -> tuple[Daemon, FakePoller, FakeDispatcher]:
+    poller = FakePoller(clock, script)
+    dispatch = dispatcher or FakeDispatcher(clock, engine)
+    daemon = Daemon(
+        config,
+        engine,
+        components=lambda _config, _engine: Components(poller, dispatch),
+        clock=clock.monotonic,
+        wall=clock.wall,
+        wait=clock.wait,
+        executor=InlineExecutor(),
+        **kwargs,
+    )
+    clock.daemon = daemon
+    return daemon, poller, dispatch
+
+
+def run_for(daemon: Daemon, clock: FakeClock, seconds: float) -> int:
+    clock.stop_at = clock.now + seconds
+    return daemon.run()
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [round(b - a, 3) for a, b in itertools.pairwise(times)]
+
+
+def add_pending(engine: Engine, count: int, now_ms: int, *, due_in_ms: int = 0) -> None:
+    with engine.begin() as connection:
+        for index in range(count):
+            group = f"grp_{now_ms}_{index}"
+            connection.execute(
+                insert(event_groups).values(
+                    id=group, source="a", operation_id="op", created_at=now_ms, record=None
+                )
+            )
+            connection.execute(
+                insert(outbox).values(
+                    group_id=group,
+                    channel="chat",
+                    state="pending",
+                    attempts=0,
+                    created_at=now_ms,
+                    next_attempt_at=now_ms + due_in_ms,
+                    updated_at=now_ms,
+                    done_targets="[]",
+                )
+            )
+
+
+def pending(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.state == "pending")
+            ).scalar_one()
+        )
+
+
+# -- scheduling ------------------------------------------------------------------------------
+
+
+def test_active_rate_while_an_operation_runs_then_idle_rate(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+
+    def script(name: str, now: float, _count: int) -> Result:
+        return Result(name, active=now < 30)
+
+    daemon, poller, _ = build(make_config(database_url), engine, clock, script)
+    assert run_for(daemon, clock, 300) == 0
+    assert poller.times("a")[:8] == [0, 5, 10, 15, 20, 25, 30, 90]
+    assert set(gaps(poller.times("a"))[6:]) == {60}
+
+
+def test_jitter_spreads_polls_within_the_configured_fraction(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+    config = make_config(database_url, poll_jitter=0.1)
+    daemon, poller, _ = build(config, engine, clock, options=DaemonOptions(jitter_seed=7))
+    run_for(daemon, clock, 60 * 40)
+    intervals = gaps(poller.times("a"))
+    assert len(intervals) >= 30
+    assert all(54 <= gap <= 66 for gap in intervals)
+    assert len(set(intervals)) > 10  # not all the same
+
+
+def test_failures_back_off_from_the_active_to_the_idle_interval(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+
+    def script(name: str, _now: float, count: int) -> Result:
+        if count < 6:
+            return Result(name, error=TransportError("connect timeout"))
+        return Result(name)
+
+    daemon, poller, _ = build(make_config(database_url), engine, clock, script)
+    run_for(daemon, clock, 400)
+    assert gaps(poller.times("a"))[:7] == [5, 10, 20, 40, 60, 60, 60]
+    assert daemon.schedules["a"].failures == 0
+    assert daemon.metrics.value("poll_errors_total", source="a", kind="transport") == 6
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(None, 300), (600.0, 600), (10.0, 300)],
+    ids=["min-backoff-300s", "longer-hint", "shorter-hint-ignored"],
+)
+def test_a_refused_signature_pauses_the_source_for_the_lock_out(
+    engine: Engine, database_url: str, retry_after: float | None, expected: float
+) -> None:
+    clock = FakeClock()
+
+    def script(name: str, _now: float, count: int) -> Result:
+        if count == 0:
+            error = SignatureRejected(status=401, code="APIGW.0301", message="bad signature")
+            if retry_after is not None:
+                error.retry_after = retry_after  # type: ignore[attr-defined]
+            return Result(name, error=error)
+        return Result(name, active=True)
+
+    daemon, poller, _ = build(make_config(database_url), engine, clock, script)
+    run_for(daemon, clock, 1000)
+    times = poller.times("a")
+    assert times[:2] == [0, expected]
+    assert gaps(times)[1] == 5  # active rate again after the pause
+
+
+def test_a_hanging_source_never_delays_another(engine: Engine, database_url: str) -> None:
+    release = threading.Event()
+    polled: dict[str, int] = {"fast": 0, "slow": 0}
+    config = make_config(
+        database_url, sources=("slow", "fast"), poll_interval=1, active_poll_interval=0.2
+    )
+
+    class Poller:
+        def poll_source(self, source: SourceConfig, /) -> Result:
+            polled[source.name] += 1
+            if source.name == "slow":
+                release.wait(10)
+            return Result(source.name, active=True)
+
+    daemon = Daemon(
+        config,
+        engine,
+        components=lambda _c, _e: Components(Poller(), FakeDispatcher(FakeClock())),
+        executor=ThreadPoolExecutor(max_workers=4),
+    )
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while polled["fast"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert polled["fast"] >= 5
+        assert polled["slow"] == 1  # still in its first poll, and only one at a time
+    finally:
+        release.set()
+        daemon.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_an_unexpected_exception_in_a_poll_keeps_the_loop_alive(
+    engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+
+    def script(name: str, _now: float, count: int) -> Result:
+        if count == 0:
+            raise RuntimeError("bug in the pipeline")
+        return Result(name)
+
+    daemon, poller, _ = build(make_config(database_url), engine, clock, script)
+    with caplog.at_level(logging.ERROR):
+        assert run_for(daemon, clock, 200) == 0
+    assert poller.times("a")[:3] == [0, 5, 65]
+    assert daemon.metrics.value("poll_errors_total", source="a", kind="internal") == 1
+    assert "bug in the pipeline" in caplog.text
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+
+def test_events_are_dispatched_right_after_the_poll_that_found_them(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+
+    def script(name: str, now: float, _count: int) -> Result:
+        if now == 120:
+            add_pending(engine, 2, int(clock.wall() * 1000))
+            return Result(name, events=(event(),))
+        return Result(name)
+
+    daemon, _, dispatcher = build(make_config(database_url), engine, clock, script)
+    run_for(daemon, clock, 200)
+    assert 120 in [at for at, _ in dispatcher.calls]
+    assert pending(engine) == 0
+    assert daemon.metrics.value("deliveries_total", result="sent") == 2
+    assert daemon.metrics.value("events_total", type="operation.status_changed") == 1
+
+
+def test_a_scheduled_retry_is_dispatched_when_it_falls_due(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+    add_pending(engine, 1, int(clock.wall() * 1000), due_in_ms=42_000)
+    daemon, _, dispatcher = build(make_config(database_url), engine, clock)
+    run_for(daemon, clock, 50)
+    assert next(at for at, _ in dispatcher.calls if at > 0) == pytest.approx(42, abs=0.01)
+    assert pending(engine) == 0
+
+
+def test_a_failing_dispatcher_does_not_stop_polling(
+    engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+
+    class Broken(FakeDispatcher):
+        def dispatch_due(self, limit: int | None = None) -> dict[str, int]:
+            super().dispatch_due(limit)
+            raise OSError("channel exploded")
+
+    dispatcher = Broken(clock)
+    daemon, poller, _ = build(make_config(database_url), engine, clock, dispatcher=dispatcher)
+    with caplog.at_level(logging.ERROR):
+        run_for(daemon, clock, 300)
+    assert len(poller.times("a")) == 5
+    assert "channel exploded" in caplog.text
+
+
+# -- stop ------------------------------------------------------------------------------------
+
+
+def test_stop_gives_due_deliveries_a_grace_period(engine: Engine, database_url: str) -> None:
+    clock = FakeClock()
+    dispatcher = FakeDispatcher(clock, engine)
+    daemon, _, _ = build(make_config(database_url), engine, clock, dispatcher=dispatcher)
+    # 25 rows become due just as SIGTERM arrives
+    clock.on_stop = lambda: add_pending(engine, 25, int(clock.wall() * 1000))
+    assert run_for(daemon, clock, 60) == 0
+    assert pending(engine) == 0
+    assert [limit for at, limit in dispatcher.calls if at >= 60] == [10, 10, 10]
+
+
+def test_stop_keeps_undeliverable_rows_in_the_outbox(engine: Engine, database_url: str) -> None:
+    clock = FakeClock()
+    add_pending(engine, 3, int(clock.wall() * 1000))
+    dispatcher = FakeDispatcher(clock, engine, deliver=False)
+    daemon, _, _ = build(make_config(database_url), engine, clock, dispatcher=dispatcher)
+    assert run_for(daemon, clock, 10) == 0
+    assert pending(engine) == 3  # nothing lost: the next start delivers them
+
+
+def test_stop_waits_for_the_poll_in_progress(engine: Engine, database_url: str) -> None:
+    started = threading.Event()
+    finished = threading.Event()
+    config = make_config(database_url, poll_interval=1, active_poll_interval=0.2)
+
+    class Poller:
+        def poll_source(self, source: SourceConfig, /) -> Result:
+            started.set()
+            time.sleep(0.3)
+            finished.set()
+            return Result(source.name)
+
+    daemon = Daemon(
+        config,
+        engine,
+        components=lambda _c, _e: Components(Poller(), FakeDispatcher(FakeClock())),
+        executor=ThreadPoolExecutor(max_workers=2),
+    )
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    assert started.wait(5)
+    daemon.request_stop()
+    thread.join(10)
+    assert finished.is_set()
+    assert not thread.is_alive()
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+
+def test_reload_adds_a_source_and_an_invalid_config_keeps_the_running_one(
+    engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    configs: list[Config | ConfigError] = [
+        make_config(database_url, sources=("a", "b")),
+        ConfigError([ConfigProblem("service.poll_interval", "must be at least 1, not 0")]),
+    ]
+
+    def loader() -> Config:
+        item = configs.pop(0)
+        if isinstance(item, ConfigError):
+            raise item
+        return item
+
+    daemon, poller, _ = build(make_config(database_url), engine, clock, config_loader=loader)
+    daemon.start()
+    daemon.cycle()
+    daemon.request_reload()
+    daemon.cycle()
+    assert poller.times("b") == [0]
+    clock.now = 10
+    daemon.request_reload()
+    with caplog.at_level(logging.ERROR):
+        daemon.cycle()
+    assert "service.poll_interval: must be at least 1" in caplog.text
+    assert [source.name for source in daemon.config.sources] == ["a", "b"]
+    assert set(daemon.schedules) == {"a", "b"}
+
+
+def test_reload_drops_a_removed_source_and_closes_the_old_poller(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+    pollers: list[FakePoller] = []
+
+    def factory(_config: Config, _engine: Engine) -> Components:
+        pollers.append(FakePoller(clock, idle))
+        return Components(pollers[-1], FakeDispatcher(clock, engine))
+
+    daemon = Daemon(
+        make_config(database_url, sources=("a", "b")),
+        engine,
+        components=factory,
+        config_loader=lambda: make_config(database_url, sources=("a",)),
+        clock=clock.monotonic,
+        wall=clock.wall,
+        wait=clock.wait,
+        executor=InlineExecutor(),
+    )
+    daemon.start()
+    daemon.cycle()
+    daemon.request_reload()
+    clock.now = 100
+    daemon.cycle()
+    assert set(daemon.schedules) == {"a"}
+    assert pollers[0].closed
+    assert pollers[1].times("a") == [100]
+
+
+# -- systemd, status, health -----------------------------------------------------------------
+
+
+class NotifyListener:
+    """A real unix datagram socket standing in for systemd; a thread keeps reading it."""
+
+    def __init__(self, path: Path) -> None:
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(0.1)
+        self.address = str(path)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.socket.recv(65536).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> list[str]:
+        time.sleep(0.2)
+        self._stop.set()
+        self._thread.join(5)
+        self.socket.close()
+        return self.messages
+
+
+@pytest.fixture
+def notify_listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    yield listener
+    listener.close()
+
+
+def test_watchdog_every_cycle_status_and_stopping_over_a_real_socket(
+    engine: Engine, database_url: str, notify_listener: NotifyListener
+) -> None:
+    clock = FakeClock()
+    notifier = SystemdNotifier(notify_listener.address)
+    add_pending(engine, 2, int(clock.wall() * 1000), due_in_ms=10**9)
+    daemon, _, _ = build(
+        make_config(database_url),
+        engine,
+        clock,
+        notifier=notifier,
+        options=DaemonOptions(watchdog_interval=15),
+    )
+    run_for(daemon, clock, 120)
+    notifier.close()
+    messages = notify_listener.close()
+    watchdogs = [m for m in messages if m == "WATCHDOG=1"]
+    assert len(watchdogs) >= 8  # every cycle, and at least every 15 s while idle
+    assert max(clock.sleeps) <= 15
+    statuses = [m for m in messages if m.startswith("STATUS=")]
+    assert any("last poll 2023-11-14 22:" in m and "outbox 2 pending" in m for m in statuses)
+    assert any(m.startswith("STOPPING=1") for m in messages)
+
+
+def test_status_line_names_failing_and_active_sources(engine: Engine, database_url: str) -> None:
+    clock = FakeClock()
+
+    def script(name: str, _now: float, _count: int) -> Result:
+        if name == "a":
+            return Result(name, error=TransportError("down"))
+        return Result(name, active=True)
+
+    daemon, _, _ = build(make_config(database_url, sources=("a", "b")), engine, clock, script)
+    daemon.start()
+    daemon.cycle()
+    line = daemon.status_line()
+    assert "failing: a" in line
+    assert "active: b" in line
+    assert "outbox 0 pending, 0 dead" in line
+
+
+def test_health_goes_stale_when_a_source_keeps_failing(engine: Engine, database_url: str) -> None:
+    clock = FakeClock()
+
+    def script(name: str, now: float, _count: int) -> Result:
+        return Result(name, error=TransportError("down")) if now > 100 else Result(name)
+
+    config = make_config(database_url, unreachable_after=60)  # stale after 3*60+60 = 240 s
+    daemon, _, _ = build(config, engine, clock, script)
+    daemon.start()
+    for moment in (0, 60, 120, 300, 380):
+        clock.now = moment
+        daemon.cycle()
+        if moment == 300:
+            assert daemon.health().healthy
+    report = daemon.health()
+    assert not report.healthy
+    assert report.reasons == ("source a: no successful poll for 320s",)
+    assert report.details["sources"]["a"]["last_error"] == "down"
+
+
+def test_health_goes_stale_when_the_loop_stops_going_round(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+    daemon, _, _ = build(make_config(database_url, unreachable_after=0), engine, clock)
+    daemon.start()
+    daemon.cycle()
+    clock.now = 1000
+    report = daemon.health()
+    assert not report.healthy
+    assert any("run loop" in reason for reason in report.reasons)
+
+
+EXPECTED_STATS = {"sent": 3, "retry": 2, "dead": 1, "deferred": 4}
+
+
+@pytest.mark.parametrize(
+    ("stats", "expected"),
+    [
+        ({"sent": 2, "retried": 1, "dead": 0}, {"sent": 2, "retry": 1, "dead": 0}),
+        (None, {}),
+        (DispatchStats(sent=3, failed=2, dead=1, deferred=4, messages=9), EXPECTED_STATS),
+    ],
+    ids=["mapping", "none", "dispatch-stats"],
+)
+def test_dispatch_counts(stats: Any, expected: dict[str, int]) -> None:
+    assert dispatch_counts(stats) == expected
+
+
+def test_metrics_follow_the_polls(engine: Engine, database_url: str) -> None:
+    clock = FakeClock()
+    metrics = Metrics()
+    daemon, _, _ = build(make_config(database_url), engine, clock, metrics=metrics)
+    run_for(daemon, clock, 130)
+    assert metrics.value("polls_total", source="a") == 3
+    assert metrics.value("poll_duration_seconds", source="a") == 3
+    assert metrics.value("source_up", source="a") == 1
+    assert metrics.value("source_last_success_timestamp_seconds", source="a") == EPOCH + 120

@@ -1,0 +1,339 @@
+"""`bcs-notifier run` as a real process under a test harness.
+
+The harness plays systemd (a unix datagram socket as ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``),
+the BCS API (the simulator on 127.0.0.1, with injected faults) and a webhook receiver (a
+local HTTP server that fails on purpose for a while). It checks that the service becomes
+ready, polls at the active rate while an operation runs and at the idle rate after,
+survives API and channel faults, reports unreachable/recovered once each, and exits 0 on
+SIGTERM with nothing lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from notifier.simulator.auth import ReceivedRequest
+from notifier.simulator.server import RECORD_PATH, SimResponse, Simulator
+from notifier.store.schema import events, outbox
+
+pytestmark = pytest.mark.slow
+
+IDLE = 2.0
+ACTIVE = 0.3
+
+
+class TimedSimulator(Simulator):
+    """The simulator, noting the real (monotonic) time of every record request."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.poll_times: list[float] = []
+
+    def handle(self, request: ReceivedRequest) -> SimResponse:
+        if RECORD_PATH.match(request.path):
+            self.poll_times.append(time.monotonic())
+        return super().handle(request)
+
+    def intervals(self, since: float, until: float | None = None) -> list[float]:
+        end = until if until is not None else time.monotonic()
+        times = [t for t in self.poll_times if since <= t <= end]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+
+class Receiver:
+    """A webhook endpoint: records each delivered CloudEvent; can fail the next N posts."""
+
+    def __init__(self) -> None:
+        self.delivered: dict[str, dict[str, Any]] = {}
+        self.failures_left = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    fail = receiver.failures_left > 0
+                    if fail:
+                        receiver.failures_left -= 1
+                        receiver.failed += 1
+                    else:
+                        document = json.loads(body)
+                        receiver.delivered[self.headers["webhook-id"]] = document
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def types(self) -> list[str]:
+        with self.lock:
+            return [document["type"] for document in self.delivered.values()]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class Systemd:
+    """The notify socket systemd would give the service."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(0.1)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.socket.recv(65536).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def lines(self) -> list[str]:
+        return [line for message in list(self.messages) for line in message.splitlines()]
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.socket.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[tuple[TimedSimulator, Receiver, Systemd]]:
+    simulator = TimedSimulator(seed=3, story=(), episodes=False).start()
+    receiver = Receiver()
+    systemd = Systemd(tmp_path / "notify.sock")
+    yield simulator, receiver, systemd
+    systemd.close()
+    receiver.close()
+    simulator.stop()
+
+
+def write_config(tmp_path: Path, simulator: Simulator, receiver: Receiver, http_port: int) -> Path:
+    config = tmp_path / "notifier.toml"
+    snippet = simulator.config_snippet("token", name="sim").replace(
+        "[sources.auth]", "max_retries = 0\ntimeout = 2\n\n[sources.auth]"
+    )
+    config.write_text(
+        f"""
+[service]
+database = "sqlite:///{tmp_path / "state.db"}"
+poll_interval = {IDLE}
+active_poll_interval = {ACTIVE}
+poll_jitter = 0
+unreachable_after = 1.5
+
+[service.http]
+listen = "127.0.0.1"
+port = {http_port}
+
+[delivery]
+backoff_initial = 0.2
+backoff_max = 0.5
+max_attempts = 100
+
+[[channels]]
+name = "hook"
+urls = ["webhook://127.0.0.1:{receiver.port}/hook"]
+
+{snippet}"""
+    )
+    return config
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def test_run_under_a_harness(
+    tmp_path: Path, harness: tuple[TimedSimulator, Receiver, Systemd]
+) -> None:
+    simulator, receiver, systemd = harness
+    http_port = free_port()
+    config = write_config(tmp_path, simulator, receiver, http_port)
+    receiver.failures_left = 3  # the channel is down for the first deliveries
+    log = (tmp_path / "run.log").open("w")
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(systemd.path),
+        "WATCHDOG_USEC": "3000000",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("WATCHDOG_PID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notifier", "--config", str(config), "run", "--log-format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+    )
+    try:
+        wait_for(lambda: "READY=1" in systemd.lines(), 30, "READY=1")
+        wait_for(lambda: "WATCHDOG=1" in systemd.lines(), 5, "WATCHDOG=1")
+
+        # a second instance on the same database refuses to start, with a clear message
+        second = subprocess.run(
+            [sys.executable, "-m", "notifier", "--config", str(config), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "NOTIFY_SOCKET": ""},
+            check=False,
+        )
+        assert second.returncode == 69
+        assert f"another bcs-notifier run (pid {process.pid})" in second.stderr
+
+        # idle: nothing in progress
+        start = time.monotonic()
+        time.sleep(4.5)
+        idle = simulator.intervals(start)
+        assert idle, "no polls while idle"
+        assert 1.8 <= statistics.median(idle) <= 2.6, idle
+
+        # an operation starts: the active rate
+        simulator.schedule("create", "bcs-harness")
+        wait_for(lambda: "operation.created" in " ".join(receiver.types()), 15, "created")
+        start = time.monotonic()
+        time.sleep(2.5)
+        active = simulator.intervals(start)
+        assert len(active) >= 4, active
+        assert 0.25 <= statistics.median(active) <= 0.6, active
+
+        # it finishes: back to the idle rate
+        simulator.advance(simulator.story_remaining() + 60)
+        wait_for(
+            lambda: (
+                "bcs_notifier.operation.status_changed" in receiver.types()
+                and any(
+                    d["data"]["to"] == "finished" and d["type"].endswith("operation.status_changed")
+                    for d in list(receiver.delivered.values())
+                )
+            ),
+            15,
+            "the finished operation",
+        )
+        time.sleep(0.5)
+        start = time.monotonic()
+        time.sleep(4.5)
+        after = simulator.intervals(start)
+        assert after
+        assert 1.8 <= statistics.median(after) <= 2.6, after
+        assert receiver.failed == 3  # the channel failures were retried
+
+        status, body = get(http_port, "/healthz")
+        assert status == 200, body
+        status, metrics = get(http_port, "/metrics")
+        assert status == 200
+        assert 'bcs_notifier_polls_total{source="sim"}' in metrics
+        assert 'bcs_notifier_deliveries_total{result="retry"}' in metrics
+
+        # the API fails: unreachable once, then recovered once
+        simulator.inject("500", count=10_000)
+        wait_for(lambda: "bcs_notifier.source.unreachable" in receiver.types(), 15, "unreachable")
+        time.sleep(1.5)  # more failed polls: no second report
+        simulator.clear_faults()
+        wait_for(lambda: "bcs_notifier.source.recovered" in receiver.types(), 15, "recovered")
+        time.sleep(1.0)
+        assert receiver.types().count("bcs_notifier.source.unreachable") == 1
+        assert receiver.types().count("bcs_notifier.source.recovered") == 1
+        assert any(line.startswith("STATUS=last poll") for line in systemd.lines())
+
+        # SIGHUP: an invalid config is refused and logged, a valid one applied
+        good = config.read_text()
+        config.write_text(good.replace(f"poll_interval = {IDLE}", "poll_interval = 0"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: "the new configuration is invalid" in (tmp_path / "run.log").read_text(),
+            10,
+            "the refused reload",
+        )
+        assert "service.poll_interval: must be at least 1" in (tmp_path / "run.log").read_text()
+        config.write_text(good.replace('name = "hook"', 'name = "hook2"'))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in (tmp_path / "run.log").read_text(), 10, "the reload")
+        assert process.poll() is None
+        assert "RELOADING=1" in systemd.lines()
+        assert systemd.lines().count("READY=1") == 3  # start, and after each reload
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        log.close()
+    lines = systemd.lines()
+    assert "STOPPING=1" in lines
+    output = (tmp_path / "run.log").read_text()
+    records = [json.loads(line) for line in output.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert simulator.credentials.token not in output  # no secret in any line
+
+    # nothing lost: every recorded event reached the receiver, nothing is left pending
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with engine.connect() as connection:
+            recorded = set(connection.execute(select(events.c.id)).scalars())
+            left = connection.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.state != "sent")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert recorded
+    assert recorded <= set(receiver.delivered)
+    assert left == 0
