@@ -138,7 +138,9 @@ def test_the_demo_command_exits_zero_by_itself(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_a_stop_signal_ends_the_demo_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     process = _demo_process(tmp_path, "--speed", "2")
     lines: list[str] = []

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from e2e_support import (
     NS,
     GatedSimulator,
@@ -24,11 +23,7 @@ from e2e_support import (
     write_config,
 )
 
-from notifier.cli import main
 from notifier.simulator import OperationSpec
-
-# `run` lands with the service branch; until it is merged there is nothing to run
-pytestmark = pytest.mark.skipif("run" not in main.commands, reason="no `run` command yet")
 
 STORY = (
     OperationSpec(at=-600, kind="create", blockchain="bcs-old"),

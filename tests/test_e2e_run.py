@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from e2e_support import (
     NS,
     GatedSimulator,
@@ -26,11 +25,7 @@ from e2e_support import (
     write_config,
 )
 
-from notifier.cli import main
 from notifier.simulator import OperationSpec
-
-# `run` lands with the service branch; until it is merged there is nothing to run
-pytestmark = pytest.mark.skipif("run" not in main.commands, reason="no `run` command yet")
 
 #: A short story with every ending: history, an upgrade running at the start, then a
 #: failing "add organisation", a stopped "scale organisation" and a finishing "join channel".

@@ -16,8 +16,6 @@ from notifier.cli import main
 from notifier.store.lock import InstanceLock
 from notifier.store.schema import event_groups, outbox, source_state
 
-NOW_MS = int(time.time() * 1000)
-
 
 def write_config(
     tmp_path: Path, database_url: str, *, sources: tuple[str, ...] = ("prod",)
@@ -40,15 +38,18 @@ token = "tok-{name}-secret-value"
 
 
 def fill(engine: Engine) -> None:
+    # "now" when the rows are written: the status ages below are relative to the test's run,
+    # not to the collection of this module (a long suite runs it minutes later)
+    now_ms = int(time.time() * 1000)
     with engine.begin() as connection:
         connection.execute(
             insert(source_state).values(
                 source="prod",
-                baseline_at=NOW_MS - 3_600_000,
-                last_poll_at=NOW_MS - 5_000,
-                last_success_at=NOW_MS - 600_000,
+                baseline_at=now_ms - 3_600_000,
+                last_poll_at=now_ms - 5_000,
+                last_success_at=now_ms - 600_000,
                 consecutive_failures=4,
-                failing_since=NOW_MS - 590_000,
+                failing_since=now_ms - 590_000,
                 last_error="HTTP 401 APIGW.0301: token tok-prod-secret-value rejected",
                 unreachable_reported=True,
             )
@@ -57,7 +58,7 @@ def fill(engine: Engine) -> None:
             group = f"grp_{index}"
             connection.execute(
                 insert(event_groups).values(
-                    id=group, source="prod", operation_id="op", created_at=NOW_MS
+                    id=group, source="prod", operation_id="op", created_at=now_ms
                 )
             )
             connection.execute(
@@ -66,9 +67,9 @@ def fill(engine: Engine) -> None:
                     channel="chat",
                     state=state,
                     attempts=1,
-                    created_at=NOW_MS - 120_000 * (index + 1),
-                    next_attempt_at=NOW_MS + (10**9 if index else -1),
-                    updated_at=NOW_MS,
+                    created_at=now_ms - 120_000 * (index + 1),
+                    next_attempt_at=now_ms + (10**9 if index else -1),
+                    updated_at=now_ms,
                     done_targets="[]",
                 )
             )

@@ -7,8 +7,9 @@ Everything runs in this process and is gone afterwards:
 * a temporary directory holds the SQLite store, migrated by Alembic like a real install;
 * the configuration is TOML text parsed and validated by the real loader (channel URLs
   included); its only source is the simulator, with the simulator's own credentials;
-* the real pipeline polls, diffs, stores and delivers through the transactional outbox to
-  one ``console://`` channel, which prints what a chat user would see.
+* the service's own run loop (:class:`~notifier.daemon.Daemon` with the components ``run``
+  builds: the poller and the outbox dispatcher on worker threads) polls, diffs, stores and
+  delivers to one ``console://`` channel, which prints what a chat user would see.
 
 The first poll is a silent baseline, as in production (``notify_existing = false``): the
 operations already there (three finished ones and an upgrade in progress) are stored without
@@ -40,7 +41,7 @@ from sqlalchemy import Engine, func, select
 from notifier.config import Config, SourceConfig, parse_config
 from notifier.errors import NotifierError
 from notifier.model import OPERATION_TYPE_NAMES, TERMINAL_STATUSES
-from notifier.simulator.clock import NS_PER_SECOND
+from notifier.simulator.clock import NS_PER_SECOND, ScaledClock
 from notifier.simulator.scenario import OperationPlan
 from notifier.simulator.server import AUTH_TYPES, Simulator
 
@@ -158,6 +159,24 @@ def _operation_name(plan: OperationPlan) -> str:
     return OPERATION_TYPE_NAMES.get(operation_type, operation_type)
 
 
+class _HeldClock:
+    """A monotonic clock that stands still until :meth:`release` (for a ScaledClock)."""
+
+    def __init__(self) -> None:
+        self._held_at = time.monotonic()
+        self._released_at: float | None = None
+
+    def __call__(self) -> float:
+        released = self._released_at
+        if released is None:
+            return self._held_at
+        return self._held_at + (time.monotonic() - released)
+
+    def release(self) -> None:
+        if self._released_at is None:
+            self._released_at = time.monotonic()
+
+
 class _ObservedPoller:
     """The real :class:`~notifier.pipeline.Poller`, counting polls for the demo."""
 
@@ -166,6 +185,7 @@ class _ObservedPoller:
         self._demo = demo
 
     def poll_source(self, source: SourceConfig, /) -> Any:
+        self._demo.start_story()
         settled = self._demo.simulator_settled()
         result = self._poller.poll_source(source)
         self._demo.observe_poll(result, story_settled=settled)
@@ -173,6 +193,19 @@ class _ObservedPoller:
 
     def close(self) -> None:
         self._poller.close()
+
+
+class _CountedDispatcher:
+    """The real :class:`~notifier.outbox.Dispatcher`, counting console messages."""
+
+    def __init__(self, dispatcher: Any, demo: Demo) -> None:
+        self._dispatcher = dispatcher
+        self._demo = demo
+
+    def dispatch_due(self, limit: int | None = None) -> Any:
+        stats = self._dispatcher.dispatch_due(limit)
+        self._demo.count_messages(stats.messages)
+        return stats
 
 
 class Demo:
@@ -185,14 +218,24 @@ class Demo:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._simulator: Simulator | None = None
+        self._daemon: Any = None
+        self._hold = _HeldClock()
         self._seen_settled = False
 
     # -- control (signal handlers) --
 
     def request_stop(self) -> None:
+        """End the demo early (safe from a signal handler)."""
         self._stop.set()
+        daemon = self._daemon
+        if daemon is not None:
+            daemon.request_stop()
 
     # -- callbacks from the pipeline --
+
+    def start_story(self) -> None:
+        """Let the story's clock run: called as the first poll begins (then a no-op)."""
+        self._hold.release()
 
     def simulator_settled(self) -> bool:
         simulator = self._simulator
@@ -215,6 +258,10 @@ class Demo:
             )
             self.say("\n".join(textwrap.wrap(text, WIDTH)) + "\n")
 
+    def count_messages(self, messages: int) -> None:
+        with self._lock:
+            self.report.messages += messages
+
     # -- the run --
 
     def run(self) -> DemoReport:
@@ -224,7 +271,16 @@ class Demo:
         started = time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-demo-"))
         engine: Engine | None = None
-        simulator = Simulator(seed=self.options.seed, speed=self.options.speed, episodes=False)
+        # the story's clock stands still until the first poll begins: however long the
+        # set-up takes, that poll sees the story's start as the baseline
+        hold = _HeldClock()
+        simulator = Simulator(
+            seed=self.options.seed,
+            speed=self.options.speed,
+            clock=ScaledClock(self.options.speed, monotonic=hold),
+            episodes=False,
+        )
+        self._hold = hold
         try:
             simulator.start()
             self._simulator = simulator
@@ -253,30 +309,70 @@ class Demo:
         return time.monotonic() + simulator.story_remaining() / self.options.speed + DEADLINE_MARGIN
 
     def _loop(self, simulator: Simulator, config: Config, engine: Engine) -> None:
-        from notifier.outbox import Dispatcher, counts_by_state
-        from notifier.pipeline import Poller
+        """The real run loop (:class:`~notifier.daemon.Daemon`) until the story is over."""
+        from notifier.daemon import Components, Daemon, DaemonOptions, default_components
 
-        deadline = self._deadline(simulator)
-        poller = _ObservedPoller(Poller(config, engine), self)
-        dispatcher = Dispatcher(config, engine)
+        def components(settings: Config, store: Engine) -> Components:
+            # exactly what `run` builds, observed for the header lines and the summary
+            real = default_components(settings, store)
+            return Components(
+                poller=_ObservedPoller(real.poller, self),
+                dispatcher=_CountedDispatcher(real.dispatcher, self),
+            )
+
+        daemon = Daemon(
+            config,
+            engine,
+            components=components,
+            options=DaemonOptions(stop_grace=5.0, jitter_seed=self.options.seed),
+        )
+        finished = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch,
+            args=(daemon, engine, self._deadline(simulator), finished),
+            name="bcs-notifier-demo-watch",
+            daemon=True,
+        )
+        with self._lock:
+            self._daemon = daemon
+        if self._stop.is_set():
+            daemon.request_stop()
+        watcher.start()
         try:
-            while not self._stop.is_set():
-                for source in config.sources:
-                    poller.poll_source(source)
-                stats = dispatcher.dispatch_due()
-                self.report.messages += stats.messages
-                if self._seen_settled and counts_by_state(engine)["pending"] == 0:
-                    self.report.completed = True
-                    return
-                if time.monotonic() > deadline:
-                    self.report.errors.append(
-                        "the story did not finish in time (is the machine very busy?)"
-                    )
-                    return
-                self._stop.wait(config.service.active_poll_interval)
-            self.report.interrupted = True
+            daemon.run()
         finally:
-            poller.close()
+            finished.set()
+            watcher.join(timeout=5)
+            with self._lock:
+                self._daemon = None
+        if self._stop.is_set() and not self.report.completed:
+            self.report.interrupted = True
+
+    def _watch(
+        self, daemon: Any, engine: Engine, deadline: float, finished: threading.Event
+    ) -> None:
+        """Stop the run loop once the story is over and everything is delivered."""
+        from notifier.outbox import counts_by_state
+
+        while not finished.wait(0.1):
+            if self._stop.is_set():
+                return
+            if self._seen_settled:
+                try:
+                    pending = counts_by_state(engine)["pending"]
+                except Exception:  # the store is busy or gone: look again next time
+                    logger.debug("cannot read the outbox", exc_info=True)
+                    continue
+                if pending == 0:
+                    self.report.completed = True
+                    daemon.request_stop()
+                    return
+            if time.monotonic() > deadline:
+                self.report.errors.append(
+                    "the story did not finish in time (is the machine very busy?)"
+                )
+                daemon.request_stop()
+                return
 
     # -- output --
 
