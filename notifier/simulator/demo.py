@@ -476,8 +476,8 @@ def summary_lines(report: DemoReport) -> list[str]:
                 line += f": {textwrap.shorten(item.message, 60, placeholder='...')}"
             lines.append(line)
     lines.extend(f"  error: {error}" for error in dict.fromkeys(report.errors))
+    lines.append("The temporary database was removed.")
     lines.append(
-        "The temporary database was removed. Next: `bcs-notifier simulate` serves the "
-        "simulator alone for your own notifier.toml."
+        "Next: `bcs-notifier simulate` serves the simulator alone for your own notifier.toml."
     )
     return lines
