@@ -24,8 +24,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 def migrations_path() -> Path:
-    """The ``migrations`` package directory, from a checkout or an installed wheel."""
-    import migrations
+    """The Alembic migrations: ``migrations/`` of the repository, installed inside the
+    package as ``notifier.migrations``."""
+    from notifier import migrations
 
     return Path(migrations.__file__).resolve().parent
 
