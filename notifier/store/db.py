@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import time
@@ -26,9 +27,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 def migrations_path() -> Path:
     """The Alembic migrations: ``migrations/`` of the repository, installed inside the
     package as ``notifier.migrations``."""
-    from notifier import migrations
-
-    return Path(migrations.__file__).resolve().parent
+    # imported by name: the package is mapped from the repository's migrations/ folder
+    migrations = importlib.import_module("notifier.migrations")
+    return Path(str(migrations.__file__)).resolve().parent
 
 
 def make_engine(url: str) -> Engine:
