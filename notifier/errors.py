@@ -57,6 +57,8 @@ class SourceError(NotifierError):
 
     #: short machine-readable kind used in metrics and ``status`` ("transport", "api", ...)
     kind: str = "source"
+    #: seconds before the next attempt can make sense, when the error knows (else None)
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         self.request_id = request_id

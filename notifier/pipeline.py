@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
@@ -20,7 +21,7 @@ from sqlalchemy import Engine
 from notifier.bcs.parse import parse_response, select
 from notifier.config import Config, SourceConfig
 from notifier.diff import diff_record
-from notifier.errors import SourceError
+from notifier.errors import AuthError, SignatureRejected, SourceError
 from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
 from notifier.routing import channels_for
 from notifier.store.repository import (
@@ -131,15 +132,27 @@ class Poller:
     def poll_source(self, source: SourceConfig, *, dry_run: bool = False) -> PollResult:
         started = self.timer()
         now_ms = int(self.clock() * 1000)
+        state = self.repository.source_state(source.name)
+        if state.rest_until is not None and now_ms < state.rest_until:
+            # credentials were refused: sending again could lock the key (five AK/SK
+            # rejections in a row lock it for 5 minutes), also after a restart
+            resting = _resting_error(source, state, now_ms)
+            result = self._failure(source, resting, now_ms, dry_run=dry_run, state=state)
+            return replace(result, duration=self.timer() - started)
+        client = self._client(source)
         try:
-            fetched = self._client(source).fetch()
+            fetched = client.fetch()
             parsed = parse_response(fetched.body, request_id=fetched.request_id)
         except SourceError as exc:
-            result = self._failure(source, exc, now_ms, dry_run=dry_run)
+            rest_until = getattr(client, "retry_not_before", None)
+            if isinstance(rest_until, int | float):
+                state = replace(state, rest_until=int(rest_until * 1000))
+            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
             return replace(result, duration=self.timer() - started)
         records = select(parsed.records, source.filters)
         result = self._success(
             source,
+            state,
             records,
             now_ms,
             skipped=parsed.skipped,
@@ -163,6 +176,7 @@ class Poller:
     def _success(
         self,
         source: SourceConfig,
+        state: SourceState,
         records: Sequence[OperationRecord],
         now_ms: int,
         *,
@@ -171,7 +185,6 @@ class Poller:
         dry_run: bool,
     ) -> PollResult:
         name = source.name
-        state = self.repository.source_state(name)
         index = self.repository.snapshot_index(name)
         baseline = state.baseline_at is None
         silent = baseline and not self.config.service.notify_existing
@@ -224,6 +237,7 @@ class Poller:
             failing_since=None,
             last_error=None,
             unreachable_reported=False,
+            rest_until=None,
         )
         if baseline:
             logger.info(
@@ -254,11 +268,16 @@ class Poller:
         )
 
     def _failure(
-        self, source: SourceConfig, error: SourceError, now_ms: int, *, dry_run: bool
+        self,
+        source: SourceConfig,
+        error: SourceError,
+        now_ms: int,
+        *,
+        dry_run: bool,
+        state: SourceState,
     ) -> PollResult:
         name = source.name
         logger.warning("%s: poll failed: %s", name, error.one_line())
-        state = self.repository.source_state(name)
         failing_since = state.failing_since if state.failing_since is not None else now_ms
         new_state = replace(
             state,
@@ -317,3 +336,19 @@ class Poller:
             error=state.last_error,
         )
         return self._group(source.name, "", [event], None)
+
+
+def _resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> SourceError:
+    """The error of a poll skipped while the source's credentials rest."""
+    until = datetime.fromtimestamp((state.rest_until or now_ms) / 1000, UTC)
+    message = (
+        f"credentials refused earlier ({state.last_error or 'no detail'}); "
+        f"no request before {until.isoformat(timespec='seconds')}"
+    )
+    error: SourceError
+    if source.auth.type == "aksk":
+        error = SignatureRejected(status=401, code=None, message=message)
+    else:
+        error = AuthError(status=401, code=None, message=message)
+    error.retry_after = ((state.rest_until or now_ms) - now_ms) / 1000
+    return error

@@ -352,3 +352,42 @@ urls = ["json://{chat.base}/chat"]
         ]
         assert delivered == history  # one request per event, in order, once
         assert len(chat.accepted) == 1  # the chat target is not sent to again
+
+
+def test_a_refused_signature_rests_the_key_across_poll_invocations(
+    tmp_path: Path, api: respx.MockRouter, example_body: dict[str, Any]
+) -> None:
+    """Five refused signatures in a row lock an AK for 5 minutes: separate ``poll``
+    processes (or a restarted ``run``) must not each send one."""
+    path = tmp_path / "notifier.toml"
+    path.write_text(
+        f"""
+[service]
+database = "sqlite:///{tmp_path / "state.db"}"
+[[sources]]
+name = "signed"
+endpoint = "{ENDPOINT}"
+project_id = "{PROJECT}"
+max_retries = 3
+[sources.auth]
+type = "aksk"
+access_key = "HPUAEXAMPLEAK0000001"
+secret_key = "wrong-secret"
+"""
+    )
+    route = api.get(URL)
+    route.return_value = httpx.Response(
+        401,
+        json={"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information"},
+    )
+    first = run(path, "poll")
+    assert first.exit_code == 69
+    assert "APIGW.0301" in first.stderr
+    assert route.call_count == 1  # a refused signature is never retried
+
+    for _ in range(5):
+        again = run(path, "poll")
+        assert again.exit_code == 69
+        assert "no request before" in again.stderr
+    assert route.call_count == 1  # no further signed request while the key rests
+    assert "wrong-secret" not in first.output + again.output

@@ -356,3 +356,41 @@ def test_a_reloaded_poller_adopts_the_clients_of_unchanged_sources(
     changed.adopt_clients(same)
     same.close()
     assert made[0].closed  # the source changed: its old client was not adopted
+
+
+def test_refused_credentials_rest_until_the_client_says_then_polling_resumes(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    from notifier.errors import SignatureRejected
+
+    config = make_config()
+    clock = Clock()
+
+    class RefusingClient(ScriptedClient):
+        retry_not_before: float | None = None
+
+        def fetch(self) -> Fetched:
+            try:
+                return super().fetch()
+            except SignatureRejected:
+                self.retry_not_before = clock.now + 300
+                raise
+
+    refused = SignatureRejected(status=401, code="APIGW.0301", message="bad signature")
+    client = RefusingClient([refused, example_body])
+    poller = make_poller(config, engine, client, clock)
+    assert isinstance(poller.poll_source(config.sources[0]).error, SignatureRejected)
+    assert poller.repository.source_state("prod").rest_until == int((clock.now + 300) * 1000)
+
+    clock.now += 299
+    # a new process (fresh client) still honours the stored rest: nothing is fetched
+    restarted = make_poller(config, engine, ScriptedClient([]), clock)
+    resting = restarted.poll_source(config.sources[0])
+    assert resting.error is not None
+    assert resting.error.retry_after == pytest.approx(1.0)
+    assert "no request before" in str(resting.error)
+
+    clock.now += 2
+    resumed = make_poller(config, engine, ScriptedClient([example_body]), clock)
+    assert resumed.poll_source(config.sources[0]).ok
+    assert resumed.repository.source_state("prod").rest_until is None

@@ -43,6 +43,7 @@ class SourceState:
     failing_since: int | None = None
     last_error: str | None = None
     unreachable_reported: bool = False
+    rest_until: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,7 @@ class Repository:
             "failing_since": state.failing_since,
             "last_error": state.last_error,
             "unreachable_reported": state.unreachable_reported,
+            "rest_until": state.rest_until,
         }
         result = connection.execute(
             update(source_state).where(source_state.c.source == state.source).values(**values)

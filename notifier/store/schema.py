@@ -57,6 +57,8 @@ source_state = Table(
     Column("failing_since", BigInteger, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("unreachable_reported", Boolean, nullable=False, default=False),
+    # no request before this time: credentials were refused (AK/SK lock-out protection)
+    Column("rest_until", BigInteger, nullable=True),
 )
 
 #: A group of events to deliver together: one operation's changes in one cycle.
