@@ -49,16 +49,19 @@ _SECRET_KEYS = "|".join(
     )
 )
 _PATTERNS: Final = (
+    # Authorization: SDK-HMAC-SHA256 Access=..., Signature=...  /  Bearer and Basic
+    # credentials (capitalised as in the header, followed by a token-like word, so that
+    # "Generate basic configurations" or "signature rejected" stay readable)
+    re.compile(
+        r"(?P<keep>\b(?i:access|signature)=|\b(?:Bearer|Basic)\s+(?=[A-Za-z0-9+/=._~-]{12,}))"
+        r"(?P<secret>(?!\*{8})[^\s,\"']+)"
+    ),
     # key=value, key: value, "key": "value" (query strings, headers, JSON, reprs)
     re.compile(
         rf"""(?ix)
         (?P<keep>(?<![A-Za-z0-9_-])["']?(?:{_SECRET_KEYS})["']?\s*[:=]\s*["']?)
         (?P<secret>(?!\*{{8}})[^\s"'&,;}}\])]+)
         """
-    ),
-    # Authorization: SDK-HMAC-SHA256 Access=..., Signature=...  /  Bearer/Basic credentials
-    re.compile(
-        r"(?i)(?P<keep>\b(?:access|signature|bearer|basic)[= ])(?P<secret>(?!\*{8})[^\s,\"']+)"
     ),
     # scheme://user:password@host
     re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?P<secret>(?!\*{8})[^@\s/]+)(?=@)"),

@@ -142,6 +142,8 @@ urls = ["slack://T1234ABCD/B5678EFGH/abcdefghijklmnopqrstuvwx/#bcs",
         ),
         ("url ?token=qwertyuiop&x=1", "qwertyuiop"),
         ("secret whsec_AAAABBBBCCCC", "whsec_AAAABBBBCCCC"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload", "eyJhbGciOiJIUzI1NiJ9"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZDEyMw==", "dXNlcjpwYXNzd29yZDEyMw"),
     ],
     ids=[
         "secret-key",
@@ -155,6 +157,8 @@ urls = ["slack://T1234ABCD/B5678EFGH/abcdefghijklmnopqrstuvwx/#bcs",
         "signature",
         "query-token",
         "webhook-secret",
+        "bearer",
+        "basic",
     ],
 )
 def test_redaction(text: str, leak: str) -> None:
@@ -164,9 +168,18 @@ def test_redaction(text: str, leak: str) -> None:
     assert MASK in cleaned
 
 
-def test_redaction_keeps_ordinary_lines() -> None:
+@pytest.mark.parametrize(
+    "line",
+    [
+        "prod BCSSVC01-99-1618218591906093855 operation.status_changed waiting -> processing",
+        "source staging: the AK/SK signature was rejected: HTTP 401 APIGW.0301",
+        "step [Preparation / Generate basic configurations] waiting -> finished",
+        "check the access rights of the IAM user",
+    ],
+    ids=["event", "signature-rejected", "basic-configurations", "access-rights"],
+)
+def test_redaction_keeps_ordinary_lines(line: str) -> None:
     redactor = Redactor(config_secrets(parse_config(SECRETS_CONFIG)))
-    line = "prod BCSSVC01-99-1618218591906093855 operation.status_changed waiting -> processing"
     assert redactor.redact(line) == line
 
 
