@@ -44,6 +44,25 @@ def test_title_and_notify_type(status: str, title: str, notify_type: str) -> Non
     assert message.notify_type == notify_type
 
 
+@pytest.mark.parametrize(
+    ("status", "headline"),
+    [
+        ("failed", "OpCreate on bcs-prod failed"),
+        ("finished", "OpCreate on bcs-prod finished"),
+        ("stop", "OpCreate on bcs-prod was stopped"),
+        ("processing", "OpCreate on bcs-prod is processing"),
+        ("waiting", "OpCreate on bcs-prod is waiting"),
+        ("exploded", "OpCreate on bcs-prod is exploded"),
+    ],
+    ids=["failed", "finished", "stop", "processing", "waiting", "unknown-future-status"],
+)
+def test_headline_reads_as_a_sentence(status: str, headline: str) -> None:
+    rec = record(status=status)
+    options = RenderOptions(format="text")
+    message = render_message([status_event(rec, "processing", status)], rec, options)
+    assert message.body.splitlines()[0] == headline
+
+
 def test_source_event_title_and_body() -> None:
     from notifier.model import Event
 

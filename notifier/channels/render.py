@@ -79,6 +79,21 @@ def status_label(status: str | None) -> str:
     return status if status else "not started"
 
 
+#: How a headline says an operation's status: "OpCreate on bcs-prod failed",
+#: "... is processing", "... was stopped"; unknown statuses read "... is <status>".
+_HEADLINE_STATUS: Final = {
+    "finished": ("", "finished"),
+    "failed": ("", "failed"),
+    "stop": ("was", "stopped"),
+    "processing": ("is", "processing"),
+    "waiting": ("is", "waiting"),
+}
+
+
+def _headline_status(status: str | None) -> tuple[str, str]:
+    return _HEADLINE_STATUS.get(status or "", ("is", status_label(status)))
+
+
 def notify_type(status: str | None) -> str:
     return NOTIFY_TYPES.get(status or "", "info")
 
@@ -350,7 +365,8 @@ def build_document(
         headline = [(str(type_name), True)]
         if chain:
             headline += [(" on ", False), (str(chain), True)]
-        headline += [(" is ", False), (status_label(status), True)]
+        verb, word = _headline_status(status)
+        headline += [(f" {verb} " if verb else " ", False), (word, True)]
         facts.append(("Operation", str(operation.get("operation_id") or "")))
         blockchain_id = operation.get("blockchain_id")
         if blockchain_id:
