@@ -1,14 +1,9 @@
-"""Helpers for the delivery tests: outbox rows, a real local HTTP receiver, SMTP, configs."""
+"""Helpers for the delivery tests: records, events, outbox rows, configs, a fake clock."""
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -186,94 +181,3 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-# -- a real local HTTP receiver ---------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int = 200
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """Records every request; answers ``status`` (a list is consumed one per request)."""
-
-    port: int = 0
-    requests: list[Received] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-    default_status: int = 200
-    delay: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def next_status(self) -> int:
-        with self.lock:
-            return self.statuses.pop(0) if self.statuses else self.default_status
-
-    @property
-    def accepted(self) -> list[Received]:
-        with self.lock:
-            return [request for request in self.requests if 200 <= request.status < 300]
-
-    def bodies(self) -> list[Any]:
-        return [request.json() for request in self.accepted]
-
-
-@contextmanager
-def http_receiver(**kwargs: Any) -> Iterator[Receiver]:
-    receiver = Receiver(**kwargs)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            if receiver.delay:
-                threading.Event().wait(receiver.delay)
-            status = receiver.next_status()
-            headers = {key.lower(): value for key, value in self.headers.items()}
-            with receiver.lock:
-                receiver.requests.append(Received("POST", self.path, headers, body, status))
-            payload = b"ok" if status < 400 else b"nope"
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client died mid-request (crash tests)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -8,8 +8,6 @@ simulator served, which transitions a reader must be told about (DESIGN.md, "Eve
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -22,10 +20,11 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from net_support import WAIT, Received, Receiver, http_receiver, verify_standard_webhook
 
 from notifier.simulator import ReceivedRequest, SimResponse, Simulator
 
@@ -34,7 +33,6 @@ RECORD_PATH = re.compile(r"^/v2/[^/]+/operation/record/?$")
 KNOWN_STATUSES = {"waiting", "processing", "finished", "failed", "stop"}
 SECRET = "whsec_" + base64.b64encode(b"end-to-end-webhook-secret-32byte").decode()
 ROOT = Path(__file__).parent.parent
-WAIT = 20.0  # seconds any single wait may take before the test fails
 
 
 # -- a simulator that knows what every poll saw ---------------------------------------------
@@ -318,85 +316,36 @@ class Delivery:
 
 @dataclass
 class WebhookReceiver:
+    """The deliveries of one signed webhook channel, over a local ``Receiver`` (``http``)."""
+
+    http: Receiver
     secret: str = SECRET
-    port: int = 0
-    deliveries: list[Delivery] = field(default_factory=list)
-    lock: threading.Condition = field(default_factory=threading.Condition)
-    #: when set, the next request is recorded, ``arrived`` is set, and the answer waits for
-    #: ``release`` (a send "in flight" while the test kills the sender)
-    hold: threading.Event = field(default_factory=threading.Event)
-    arrived: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
-        return f"webhook://127.0.0.1:{self.port}/hooks/bcs?secret={self.secret}"
+        return f"webhook://{self.http.base}/hooks/bcs?secret={self.secret}"
 
-    def record(self, headers: dict[str, str], body: bytes) -> None:
-        key = base64.b64decode(self.secret.removeprefix("whsec_"))
-        webhook_id = headers.get("webhook-id", "")
-        signed = f"{webhook_id}.{headers.get('webhook-timestamp', '')}.".encode() + body
-        expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        signatures = headers.get("webhook-signature", "").split()
-        ok = any(hmac.compare_digest(expected, value) for value in signatures)
-        with self.lock:
-            self.deliveries.append(Delivery(webhook_id, ok, json.loads(body)))
-            self.lock.notify_all()
+    def deliveries(self, requests: Sequence[Received]) -> list[Delivery]:
+        return [
+            Delivery(
+                request.headers.get("webhook-id", ""),
+                verify_standard_webhook(self.secret, request.headers, request.body),
+                request.json(),
+            )
+            for request in requests
+        ]
 
     def snapshot(self) -> list[Delivery]:
-        with self.lock:
-            return list(self.deliveries)
+        return self.deliveries(self.http.snapshot())
 
     def wait_for(self, predicate: Callable[[list[Delivery]], bool], timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while not predicate(self.deliveries):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"timed out with {len(self.deliveries)} deliveries")
-                self.lock.wait(remaining)
-
-    def wait_ids(self, ids: set[str], timeout: float = WAIT) -> None:
-        self.wait_for(lambda got: ids <= {d.webhook_id for d in got}, timeout)
+        self.http.wait_for(lambda requests: predicate(self.deliveries(requests)), timeout)
 
 
 @contextmanager
 def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            receiver.record({k.lower(): v for k, v in self.headers.items()}, body)
-            if receiver.hold.is_set():
-                receiver.hold.clear()
-                receiver.arrived.set()
-                receiver.release.wait(WAIT)
-            try:
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-            except OSError:
-                self.close_connection = True  # the sender was killed mid-request
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        receiver.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with http_receiver(default_status=204) as http:
+        yield WebhookReceiver(http)
 
 
 def assert_exactly_once(

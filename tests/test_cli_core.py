@@ -311,7 +311,7 @@ def test_poll_delivers_what_it_recorded_and_a_down_target_gets_it_later(
     example_body: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from delivery_support import http_receiver
+    from net_support import http_receiver
 
     monkeypatch.setenv("BCS_TOKEN", "tok")
     route = api.get(URL)

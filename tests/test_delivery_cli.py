@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from delivery_support import http_receiver, insert_group, record, status_event
+from delivery_support import insert_group, record, status_event
+from net_support import http_receiver
 
 from notifier.cli import main
 from notifier.store import db

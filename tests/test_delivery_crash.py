@@ -10,13 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_support import http_receiver
+from net_support import http_receiver
 
 FIXTURE = Path(__file__).parent / "fixtures" / "example_response.json"
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-0123456789abcd").decode()
@@ -107,7 +105,6 @@ def _cli(config: Path, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_after_commit_and_mid_send_loses_nothing(tmp_path: Path) -> None:
-    release = threading.Event()
     with http_receiver() as receiver:
         config = _write_config(tmp_path, receiver.port)
 
@@ -130,27 +127,14 @@ def test_sigkill_after_commit_and_mid_send_loses_nothing(tmp_path: Path) -> None
 
         # 2. Restart the dispatcher; the receiver holds the second request open, and the
         #    dispatcher is killed while that send is in flight.
-        holding = threading.Event()
-        original = receiver.next_status
-
-        def hold_second_request() -> int:
-            if len(receiver.requests) == 1:
-                holding.set()
-                release.wait(timeout=30)
-            return original()
-
-        receiver.next_status = hold_second_request  # type: ignore[method-assign]
+        receiver.hold_next(skip=1)
         dispatcher = subprocess.Popen(
             _cli(config, "outbox", "dispatch"), env=_env(), stderr=subprocess.DEVNULL
         )
-        assert holding.wait(timeout=30), "the dispatcher never reached the second send"
+        assert receiver.wait_held(timeout=30), "the dispatcher never reached the second send"
         dispatcher.send_signal(signal.SIGKILL)
         dispatcher.wait(timeout=10)
-        release.set()
-        deadline = time.monotonic() + 10
-        while len(receiver.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        receiver.next_status = original  # type: ignore[method-assign]
+        receiver.release()
         before_restart = [request.headers["webhook-id"] for request in receiver.requests]
         assert len(before_restart) == 2
 

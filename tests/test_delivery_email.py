@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import email
 from collections.abc import Iterator
 from email.header import decode_header, make_header
-from email.message import Message
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from delivery_support import (
     T0_NS,
     event_for,
-    free_port,
     insert_group,
     make_config,
     record,
@@ -21,6 +16,7 @@ from delivery_support import (
     step,
     sub,
 )
+from net_support import Inbox, smtp_inbox
 from sqlalchemy import Engine
 
 from notifier.config import ChannelConfig
@@ -28,31 +24,14 @@ from notifier.model import EventType
 from notifier.outbox import Dispatcher
 
 
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.recipients: list[list[str]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
-        self.recipients.append(list(envelope.rcpt_tos))
-        return "250 OK"
-
-
 @pytest.fixture
-def smtp() -> Iterator[tuple[_Inbox, int]]:
-    inbox = _Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    with smtp_inbox() as inbox:
+        yield inbox, inbox.port
 
 
 def test_email_has_html_with_a_step_table_and_a_text_part(
-    engine: Engine, smtp: tuple[_Inbox, int]
+    engine: Engine, smtp: tuple[Inbox, int]
 ) -> None:
     inbox, port = smtp
     hostile = "bcs<script>&"

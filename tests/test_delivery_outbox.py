@@ -14,12 +14,12 @@ from delivery_support import (
     NOW_MS,
     FakeClock,
     event_for,
-    http_receiver,
     insert_group,
     make_config,
     record,
     status_event,
 )
+from net_support import http_receiver
 from sqlalchemy import Engine, select
 
 from notifier import outbox as outbox_module

@@ -4,14 +4,12 @@ the real pipeline (scripted source), a migrated SQLite file and real local serve
 from __future__ import annotations
 
 import copy
-import email
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from delivery_support import free_port, http_receiver
+from net_support import http_receiver, smtp_inbox
 from sqlalchemy import Engine
 
 from notifier.config import parse_config
@@ -39,15 +37,6 @@ class _Scripted:
         return
 
 
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-
 def test_poll_records_and_the_dispatcher_delivers_everywhere(engine: Engine) -> None:
     body = json.loads(FIXTURE.read_text())
     changed = copy.deepcopy(body)
@@ -59,14 +48,9 @@ def test_poll_records_and_the_dispatcher_delivers_everywhere(engine: Engine) -> 
     dependent["sub_steps"]["Create network storage"].update(
         status="failed", detail="", message=["disk quota exceeded"]
     )
-    inbox = _Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        with http_receiver() as receiver:
-            config = parse_config(
-                f"""
+    with smtp_inbox() as inbox, http_receiver() as receiver:
+        config = parse_config(
+            f"""
 [[sources]]
 name = "prod"
 endpoint = "https://bcs.example.test"
@@ -85,19 +69,17 @@ urls = ["webhook://{receiver.base}/hooks?secret={SECRET}"]
 
 [[channels]]
 name = "mail"
-urls = ["mailto://127.0.0.1:{port}?from=bcs@example.test&to=ops@example.test"]
+urls = ["mailto://127.0.0.1:{inbox.port}?from=bcs@example.test&to=ops@example.test"]
 statuses = ["failed"]
 """
-            )
-            client = _Scripted([body, changed])
-            with Poller(config, engine, client_factory=lambda _source: client) as poller:
-                assert not poller.poll_all()[0].events  # the silent baseline
-                found = poller.poll_all()[0].events
-            stats = Dispatcher(config, engine).dispatch_due()
-            chat = [r.json() for r in receiver.accepted if r.path.startswith("/chat")]
-            hooks = [r for r in receiver.accepted if r.path.startswith("/hooks")]
-    finally:
-        controller.stop()
+        )
+        client = _Scripted([body, changed])
+        with Poller(config, engine, client_factory=lambda _source: client) as poller:
+            assert not poller.poll_all()[0].events  # the silent baseline
+            found = poller.poll_all()[0].events
+        stats = Dispatcher(config, engine).dispatch_due()
+        chat = [r.json() for r in receiver.accepted if r.path.startswith("/chat")]
+        hooks = [r for r in receiver.accepted if r.path.startswith("/hooks")]
 
     assert len(found) >= 3
     assert stats.sent == 3

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,6 @@ import pytest
 from delivery_support import (
     FakeClock,
     event_for,
-    http_receiver,
     insert_group,
     make_config,
     record,
@@ -22,6 +19,7 @@ from delivery_support import (
     step,
     sub,
 )
+from net_support import http_receiver, verify_standard_webhook
 from sqlalchemy import Engine
 
 import notifier
@@ -35,19 +33,6 @@ SCHEMA = json.loads(
 )
 # A Standard Webhooks example secret (24+ bytes once decoded).
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """Written from the Standard Webhooks spec, independent of notifier.channels.webhook."""
-    key = base64.b64decode(secret.split("_", 1)[1])
-    to_sign = headers["webhook-id"].encode() + b"." + headers["webhook-timestamp"].encode()
-    to_sign += b"." + body
-    expected = base64.b64encode(hmac.new(key, to_sign, hashlib.sha256).digest()).decode()
-    for candidate in headers["webhook-signature"].split(" "):
-        version, _, signature = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(signature, expected):
-            return True
-    return False
 
 
 def _failed_operation() -> tuple[list[Any], Any]:

@@ -125,12 +125,10 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
 
         def step_in_flight(target: int) -> str:
             """Move on and hold the first webhook of that poll; returns its id."""
-            receiver.arrived.clear()
-            receiver.release.clear()
-            receiver.hold.set()
+            receiver.http.hold_next()
             mark = sim.move_to(target)
             sim.wait_valid_after(mark)
-            assert receiver.arrived.wait(20), "no webhook was sent"
+            assert receiver.http.wait_held(20), "no webhook was sent"
             return receiver.snapshot()[-1].webhook_id
 
         try:
@@ -143,7 +141,7 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
             graceful_id = step_in_flight(steps[2])
             service.send(signal.SIGTERM)
             time.sleep(0.3)  # the stop request arrives while the webhook is held
-            receiver.release.set()
+            receiver.http.release()
             assert service.wait() == 0
             assert "Traceback" not in service.stderr()
 
@@ -157,7 +155,7 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
             killed_id = step_in_flight(steps[5])
             service.send(signal.SIGKILL)
             assert service.wait() == -signal.SIGKILL
-            receiver.release.set()
+            receiver.http.release()
 
             mark = sim.mark()
             service.start()

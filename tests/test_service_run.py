@@ -22,11 +22,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from net_support import Receiver, free_port, http_receiver
 from sqlalchemy import create_engine, func, select
 
 from notifier.simulator.auth import ReceivedRequest
@@ -57,50 +57,13 @@ class TimedSimulator(Simulator):
         return [b - a for a, b in itertools.pairwise(times)]
 
 
-class Receiver:
-    """A webhook endpoint: records each delivered CloudEvent; can fail the next N posts."""
+def delivered(receiver: Receiver) -> dict[str, dict[str, Any]]:
+    """Each accepted CloudEvent by its webhook id."""
+    return {request.headers["webhook-id"]: request.json() for request in receiver.accepted}
 
-    def __init__(self) -> None:
-        self.delivered: dict[str, dict[str, Any]] = {}
-        self.failures_left = 0
-        self.failed = 0
-        self.lock = threading.Lock()
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.lock:
-                    fail = receiver.failures_left > 0
-                    if fail:
-                        receiver.failures_left -= 1
-                        receiver.failed += 1
-                    else:
-                        document = json.loads(body)
-                        receiver.delivered[self.headers["webhook-id"]] = document
-                self.send_response(500 if fail else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def types(self) -> list[str]:
-        with self.lock:
-            return [document["type"] for document in self.delivered.values()]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+def types(receiver: Receiver) -> list[str]:
+    return [document["type"] for document in delivered(receiver).values()]
 
 
 class Systemd:
@@ -143,20 +106,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[tuple[TimedSimulator, Receiver, Systemd]]:
     simulator = TimedSimulator(seed=3, story=(), episodes=False).start()
-    receiver = Receiver()
     systemd = Systemd(tmp_path / "notify.sock")
-    yield simulator, receiver, systemd
+    with http_receiver() as receiver:
+        yield simulator, receiver, systemd
     systemd.close()
-    receiver.close()
     simulator.stop()
 
 
@@ -207,7 +163,7 @@ def test_run_under_a_harness(
     simulator, receiver, systemd = harness
     http_port = free_port()
     config = write_config(tmp_path, simulator, receiver, http_port)
-    receiver.failures_left = 3  # the channel is down for the first deliveries
+    receiver.statuses.extend([500] * 3)  # the channel is down for the first deliveries
     log = (tmp_path / "run.log").open("w")
     env = {
         **os.environ,
@@ -247,7 +203,7 @@ def test_run_under_a_harness(
 
         # an operation starts: the active rate
         simulator.schedule("create", "bcs-harness")
-        wait_for(lambda: "operation.created" in " ".join(receiver.types()), 15, "created")
+        wait_for(lambda: "operation.created" in " ".join(types(receiver)), 15, "created")
         start = time.monotonic()
         time.sleep(2.5)
         active = simulator.intervals(start)
@@ -258,10 +214,10 @@ def test_run_under_a_harness(
         simulator.advance(simulator.story_remaining() + 60)
         wait_for(
             lambda: (
-                "bcs_notifier.operation.status_changed" in receiver.types()
+                "bcs_notifier.operation.status_changed" in types(receiver)
                 and any(
                     d["data"]["to"] == "finished" and d["type"].endswith("operation.status_changed")
-                    for d in list(receiver.delivered.values())
+                    for d in delivered(receiver).values()
                 )
             ),
             15,
@@ -273,7 +229,8 @@ def test_run_under_a_harness(
         after = simulator.intervals(start)
         assert after
         assert 1.8 <= statistics.median(after) <= 2.6, after
-        assert receiver.failed == 3  # the channel failures were retried
+        failed = [request for request in receiver.snapshot() if request.status == 500]
+        assert len(failed) == 3  # the channel failures were retried
 
         status, body = get(http_port, "/healthz")
         assert status == 200, body
@@ -284,13 +241,13 @@ def test_run_under_a_harness(
 
         # the API fails: unreachable once, then recovered once
         simulator.inject("500", count=10_000)
-        wait_for(lambda: "bcs_notifier.source.unreachable" in receiver.types(), 15, "unreachable")
+        wait_for(lambda: "bcs_notifier.source.unreachable" in types(receiver), 15, "unreachable")
         time.sleep(1.5)  # more failed polls: no second report
         simulator.clear_faults()
-        wait_for(lambda: "bcs_notifier.source.recovered" in receiver.types(), 15, "recovered")
+        wait_for(lambda: "bcs_notifier.source.recovered" in types(receiver), 15, "recovered")
         time.sleep(1.0)
-        assert receiver.types().count("bcs_notifier.source.unreachable") == 1
-        assert receiver.types().count("bcs_notifier.source.recovered") == 1
+        assert types(receiver).count("bcs_notifier.source.unreachable") == 1
+        assert types(receiver).count("bcs_notifier.source.recovered") == 1
         assert any(line.startswith("STATUS=last poll") for line in systemd.lines())
 
         # SIGHUP: an invalid config is refused and logged, a valid one applied
@@ -335,5 +292,5 @@ def test_run_under_a_harness(
     finally:
         engine.dispose()
     assert recorded
-    assert recorded <= set(receiver.delivered)
+    assert recorded <= set(delivered(receiver))
     assert left == 0
