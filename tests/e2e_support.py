@@ -8,13 +8,11 @@ simulator served, which transitions a reader must be told about (DESIGN.md, "Eve
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections import Counter, defaultdict
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import config_support
 from net_support import WAIT, Received, Receiver, http_receiver, verify_standard_webhook
 
 from notifier.simulator import ReceivedRequest, SimResponse, Simulator
@@ -499,29 +498,20 @@ class Service:
         return self.process is not None and self.process.poll() is None
 
 
-def source_block(sim: Simulator, auth: str, name: str, **settings: Any) -> str:
-    """A ``[[sources]]`` block for ``sim`` with per-source settings before its auth table."""
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-    return sim.config_snippet(auth, name=name).replace("[[sources]]\n", f"[[sources]]\n{extra}", 1)
-
-
 def write_config(directory: Path, sources: Sequence[str], webhook_url: str, **service: Any) -> Path:
+    """The service with its polling paced for tests, ``sources`` (``sim_source`` blocks) and
+    one webhook channel, "automation"."""
     settings = {
-        "database": f"sqlite:///{directory / 'state.db'}",
         "poll_interval": 1,
         "active_poll_interval": 0.2,
         "poll_jitter": 0,
         "unreachable_after": 600,
         **service,
     }
-    lines = ["[service]", *(f"{key} = {json.dumps(value)}" for key, value in settings.items())]
-    lines += ["", "[delivery]", "backoff_initial = 0.2", "backoff_max = 1", "timeout = 5", ""]
-    lines += [block.rstrip("\n") + "\n" for block in sources]
-    lines += ["[[channels]]", 'name = "automation"', f"urls = [{json.dumps(webhook_url)}]", ""]
-    path = directory / "notifier.toml"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).strip()
+    return config_support.write_config(
+        directory,
+        service=settings,
+        delivery={"backoff_initial": 0.2, "backoff_max": 1, "timeout": 5},
+        sources=sources,
+        channels=[config_support.channel("automation", webhook_url)],
+    )

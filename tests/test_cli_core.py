@@ -12,6 +12,7 @@ import httpx
 import pytest
 import respx
 from click.testing import CliRunner, Result
+from config_support import aksk_auth, channel, source, token_auth, write_config
 from sqlalchemy import select
 
 from notifier.cli import main
@@ -22,33 +23,21 @@ ENDPOINT = "https://bcs.cn-north-4.myhuaweicloud.com"
 PROJECT = "0123456789abcdef0123456789abcdef"
 URL = f"{ENDPOINT}/v2/{PROJECT}/operation/record"
 DEPENDENT = "Create Other Dependent Resource"
+HOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+PROD = source(
+    "prod", endpoint=ENDPOINT, project_id=PROJECT, max_retries=0, auth=token_auth("${BCS_TOKEN}")
+)
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
-    path = tmp_path / "notifier.toml"
-    path.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-
-[[sources]]
-name = "prod"
-endpoint = "{ENDPOINT}"
-project_id = "{PROJECT}"
-max_retries = 0
-[sources.auth]
-type = "token"
-token = "${{BCS_TOKEN}}"
-{extra}
-"""
-    )
-    return path
+def prod_config(tmp_path: Path, *sources: dict[str, Any], **settings: Any) -> Path:
+    """The "prod" token source (token from $BCS_TOKEN), then ``sources``."""
+    return write_config(tmp_path, sources=[PROD, *sources], **settings)
 
 
 @pytest.fixture
 def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BCS_TOKEN", "tok-SECRET-123")
-    return write_config(tmp_path)
+    return prod_config(tmp_path)
 
 
 @pytest.fixture
@@ -269,19 +258,15 @@ def test_two_sources_with_different_auth_side_by_side(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BCS_TOKEN", "tok")
-    path = write_config(
+    path = prod_config(
         tmp_path,
-        """
-[[sources]]
-name = "staging"
-endpoint = "https://bcs.cn-south-1.myhuaweicloud.com"
-project_id = "fedcba9876543210fedcba9876543210"
-max_retries = 0
-[sources.auth]
-type = "aksk"
-access_key = "HPUAEXAMPLEAK0000001"
-secret_key = "exampleSecretKey0123456789abcdefEXAMPLE0"
-""",
+        source(
+            "staging",
+            endpoint="https://bcs.cn-south-1.myhuaweicloud.com",
+            project_id="fedcba9876543210fedcba9876543210",
+            max_retries=0,
+            auth=aksk_auth("HPUAEXAMPLEAK0000001", "exampleSecretKey0123456789abcdefEXAMPLE0"),
+        ),
     )
     staging_url = "https://bcs.cn-south-1.myhuaweicloud.com/v2/fedcba9876543210fedcba9876543210/operation/record"
     prod = api.get(URL)
@@ -317,20 +302,13 @@ def test_poll_delivers_what_it_recorded_and_a_down_target_gets_it_later(
     route = api.get(URL)
     route.return_value = httpx.Response(200, json=example_body)
     with http_receiver(statuses=[503]) as hook, http_receiver() as chat:
-        path = write_config(
+        path = prod_config(
             tmp_path,
-            f"""
-[delivery]
-backoff_initial = 0
-
-[[channels]]
-name = "hooks"
-urls = ["webhook://{hook.base}/bcs?secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-
-[[channels]]
-name = "chat"
-urls = ["json://{chat.base}/chat"]
-""",
+            delivery={"backoff_initial": 0},
+            channels=[
+                channel("hooks", f"webhook://{hook.base}/bcs?secret={HOOK_SECRET}"),
+                channel("chat", f"json://{chat.base}/chat"),
+            ],
         )
         assert run(path, "poll").exit_code == 0
         assert hook.requests == []  # the baseline sends nothing
@@ -359,22 +337,14 @@ def test_a_refused_signature_rests_the_key_across_poll_invocations(
 ) -> None:
     """Five refused signatures in a row lock an AK for 5 minutes: separate ``poll``
     processes (or a restarted ``run``) must not each send one."""
-    path = tmp_path / "notifier.toml"
-    path.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-[[sources]]
-name = "signed"
-endpoint = "{ENDPOINT}"
-project_id = "{PROJECT}"
-max_retries = 3
-[sources.auth]
-type = "aksk"
-access_key = "HPUAEXAMPLEAK0000001"
-secret_key = "wrong-secret"
-"""
+    signed = source(
+        "signed",
+        endpoint=ENDPOINT,
+        project_id=PROJECT,
+        max_retries=3,
+        auth=aksk_auth("HPUAEXAMPLEAK0000001", "wrong-secret"),
     )
+    path = write_config(tmp_path, sources=[signed])
     route = api.get(URL)
     route.return_value = httpx.Response(
         401,

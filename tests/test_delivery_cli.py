@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from config_support import channel, write_config
 from delivery_support import insert_group, record, status_event
 from net_support import http_receiver
 
@@ -19,31 +19,7 @@ SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 
 
 def _config(tmp_path: Path, urls: list[str]) -> Path:
-    path = tmp_path / "notifier.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [service]
-            database = "sqlite:///{tmp_path / "state.db"}"
-
-            [delivery]
-            max_attempts = 1
-
-            [[sources]]
-            name = "prod"
-            endpoint = "https://bcs.example.test"
-            project_id = "p1"
-            [sources.auth]
-            type = "token"
-            token = "t"
-
-            [[channels]]
-            name = "ops"
-            urls = {json.dumps(urls)}
-            """
-        )
-    )
-    return path
+    return write_config(tmp_path, delivery={"max_attempts": 1}, channels=[channel("ops", *urls)])
 
 
 def _run(config: Path, *args: str) -> tuple[int, str]:

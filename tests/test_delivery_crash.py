@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from config_support import channel, write_config
 from net_support import http_receiver
 
 FIXTURE = Path(__file__).parent / "fixtures" / "example_response.json"
@@ -64,33 +65,11 @@ POLL_THEN_HANG = textwrap.dedent(
 
 
 def _write_config(tmp_path: Path, port: int) -> Path:
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            [service]
-            database = "sqlite:///{tmp_path / "state.db"}"
-
-            [delivery]
-            backoff_initial = 0
-            backoff_max = 0
-            timeout = 5
-
-            [[sources]]
-            name = "prod"
-            endpoint = "https://bcs.example.test"
-            project_id = "p1"
-            [sources.auth]
-            type = "token"
-            token = "t"
-
-            [[channels]]
-            name = "hooks"
-            urls = ["webhook://127.0.0.1:{port}/events?secret={SECRET}"]
-            """
-        )
+    return write_config(
+        tmp_path,
+        delivery={"backoff_initial": 0, "backoff_max": 0, "timeout": 5},
+        channels=[channel("hooks", f"webhook://127.0.0.1:{port}/events?secret={SECRET}")],
     )
-    return config
 
 
 def _env() -> dict[str, str]:

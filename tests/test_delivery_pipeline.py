@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from config_support import channel, config_toml
 from net_support import http_receiver, smtp_inbox
 from sqlalchemy import Engine
 
@@ -49,30 +50,13 @@ def test_poll_records_and_the_dispatcher_delivers_everywhere(engine: Engine) -> 
         status="failed", detail="", message=["disk quota exceeded"]
     )
     with smtp_inbox() as inbox, http_receiver() as receiver:
-        config = parse_config(
-            f"""
-[[sources]]
-name = "prod"
-endpoint = "https://bcs.example.test"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "t"
-
-[[channels]]
-name = "chat"
-urls = ["json://{receiver.base}/chat?format=markdown"]
-
-[[channels]]
-name = "hooks"
-urls = ["webhook://{receiver.base}/hooks?secret={SECRET}"]
-
-[[channels]]
-name = "mail"
-urls = ["mailto://127.0.0.1:{inbox.port}?from=bcs@example.test&to=ops@example.test"]
-statuses = ["failed"]
-"""
-        )
+        mail = f"mailto://127.0.0.1:{inbox.port}?from=bcs@example.test&to=ops@example.test"
+        channels = [
+            channel("chat", f"json://{receiver.base}/chat?format=markdown"),
+            channel("hooks", f"webhook://{receiver.base}/hooks?secret={SECRET}"),
+            channel("mail", mail, statuses=["failed"]),
+        ]
+        config = parse_config(config_toml(channels=channels))
         client = _Scripted([body, changed])
         with Poller(config, engine, client_factory=lambda _source: client) as poller:
             assert not poller.poll_all()[0].events  # the silent baseline

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+from config_support import sim_source
 from e2e_support import (
     NS,
     GatedSimulator,
@@ -18,7 +19,6 @@ from e2e_support import (
     assert_in_order,
     expected_transitions,
     operation_deliveries,
-    source_block,
     webhook_receiver,
     write_config,
 )
@@ -40,7 +40,7 @@ def test_three_sources_with_three_auth_types_in_one_run(tmp_path: Path) -> None:
             sim.start()
         try:
             blocks = [
-                source_block(sim, auth, f"src-{auth}", timeout=5, max_retries=0)
+                sim_source(sim, auth, f"src-{auth}", timeout=5, max_retries=0)
                 for auth, sim in sims.items()
             ]
             service = Service(write_config(tmp_path, blocks, receiver.url), tmp_path)
@@ -112,11 +112,11 @@ def test_a_wrong_secret_key_fails_once_and_never_locks_the_key(tmp_path: Path) -
         GatedSimulator(seed=31, story=STORY) as good_sim,
         webhook_receiver() as receiver,
     ):
-        wrong = source_block(bad_sim, "aksk", "wrong-key", timeout=5, max_retries=3)
+        wrong = sim_source(bad_sim, "aksk", "wrong-key", timeout=5, max_retries=3)
         secret = bad_sim.credentials.secret_key
         assert wrong.count(secret) == 1
         wrong = wrong.replace(secret, "X" * len(secret))
-        good = source_block(good_sim, "token", "good", timeout=5, max_retries=3)
+        good = sim_source(good_sim, "token", "good", timeout=5, max_retries=3)
         service = Service(write_config(tmp_path, [wrong, good], receiver.url), tmp_path)
         try:
             service.start()

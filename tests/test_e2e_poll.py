@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from config_support import sim_source
 from e2e_support import (
     GatedSimulator,
     assert_chains,
@@ -14,7 +15,6 @@ from e2e_support import (
     expected_transitions,
     health_types,
     run_cli,
-    source_block,
     webhook_receiver,
     write_config,
 )
@@ -26,7 +26,7 @@ def test_repeated_polls_deliver_every_observed_transition_once_through_faults(
     tmp_path: Path,
 ) -> None:
     with GatedSimulator(seed=11) as sim, webhook_receiver() as receiver:
-        source = source_block(sim, "password", "prod", timeout=3, max_retries=0)
+        source = sim_source(sim, "password", "prod", timeout=3, max_retries=0)
         # unreachable_after = 0: every failed streak is reported once, and its end once
         config = write_config(tmp_path, [source], receiver.url, unreachable_after=0)
         origin = sim.clock.now_ns()

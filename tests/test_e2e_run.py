@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from config_support import sim_source
 from e2e_support import (
     NS,
     GatedSimulator,
@@ -20,7 +21,6 @@ from e2e_support import (
     assert_in_order,
     expected_transitions,
     operation_deliveries,
-    source_block,
     webhook_receiver,
     write_config,
 )
@@ -62,7 +62,7 @@ def _wait_delivered(
 
 def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> None:
     with GatedSimulator(seed=5, story=STORY) as sim, webhook_receiver() as receiver:
-        source = source_block(sim, "password", "prod", timeout=CLIENT_TIMEOUT, max_retries=0)
+        source = sim_source(sim, "password", "prod", timeout=CLIENT_TIMEOUT, max_retries=0)
         service = Service(write_config(tmp_path, [source], receiver.url), tmp_path)
         try:
             service.start()
@@ -110,7 +110,7 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
     while a webhook is in flight: after the restart exactly that one event is sent again
     (at-least-once), every other event exactly once, and nothing is lost."""
     with GatedSimulator(seed=6, story=STORY) as sim, webhook_receiver() as receiver:
-        source = source_block(sim, "aksk", "prod", timeout=5, max_retries=0)
+        source = sim_source(sim, "aksk", "prod", timeout=5, max_retries=0)
         service = Service(write_config(tmp_path, [source], receiver.url), tmp_path)
         origin = sim.scenario.origin_ns
         settled = sim.scenario.story_settled_ns

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from config_support import channel, config_toml, source
 from sqlalchemy import Engine, func, select
 
 from notifier.config import Config, parse_config
@@ -44,23 +45,15 @@ class ScriptedClient:
         self.closed = True
 
 
-def make_config(extra: str = "", **service: Any) -> Config:
-    service_lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in service.items())
-    return parse_config(
-        f"""
-[service]
-{service_lines}
-
-[[sources]]
-name = "prod"
-endpoint = "https://bcs.example.test"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "t"
-{extra}
-"""
-    )
+def make_config(
+    *,
+    channels: Sequence[dict[str, Any]] = (),
+    filters: dict[str, Any] | None = None,
+    **service: Any,
+) -> Config:
+    """The token source "prod" (with ``filters``), ``channels`` and ``[service]`` settings."""
+    prod = source(filters=filters) if filters else source()
+    return parse_config(config_toml(service=service, sources=[prod], channels=channels))
 
 
 class Clock:
@@ -263,16 +256,10 @@ def test_unreachable_once_after_threshold_then_recovered_once(
 
 def test_outbox_rows_follow_channel_routing(engine: Engine, example_body: dict[str, Any]) -> None:
     config = make_config(
-        """
-[[channels]]
-name = "all"
-urls = ["json://127.0.0.1:9/"]
-
-[[channels]]
-name = "failures"
-urls = ["json://127.0.0.1:9/"]
-statuses = ["failed"]
-"""
+        channels=[
+            channel("all", "json://127.0.0.1:9/"),
+            channel("failures", "json://127.0.0.1:9/", statuses=["failed"]),
+        ]
     )
     client = ScriptedClient([example_body, finish_storage(example_body)])
     poller = make_poller(config, engine, client, Clock())
@@ -296,12 +283,7 @@ def test_dry_run_writes_nothing(engine: Engine, example_body: dict[str, Any]) ->
 
 
 def test_multi_valued_filter_narrows_locally(engine: Engine, example_body: dict[str, Any]) -> None:
-    config = make_config(
-        """
-[sources.filters]
-operation_type = ["01", "02"]
-"""
-    )
+    config = make_config(filters={"operation_type": ["01", "02"]})
     body = with_new_operation(example_body)  # one "99" record, one "01" record
     poller = make_poller(config, engine, ScriptedClient([body]), Clock())
     result = poller.poll_source(config.sources[0])

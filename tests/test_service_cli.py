@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import config_support
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, insert
@@ -20,21 +21,16 @@ from notifier.store.schema import event_groups, outbox, source_state
 def write_config(
     tmp_path: Path, database_url: str, *, sources: tuple[str, ...] = ("prod",)
 ) -> Path:
-    blocks = "".join(
-        f"""
-[[sources]]
-name = "{name}"
-endpoint = "https://bcs.example.test"
-project_id = "p"
-[sources.auth]
-type = "token"
-token = "tok-{name}-secret-value"
-"""
-        for name in sources
+    return config_support.write_config(
+        tmp_path,
+        service={"database": database_url},
+        sources=[
+            config_support.source(
+                name, project_id="p", auth=config_support.token_auth(f"tok-{name}-secret-value")
+            )
+            for name in sources
+        ],
     )
-    path = tmp_path / "notifier.toml"
-    path.write_text(f'[service]\ndatabase = "{database_url}"\n{blocks}')
-    return path
 
 
 def fill(engine: Engine) -> None:

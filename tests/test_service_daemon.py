@@ -5,7 +5,6 @@ involved."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import socket
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from config_support import config_toml, source, token_auth
 from sqlalchemy import Engine, func, insert, select, update
 
 from notifier.config import Config, SourceConfig, parse_config
@@ -39,20 +39,11 @@ EPOCH = 1_700_000_000.0
 
 def make_config(database: str, sources: tuple[str, ...] = ("a",), **service: Any) -> Config:
     settings = {"poll_interval": 60, "active_poll_interval": 5, "poll_jitter": 0} | service
-    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
-    blocks = "".join(
-        f"""
-[[sources]]
-name = "{name}"
-endpoint = "https://bcs.example.test"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "secret-token-{name}"
-"""
-        for name in sources
+    text = config_toml(
+        service={"database": database, **settings},
+        sources=[source(name, auth=token_auth(f"secret-token-{name}")) for name in sources],
     )
-    return parse_config(f'[service]\ndatabase = "{database}"\n{lines}\n{blocks}')
+    return parse_config(text)
 
 
 class FakeClock:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import config_support
 import pytest
 from net_support import Receiver, free_port, http_receiver
 from sqlalchemy import create_engine, func, select
@@ -117,35 +118,19 @@ def harness(tmp_path: Path) -> Iterator[tuple[TimedSimulator, Receiver, Systemd]
 
 
 def write_config(tmp_path: Path, simulator: Simulator, receiver: Receiver, http_port: int) -> Path:
-    config = tmp_path / "notifier.toml"
-    snippet = simulator.config_snippet("token", name="sim").replace(
-        "[sources.auth]", "max_retries = 0\ntimeout = 2\n\n[sources.auth]"
+    return config_support.write_config(
+        tmp_path,
+        service={
+            "poll_interval": IDLE,
+            "active_poll_interval": ACTIVE,
+            "poll_jitter": 0,
+            "unreachable_after": 1.5,
+            "http": {"listen": "127.0.0.1", "port": http_port},
+        },
+        delivery={"backoff_initial": 0.2, "backoff_max": 0.5, "max_attempts": 100},
+        sources=[config_support.sim_source(simulator, "token", "sim", max_retries=0, timeout=2)],
+        channels=[config_support.channel("hook", f"webhook://{receiver.base}/hook")],
     )
-    config.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-poll_interval = {IDLE}
-active_poll_interval = {ACTIVE}
-poll_jitter = 0
-unreachable_after = 1.5
-
-[service.http]
-listen = "127.0.0.1"
-port = {http_port}
-
-[delivery]
-backoff_initial = 0.2
-backoff_max = 0.5
-max_attempts = 100
-
-[[channels]]
-name = "hook"
-urls = ["webhook://127.0.0.1:{receiver.port}/hook"]
-
-{snippet}"""
-    )
-    return config
 
 
 def get(port: int, path: str) -> tuple[int, str]:
