@@ -100,6 +100,21 @@ def status_event(rec: OperationRecord, from_status: str, to_status: str) -> Even
     )
 
 
+def substep_failed(
+    rec: OperationRecord, step_name: str, substep: str, message: Sequence[str] = ()
+) -> Event:
+    """The sub-step ``step_name › substep`` of ``rec`` went from processing to failed."""
+    return event_for(
+        rec,
+        EventType.SUBSTEP_STATUS_CHANGED,
+        step_name=step_name,
+        substep=substep,
+        from_status="processing",
+        to_status="failed",
+        message=message,
+    )
+
+
 _group_counter = iter(range(1, 1_000_000))
 
 

@@ -8,19 +8,18 @@ from email.header import decode_header, make_header
 import pytest
 from delivery_support import (
     T0_NS,
-    event_for,
     insert_group,
     make_config,
     record,
     status_event,
     step,
     sub,
+    substep_failed,
 )
 from net_support import Inbox, smtp_inbox
 from sqlalchemy import Engine
 
 from notifier.config import ChannelConfig
-from notifier.model import EventType
 from notifier.outbox import Dispatcher
 
 
@@ -63,15 +62,7 @@ def test_email_has_html_with_a_step_table_and_a_text_part(
         ],
     )
     events = [
-        event_for(
-            rec,
-            EventType.SUBSTEP_STATUS_CHANGED,
-            step_name="Network",
-            substep="Create EIP",
-            from_status="processing",
-            to_status="failed",
-            message=["quota <exceeded>"],
-        ),
+        substep_failed(rec, "Network", "Create EIP", ["quota <exceeded>"]),
         status_event(rec, "processing", "failed"),
     ]
     channel = ChannelConfig(

@@ -18,6 +18,7 @@ from delivery_support import (
     make_config,
     record,
     status_event,
+    substep_failed,
 )
 from net_support import http_receiver
 from sqlalchemy import Engine, select
@@ -117,16 +118,7 @@ def test_webhook_gets_only_the_events_its_filters_admit(
         if event_type == "operation.status_changed":
             events.append(status_event(rec, "processing", "failed"))
         else:
-            events.append(
-                event_for(
-                    rec,
-                    EventType.SUBSTEP_STATUS_CHANGED,
-                    step_name="s",
-                    substep="x",
-                    from_status="processing",
-                    to_status="failed",
-                )
-            )
+            events.append(substep_failed(rec, "s", "x"))
     with http_receiver() as receiver:
         hook = ChannelConfig(**{**channel.__dict__, "urls": (f"webhook://{receiver.base}/",)})
         insert_group(engine, events, rec, ["c"])

@@ -6,7 +6,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from delivery_support import T0_NS, event_for, record, status_event, step, sub
+from delivery_support import T0_NS, event_for, record, status_event, step, sub, substep_failed
 
 from notifier.channels.render import (
     RenderOptions,
@@ -110,15 +110,7 @@ def test_api_strings_are_escaped_in_every_part_of_the_body(fmt: str) -> None:
     )
     events = [
         status_event(rec, "processing", "failed"),
-        event_for(
-            rec,
-            EventType.SUBSTEP_STATUS_CHANGED,
-            step_name=hostile,
-            substep=hostile,
-            from_status="processing",
-            to_status="failed",
-            message=[hostile],
-        ),
+        substep_failed(rec, hostile, hostile, [hostile]),
     ]
     body = render_message(events, rec, RenderOptions(format=fmt)).body
     if fmt == "markdown":
@@ -243,14 +235,7 @@ def _big_failed_record(finished_subs: int) -> tuple[list, object]:
         ],
     )
     events = [
-        event_for(
-            rec,
-            EventType.SUBSTEP_STATUS_CHANGED,
-            step_name="Network",
-            substep="Create EIP",
-            from_status="processing",
-            to_status="failed",
-        ),
+        substep_failed(rec, "Network", "Create EIP"),
         status_event(rec, "processing", "failed"),
     ]
     return events, rec

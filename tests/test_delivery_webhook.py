@@ -11,13 +11,13 @@ import jsonschema
 import pytest
 from delivery_support import (
     FakeClock,
-    event_for,
     insert_group,
     make_config,
     record,
     status_event,
     step,
     sub,
+    substep_failed,
 )
 from net_support import http_receiver, verify_standard_webhook
 from sqlalchemy import Engine
@@ -25,7 +25,6 @@ from sqlalchemy import Engine
 import notifier
 from notifier.channels.targets import validate_channel
 from notifier.config import ChannelConfig
-from notifier.model import EventType
 from notifier.outbox import Dispatcher, list_entries
 
 SCHEMA = json.loads(
@@ -41,15 +40,7 @@ def _failed_operation() -> tuple[list[Any], Any]:
         steps=[step("Network", "failed", 1, [sub("Create EIP", "failed", 1, message=["quota"])])],
     )
     events = [
-        event_for(
-            rec,
-            EventType.SUBSTEP_STATUS_CHANGED,
-            step_name="Network",
-            substep="Create EIP",
-            from_status="processing",
-            to_status="failed",
-            message=["quota"],
-        ),
+        substep_failed(rec, "Network", "Create EIP", ["quota"]),
         status_event(rec, "processing", "failed"),
     ]
     return events, rec
