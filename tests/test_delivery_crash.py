@@ -23,38 +23,18 @@ ROOT = Path(__file__).parent.parent
 
 POLL_THEN_HANG = textwrap.dedent(
     """
-    import copy, json, sys, time
-    from dataclasses import dataclass
-    from typing import Any
+    import json, sys, time
     from notifier.config import load_config
     from notifier.pipeline import Poller
     from notifier.store import db
+    from source_support import ScriptedClient, storage_failed
 
     config = load_config(sys.argv[1])
     body = json.loads(open(sys.argv[2]).read())
-    changed = copy.deepcopy(body)
-    op = changed["operation_records"][0]
-    op["operation_status"] = "failed"
-    op["record_time"] += 60_000_000_000
-    dependent = op["operation_process"]["Create Other Dependent Resource"]
-    dependent["status"] = "failed"
-    dependent["sub_steps"]["Create network storage"].update(
-        status="failed", detail="", message=["disk quota exceeded"],
-        start_time=op["record_time"] - 5_000_000_000, end_time=op["record_time"])
-
-    @dataclass
-    class Fetched:
-        body: Any
-        request_id: str | None = "req"
-
-    class Scripted:
-        def __init__(self): self.bodies = [body, changed]
-        def fetch(self): return Fetched(self.bodies.pop(0))
-        def close(self): pass
 
     engine = db.make_engine(config.service.database)
     db.upgrade(engine)
-    client = Scripted()
+    client = ScriptedClient([body, storage_failed(body)])
     with Poller(config, engine, client_factory=lambda source: client) as poller:
         poller.poll_all()            # baseline, silent
         results = poller.poll_all()  # the change: snapshot + events + outbox, one commit
@@ -74,7 +54,8 @@ def _write_config(tmp_path: Path, port: int) -> Path:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    paths = [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]  # tests: source_support
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 

@@ -5,44 +5,22 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from config_support import channel, config_toml, source
+from source_support import Fetched, ScriptedClient
 from sqlalchemy import Engine, func, select
 
 from notifier.config import Config, parse_config
-from notifier.errors import IncompleteResponse, SourceError, TransportError
+from notifier.errors import IncompleteResponse, TransportError
 from notifier.model import EventType
 from notifier.pipeline import Poller
 from notifier.store.schema import event_groups, events, outbox, snapshots
 
 OP = "BCSSVC01-99-1618218591906093855"
 DEPENDENT = "Create Other Dependent Resource"
-
-
-@dataclass
-class Fetched:
-    body: Any
-    request_id: str | None = "req-1"
-
-
-@dataclass
-class ScriptedClient:
-    """Returns the next scripted body, or raises the next scripted error."""
-
-    script: list[Any] = field(default_factory=list)
-    closed: bool = False
-
-    def fetch(self) -> Fetched:
-        item = self.script.pop(0)
-        if isinstance(item, SourceError):
-            raise item
-        return Fetched(copy.deepcopy(item))
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def make_config(
