@@ -1,6 +1,6 @@
 """Real local servers for the tests, on 127.0.0.1 only: an HTTP receiver for webhooks and
-chat targets, an SMTP inbox (aiosmtpd), a free port, and an independent Standard Webhooks
-signature check."""
+chat targets, an SMTP inbox (aiosmtpd), a systemd notify socket, a free port, and an
+independent Standard Webhooks signature check."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 WAIT = 20.0  # seconds any single wait may take before the test fails
@@ -200,6 +201,53 @@ def smtp_inbox() -> Iterator[Inbox]:
         yield inbox
     finally:
         controller.stop()
+
+
+# -- a systemd notify socket ------------------------------------------------------------------
+
+
+class NotifyListener:
+    """A real unix datagram socket standing in for systemd's ``NOTIFY_SOCKET``; a thread
+    keeps reading it into ``messages``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.address = str(path)
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(self.address)
+        self.socket.settimeout(0.1)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.socket.recv(65536).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def lines(self) -> list[str]:
+        return [line for message in list(self.messages) for line in message.splitlines()]
+
+    def close(self) -> list[str]:
+        """Stops reading, keeps what was sent before (a datagram is queued when sent), and
+        returns every message; closing again only returns them."""
+        if self.socket.fileno() == -1:
+            return self.messages
+        self._stop.set()
+        self._thread.join(5)
+        self.socket.setblocking(False)
+        while True:
+            try:
+                self.messages.append(self.socket.recv(65536).decode())
+            except OSError:  # BlockingIOError: nothing left
+                break
+        self.socket.close()
+        return self.messages
 
 
 def free_port() -> int:

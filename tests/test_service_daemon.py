@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from config_support import config_toml, source, token_auth
+from net_support import NotifyListener
 from sqlalchemy import Engine, func, insert, select, update
 
 from notifier.config import Config, SourceConfig, parse_config
@@ -501,36 +501,6 @@ def test_reload_drops_a_removed_source_and_closes_the_old_poller(
 
 
 # -- systemd, status, health -----------------------------------------------------------------
-
-
-class NotifyListener:
-    """A real unix datagram socket standing in for systemd; a thread keeps reading it."""
-
-    def __init__(self, path: Path) -> None:
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind(str(path))
-        self.socket.settimeout(0.1)
-        self.address = str(path)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.socket.recv(65536).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def close(self) -> list[str]:
-        time.sleep(0.2)
-        self._stop.set()
-        self._thread.join(5)
-        self.socket.close()
-        return self.messages
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,7 +25,7 @@ from typing import Any
 
 import config_support
 import pytest
-from net_support import Receiver, free_port, http_receiver
+from net_support import NotifyListener, Receiver, free_port, http_receiver
 from sqlalchemy import create_engine, func, select
 
 from notifier.simulator.auth import ReceivedRequest
@@ -67,37 +65,6 @@ def types(receiver: Receiver) -> list[str]:
     return [document["type"] for document in delivered(receiver).values()]
 
 
-class Systemd:
-    """The notify socket systemd would give the service."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind(str(path))
-        self.socket.settimeout(0.1)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.socket.recv(65536).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def lines(self) -> list[str]:
-        return [line for message in list(self.messages) for line in message.splitlines()]
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(5)
-        self.socket.close()
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,9 +75,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[tuple[TimedSimulator, Receiver, Systemd]]:
+def harness(tmp_path: Path) -> Iterator[tuple[TimedSimulator, Receiver, NotifyListener]]:
     simulator = TimedSimulator(seed=3, story=(), episodes=False).start()
-    systemd = Systemd(tmp_path / "notify.sock")
+    systemd = NotifyListener(tmp_path / "notify.sock")
     with http_receiver() as receiver:
         yield simulator, receiver, systemd
     systemd.close()
@@ -143,7 +110,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_run_under_a_harness(
-    tmp_path: Path, harness: tuple[TimedSimulator, Receiver, Systemd]
+    tmp_path: Path, harness: tuple[TimedSimulator, Receiver, NotifyListener]
 ) -> None:
     simulator, receiver, systemd = harness
     http_port = free_port()
