@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sim_support import START, record_path, token_client
 
 from notifier.simulator import Simulator
 
-START = 1_705_307_400  # 2024-01-15T08:30:00Z
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -25,13 +25,8 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def client(sim: Simulator) -> Iterator[httpx.Client]:
-    headers = {"X-Auth-Token": sim.credentials.token}
-    with httpx.Client(base_url=sim.endpoint, headers=headers, timeout=5) as client:
+    with token_client(sim) as client:
         yield client
-
-
-def record_path(sim: Simulator) -> str:
-    return f"/v2/{sim.project_id}/operation/record"
 
 
 def test_the_api_returns_the_true_records(sim: Simulator, client: httpx.Client) -> None:

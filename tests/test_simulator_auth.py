@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sim_support import START, password_body, record_path
 
 from notifier.bcs import signing
 from notifier.simulator import Simulator
 from notifier.simulator.auth import AkskVerifier, Principal, ReceivedRequest, Rejection
 
-START = 1_705_307_400  # 2024-01-15T08:30:00Z
 NS = 1_000_000_000
 VECTORS = Path(__file__).parent / "fixtures" / "aksk-sign-vectors.txt"
 EXPIRES_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -31,36 +31,6 @@ def sim() -> Iterator[Simulator]:
 def client(sim: Simulator) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sim.endpoint, timeout=5) as client:
         yield client
-
-
-def record_path(sim: Simulator) -> str:
-    return f"/v2/{sim.project_id}/operation/record"
-
-
-def password_body(
-    sim: Simulator,
-    *,
-    password: str | None = None,
-    username: str | None = None,
-    domain: str | None = None,
-    project: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    credentials = sim.credentials
-    return {
-        "auth": {
-            "identity": {
-                "methods": ["password"],
-                "password": {
-                    "user": {
-                        "name": username or credentials.username,
-                        "password": password or credentials.password,
-                        "domain": {"name": domain or credentials.domain},
-                    }
-                },
-            },
-            "scope": {"project": dict(project or {"id": sim.project_id})},
-        }
-    }
 
 
 def get_token(client: httpx.Client, sim: Simulator, **kwargs: Any) -> httpx.Response:

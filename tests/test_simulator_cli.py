@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from sim_support import iam_password_body
 
 from notifier.bcs import signing
 from notifier.cli import main
@@ -97,21 +98,9 @@ def fetch(served: Served) -> httpx.Response:
         if auth["type"] == "token":
             return client.get(path, headers={"X-Auth-Token": auth["token"]})
         if auth["type"] == "password":
-            body = {
-                "auth": {
-                    "identity": {
-                        "methods": ["password"],
-                        "password": {
-                            "user": {
-                                "name": auth["username"],
-                                "password": auth["password"],
-                                "domain": {"name": auth["domain"]},
-                            }
-                        },
-                    },
-                    "scope": {"project": {"id": source["project_id"]}},
-                }
-            }
+            body = iam_password_body(
+                auth["username"], auth["password"], auth["domain"], {"id": source["project_id"]}
+            )
             issued = client.post(f"{auth['iam_endpoint']}/v3/auth/tokens", json=body)
             assert issued.status_code == 201
             return client.get(path, headers={"X-Auth-Token": issued.headers["x-subject-token"]})

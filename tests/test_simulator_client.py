@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from sim_support import START
 
 from notifier.bcs.client import BcsClient
 from notifier.config import AuthConfig, Secret, SourceConfig
@@ -17,8 +18,6 @@ from notifier.errors import (
     TransportError,
 )
 from notifier.simulator import Simulator
-
-START = 1_705_307_400
 
 
 class Sleeps:

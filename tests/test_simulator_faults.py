@@ -10,10 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sim_support import START, password_body, record_path, token_client
 
 from notifier.simulator import FaultKind, Simulator
-
-START = 1_705_307_400
 
 
 @pytest.fixture
@@ -25,13 +24,8 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def client(sim: Simulator) -> Iterator[httpx.Client]:
-    headers = {"X-Auth-Token": sim.credentials.token}
-    with httpx.Client(base_url=sim.endpoint, headers=headers, timeout=5) as client:
+    with token_client(sim) as client:
         yield client
-
-
-def record_path(sim: Simulator) -> str:
-    return f"/v2/{sim.project_id}/operation/record"
 
 
 def inject_python(sim: Simulator, client: httpx.Client, kind: str, **params: Any) -> None:
@@ -223,22 +217,7 @@ def test_iam_faults_do_not_touch_the_bcs_api(sim: Simulator, client: httpx.Clien
 
 def test_a_truncated_iam_answer_is_still_a_201(sim: Simulator, client: httpx.Client) -> None:
     sim.inject("truncated", target="iam")
-    credentials = sim.credentials
-    body = {
-        "auth": {
-            "identity": {
-                "methods": ["password"],
-                "password": {
-                    "user": {
-                        "name": credentials.username,
-                        "password": credentials.password,
-                        "domain": {"name": credentials.domain},
-                    }
-                },
-            },
-            "scope": {"project": {"id": sim.project_id}},
-        }
-    }
+    body = password_body(sim)
     response = client.post("/v3/auth/tokens", json=body)
     assert response.status_code == 201
     with pytest.raises(json.JSONDecodeError):
