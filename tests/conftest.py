@@ -1,4 +1,5 @@
-"""Shared fixtures: real SQLite files migrated by Alembic, the API page's example body."""
+"""Shared fixtures: real SQLite files migrated by Alembic, the API page's example body, respx
+standing in for HTTP APIs, and a list that an injected ``sleep`` appends to."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import respx
 from sqlalchemy import Engine
 
 from notifier.store import db
@@ -34,3 +36,15 @@ def engine(database_url: str) -> Iterator[Engine]:
     db.upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    """respx mocking every httpx request; routes a test does not call are fine."""
+    with respx.mock(assert_all_called=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from bcs_support import ENDPOINT, NOW, OK_BODY, PROJECT, RECORD_URL, FakeClock, make_source
 
 from notifier import __version__
 from notifier.bcs.auth import AkSkAuth, PasswordAuth, TokenAuth, build_auth
@@ -18,25 +19,12 @@ from notifier.bcs.client import BcsClient
 from notifier.config import AuthConfig, Secret, SourceConfig
 from notifier.errors import ApiError, AuthError, ResponseTooLarge
 
-ENDPOINT = "https://bcs.cn-north-4.myhuaweicloud.com"
 IAM = "https://iam.cn-north-4.myhuaweicloud.com"
 IAM_URL = f"{IAM}/v3/auth/tokens"
-PROJECT = "0123456789abcdef0123456789abcdef"
-RECORD_URL = f"{ENDPOINT}/v2/{PROJECT}/operation/record"
-NOW = datetime(2024, 1, 15, 8, 30, tzinfo=UTC).timestamp()
 PASSWORD = "P@ssw0rd!"
 TOKEN_A = "MIIA-first-token-" + "a" * 80
 TOKEN_B = "MIIB-second-token-" + "b" * 80
-OK_BODY = {"count": 0, "operation_records": []}
 DAY = 86400.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _iso(epoch: float) -> str:
@@ -70,23 +58,12 @@ def password_source(project_name: str | None = None, **overrides: Any) -> Source
         password=Secret(PASSWORD),
         project_name=project_name,
     )
-    return SourceConfig(name="prod", endpoint=ENDPOINT, project_id=PROJECT, auth=auth, **overrides)
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
+    return make_source(auth, **overrides)
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
 
 
 @pytest.fixture

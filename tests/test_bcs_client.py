@@ -19,6 +19,7 @@ import certifi
 import httpx
 import pytest
 import respx
+from bcs_support import NOW, OK_BODY, PROJECT, RECORD_URL, TOKEN, FakeClock, make_source
 
 from notifier import __version__
 from notifier.bcs import signing
@@ -35,31 +36,13 @@ from notifier.errors import (
     TransportError,
 )
 
-ENDPOINT = "https://bcs.cn-north-4.myhuaweicloud.com"
-PROJECT = "0123456789abcdef0123456789abcdef"
-RECORD_URL = f"{ENDPOINT}/v2/{PROJECT}/operation/record"
-NOW = datetime(2024, 1, 15, 8, 30, tzinfo=UTC).timestamp()
-TOKEN = "MIIUser-Token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP-x"
 ACCESS_KEY = "HPUAEXAMPLEAK0000001"
 SECRET_KEY = "exampleSecretKey0123456789abcdefEXAMPLE0"
 SECURITY_TOKEN = "gQpjbi1ub3J0aC00EXAMPLE-SECURITY-TOKEN"
-OK_BODY = {"count": 0, "operation_records": []}
 NGINX_502 = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>"
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def token_auth() -> AuthConfig:
-    return AuthConfig(type="token", token=Secret(TOKEN))
 
 
 def aksk_auth(security_token: str | None = SECURITY_TOKEN) -> AuthConfig:
@@ -71,31 +54,9 @@ def aksk_auth(security_token: str | None = SECURITY_TOKEN) -> AuthConfig:
     )
 
 
-def make_source(auth: AuthConfig | None = None, **overrides: Any) -> SourceConfig:
-    values: dict[str, Any] = {
-        "name": "prod",
-        "endpoint": ENDPOINT,
-        "project_id": PROJECT,
-        "auth": auth or token_auth(),
-    }
-    values.update(overrides)
-    return SourceConfig(**values)
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from bcs_support import ENDPOINT, PROJECT, RECORD_URL
 from click.testing import CliRunner, Result
 from config_support import aksk_auth, channel, source, token_auth, write_config
 from sqlalchemy import select
@@ -19,9 +19,6 @@ from notifier.cli import main
 from notifier.store import db
 from notifier.store.schema import snapshots
 
-ENDPOINT = "https://bcs.cn-north-4.myhuaweicloud.com"
-PROJECT = "0123456789abcdef0123456789abcdef"
-URL = f"{ENDPOINT}/v2/{PROJECT}/operation/record"
 DEPENDENT = "Create Other Dependent Resource"
 HOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PROD = source(
@@ -38,12 +35,6 @@ def prod_config(tmp_path: Path, *sources: dict[str, Any], **settings: Any) -> Pa
 def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BCS_TOKEN", "tok-SECRET-123")
     return prod_config(tmp_path)
-
-
-@pytest.fixture
-def api() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        yield router
 
 
 def run(config_path: Path, *args: str) -> Result:
@@ -88,9 +79,9 @@ def stored_snapshots(tmp_path: Path) -> list[tuple[Any, ...]]:
 
 
 def test_polls_print_exactly_the_transitions_and_nothing_after_restart(
-    config_path: Path, api: respx.MockRouter, example_body: dict[str, Any]
+    config_path: Path, router: respx.MockRouter, example_body: dict[str, Any]
 ) -> None:
-    route = api.get(URL)
+    route = router.get(RECORD_URL)
     route.return_value = httpx.Response(200, json=example_body)
     first = run(config_path, "poll")
     assert first.exit_code == 0, first.output
@@ -158,12 +149,12 @@ def test_polls_print_exactly_the_transitions_and_nothing_after_restart(
 def test_a_failed_poll_changes_nothing_and_says_why_in_one_line(
     config_path: Path,
     tmp_path: Path,
-    api: respx.MockRouter,
+    router: respx.MockRouter,
     example_body: dict[str, Any],
     response: Any,
     reason: str,
 ) -> None:
-    route = api.get(URL)
+    route = router.get(RECORD_URL)
     route.return_value = httpx.Response(200, json=example_body)
     assert run(config_path, "poll").exit_code == 0
     before = stored_snapshots(tmp_path)
@@ -188,9 +179,9 @@ def test_a_failed_poll_changes_nothing_and_says_why_in_one_line(
 
 
 def test_dry_run_on_a_new_database_leaves_nothing_behind(
-    config_path: Path, tmp_path: Path, api: respx.MockRouter, example_body: dict[str, Any]
+    config_path: Path, tmp_path: Path, router: respx.MockRouter, example_body: dict[str, Any]
 ) -> None:
-    api.get(URL).return_value = httpx.Response(200, json=example_body)
+    router.get(RECORD_URL).return_value = httpx.Response(200, json=example_body)
     result = run(config_path, "poll", "--dry-run")
     assert result.exit_code == 0
     assert "would be stored as the baseline" in result.stderr
@@ -199,9 +190,9 @@ def test_dry_run_on_a_new_database_leaves_nothing_behind(
 
 
 def test_dry_run_reports_without_storing(
-    config_path: Path, tmp_path: Path, api: respx.MockRouter, example_body: dict[str, Any]
+    config_path: Path, tmp_path: Path, router: respx.MockRouter, example_body: dict[str, Any]
 ) -> None:
-    route = api.get(URL)
+    route = router.get(RECORD_URL)
     route.return_value = httpx.Response(200, json=example_body)
     run(config_path, "poll")
     before = stored_snapshots(tmp_path)
@@ -253,7 +244,7 @@ def test_db_commands(config_path: Path) -> None:
 
 def test_two_sources_with_different_auth_side_by_side(
     tmp_path: Path,
-    api: respx.MockRouter,
+    router: respx.MockRouter,
     example_body: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -269,9 +260,9 @@ def test_two_sources_with_different_auth_side_by_side(
         ),
     )
     staging_url = "https://bcs.cn-south-1.myhuaweicloud.com/v2/fedcba9876543210fedcba9876543210/operation/record"
-    prod = api.get(URL)
+    prod = router.get(RECORD_URL)
     prod.return_value = httpx.Response(200, json=example_body)
-    staging = api.get(staging_url)
+    staging = router.get(staging_url)
     staging.return_value = httpx.Response(500, json={"error_code": "BCS.5000500", "error_msg": "x"})
     result = run(path, "poll")
     assert result.exit_code == 69  # staging failed...
@@ -292,14 +283,14 @@ def test_two_sources_with_different_auth_side_by_side(
 
 def test_poll_delivers_what_it_recorded_and_a_down_target_gets_it_later(
     tmp_path: Path,
-    api: respx.MockRouter,
+    router: respx.MockRouter,
     example_body: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from net_support import http_receiver
 
     monkeypatch.setenv("BCS_TOKEN", "tok")
-    route = api.get(URL)
+    route = router.get(RECORD_URL)
     route.return_value = httpx.Response(200, json=example_body)
     with http_receiver(statuses=[503]) as hook, http_receiver() as chat:
         path = prod_config(
@@ -333,7 +324,7 @@ def test_poll_delivers_what_it_recorded_and_a_down_target_gets_it_later(
 
 
 def test_a_refused_signature_rests_the_key_across_poll_invocations(
-    tmp_path: Path, api: respx.MockRouter, example_body: dict[str, Any]
+    tmp_path: Path, router: respx.MockRouter, example_body: dict[str, Any]
 ) -> None:
     """Five refused signatures in a row lock an AK for 5 minutes: separate ``poll``
     processes (or a restarted ``run``) must not each send one."""
@@ -345,7 +336,7 @@ def test_a_refused_signature_rests_the_key_across_poll_invocations(
         auth=aksk_auth("HPUAEXAMPLEAK0000001", "wrong-secret"),
     )
     path = write_config(tmp_path, sources=[signed])
-    route = api.get(URL)
+    route = router.get(RECORD_URL)
     route.return_value = httpx.Response(
         401,
         json={"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information"},
