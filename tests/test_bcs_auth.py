@@ -72,6 +72,15 @@ def client(clock: FakeClock, sleeps: list[float]) -> Iterator[BcsClient]:
         yield c
 
 
+def logins_after_fetch_at(
+    client: BcsClient, clock: FakeClock, iam: respx.Route, when: float
+) -> int:
+    """Fetch with the clock at ``when``; how many IAM logins there have been by then."""
+    clock.now = when
+    client.fetch()
+    return iam.call_count
+
+
 def tokens_sent(route: respx.Route) -> list[str]:
     return [call.request.headers["X-Auth-Token"] for call in route.calls]
 
@@ -146,13 +155,8 @@ def test_token_cached_until_30_minutes_before_expiry(
     assert isinstance(client.auth, PasswordAuth)
     assert client.auth.expires_at == NOW + DAY
 
-    clock.now = NOW + DAY - 1800 - 1
-    client.fetch()
-    assert iam.call_count == 1
-
-    clock.now = NOW + DAY - 1800
-    client.fetch()
-    assert iam.call_count == 2
+    assert logins_after_fetch_at(client, clock, iam, NOW + DAY - 1800 - 1) == 1
+    assert logins_after_fetch_at(client, clock, iam, NOW + DAY - 1800) == 2
     assert tokens_sent(bcs) == [TOKEN_A, TOKEN_A, TOKEN_A, TOKEN_B]
 
 
@@ -171,12 +175,8 @@ def test_expires_at_in_the_documented_format(router: respx.MockRouter, clock: Fa
         client.fetch()
         assert isinstance(client.auth, PasswordAuth)
         assert client.auth.expires_at == pytest.approx(start + DAY)
-        clock.now = start + DAY - 1801
-        client.fetch()
-        assert iam.call_count == 1
-        clock.now = start + DAY - 1799
-        client.fetch()
-        assert iam.call_count == 2
+        assert logins_after_fetch_at(client, clock, iam, start + DAY - 1801) == 1
+        assert logins_after_fetch_at(client, clock, iam, start + DAY - 1799) == 2
 
 
 def test_expiry_measured_from_issued_at_not_the_local_clock(
@@ -201,12 +201,8 @@ def test_missing_expiry_falls_back_to_one_hour(
     router.get(RECORD_URL).respond(200, json=OK_BODY)
     client.fetch()
     assert "no readable token.expires_at" in caplog.text
-    clock.now = NOW + 1799
-    client.fetch()
-    assert iam.call_count == 1
-    clock.now = NOW + 1800
-    client.fetch()
-    assert iam.call_count == 2
+    assert logins_after_fetch_at(client, clock, iam, NOW + 1799) == 1
+    assert logins_after_fetch_at(client, clock, iam, NOW + 1800) == 2
 
 
 # -- 401 from BCS ----------------------------------------------------------------------------
@@ -510,9 +506,5 @@ def test_password_auth_refresh_margin_shrinks_for_short_tokens(
     router.get(RECORD_URL).respond(200, json=OK_BODY)
     with BcsClient(password_source(), clock=clock) as client:
         client.fetch()
-        clock.now = NOW + 1199
-        client.fetch()
-        assert iam.call_count == 1
-        clock.now = NOW + 1200
-        client.fetch()
-        assert iam.call_count == 2
+        assert logins_after_fetch_at(client, clock, iam, NOW + 1199) == 1
+        assert logins_after_fetch_at(client, clock, iam, NOW + 1200) == 2
