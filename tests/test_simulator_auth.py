@@ -179,6 +179,27 @@ def sdk_date(sim: Simulator, offset: float = 0) -> str:
     return signing.sdk_date(datetime.fromtimestamp(sim.clock.time() + offset, tz=UTC))
 
 
+def sign_get(
+    sim: Simulator,
+    path: str,
+    query: str,
+    headers: Mapping[str, str],
+    *,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> str:
+    """The Authorization value for a body-less GET, with ``sim``'s keys unless told others."""
+    return signing.sign(
+        access_key=access_key or sim.credentials.access_key,
+        secret_key=secret_key or sim.credentials.secret_key,
+        method="GET",
+        path=path,
+        query=query,
+        headers=headers,
+        body=b"",
+    )
+
+
 def signed_get(
     client: httpx.Client,
     sim: Simulator,
@@ -199,14 +220,8 @@ def signed_get(
         "Content-Type": "application/json",
         **(extra or {}),
     }
-    headers["Authorization"] = signing.sign(
-        access_key=access_key or sim.credentials.access_key,
-        secret_key=secret_key or sim.credentials.secret_key,
-        method="GET",
-        path=path,
-        query=query,
-        headers=headers,
-        body=b"",
+    headers["Authorization"] = sign_get(
+        sim, path, query, headers, access_key=access_key, secret_key=secret_key
     )
     query = query if sent_query is None else sent_query
     return client.get(f"{path}?{query}" if query else path, headers=headers)
@@ -336,15 +351,7 @@ def test_temporary_keys_need_their_signed_security_token(
 def test_host_and_date_must_be_signed(sim: Simulator, client: httpx.Client) -> None:
     path = record_path(sim)
     headers = {"X-Sdk-Date": sdk_date(sim), "X-Project-Id": sim.project_id}
-    headers["Authorization"] = signing.sign(
-        access_key=sim.credentials.access_key,
-        secret_key=sim.credentials.secret_key,
-        method="GET",
-        path=path,
-        query="",
-        headers=headers,
-        body=b"",
-    )
+    headers["Authorization"] = sign_get(sim, path, "", headers)
     response = client.get(path, headers=headers)
     assert response.status_code == 401
     assert "host is not signed" in response.json()["error_msg"]
@@ -353,15 +360,7 @@ def test_host_and_date_must_be_signed(sim: Simulator, client: httpx.Client) -> N
 def test_a_signed_header_that_was_not_sent_is_refused(sim: Simulator, client: httpx.Client) -> None:
     path = record_path(sim)
     headers = {"Host": f"127.0.0.1:{sim.port}", "X-Sdk-Date": sdk_date(sim), "X-Extra": "1"}
-    authorization = signing.sign(
-        access_key=sim.credentials.access_key,
-        secret_key=sim.credentials.secret_key,
-        method="GET",
-        path=path,
-        query="",
-        headers=headers,
-        body=b"",
-    )
+    authorization = sign_get(sim, path, "", headers)
     del headers["X-Extra"]
     response = client.get(path, headers={**headers, "Authorization": authorization})
     assert response.status_code == 401
