@@ -105,6 +105,12 @@ class GatedSimulator(Simulator):
     def wait_requests_after(self, mark: int, count: int = 1, timeout: float = WAIT) -> None:
         self.wait_for(lambda seen: len(seen) >= mark + count, timeout)
 
+    def story_instants(self, parts: int) -> list[int]:
+        """``parts`` evenly spaced instants from the origin to 1 s after the story settles."""
+        origin = self.scenario.origin_ns
+        end = self.scenario.story_settled_ns + NS
+        return [origin + (end - origin) * k // parts for k in range(1, parts + 1)]
+
     def change_instants(self) -> list[int]:
         """Every simulated instant after now at which a story record changes."""
         now = self.clock.now_ns()

@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 from config_support import sim_source
 from e2e_support import (
-    NS,
     GatedSimulator,
     Service,
     assert_chains,
@@ -49,12 +48,10 @@ def test_three_sources_with_three_auth_types_in_one_run(tmp_path: Path) -> None:
                 for sim in sims.values():
                     sim.wait_valid_after(0)
                 # move every simulator through its story in five steps, all at once
-                for k in range(1, 6):
-                    marks = {}
-                    for auth, sim in sims.items():
-                        origin = sim.scenario.origin_ns
-                        settled = sim.scenario.story_settled_ns + NS
-                        marks[auth] = sim.move_to(origin + (settled - origin) * k // 5)
+                for k in range(5):
+                    marks = {
+                        auth: sim.move_to(sim.story_instants(5)[k]) for auth, sim in sims.items()
+                    }
                     for auth, sim in sims.items():
                         sim.wait_valid_after(marks[auth])
                 expected = {}
@@ -123,10 +120,8 @@ def test_a_wrong_secret_key_fails_once_and_never_locks_the_key(tmp_path: Path) -
             good_sim.wait_valid_after(0)
             first_look = _wait_for_warnings(service, "wrong-key")
             # the good source keeps polling at its active pace beside the refused one
-            for k in range(1, 4):
-                settled = good_sim.scenario.story_settled_ns + NS
-                origin = good_sim.scenario.origin_ns
-                mark = good_sim.move_to(origin + (settled - origin) * k // 3)
+            for k, instant in enumerate(good_sim.story_instants(3), start=1):
+                mark = good_sim.move_to(instant)
                 good_sim.wait_valid_after(mark)
                 if k < 3:  # still active: polled every 0.2 s, several loops go round
                     good_sim.wait_requests_after(mark, count=3)
