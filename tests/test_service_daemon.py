@@ -170,6 +170,21 @@ def build(
     return daemon, poller, dispatch
 
 
+def start_in_thread(
+    config: Config, engine: Engine, poller: Any, *, workers: int
+) -> tuple[Daemon, threading.Thread]:
+    """A daemon on real time with a real thread pool, running in its own thread."""
+    daemon = Daemon(
+        config,
+        engine,
+        components=lambda _c, _e: Components(poller, FakeDispatcher(FakeClock())),
+        executor=ThreadPoolExecutor(max_workers=workers),
+    )
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    return daemon, thread
+
+
 def run_for(daemon: Daemon, clock: FakeClock, seconds: float) -> int:
     clock.stop_at = clock.now + seconds
     return daemon.run()
@@ -297,14 +312,7 @@ def test_a_hanging_source_never_delays_another(engine: Engine, database_url: str
                 release.wait(10)
             return Result(source.name, active=True)
 
-    daemon = Daemon(
-        config,
-        engine,
-        components=lambda _c, _e: Components(Poller(), FakeDispatcher(FakeClock())),
-        executor=ThreadPoolExecutor(max_workers=4),
-    )
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
+    daemon, thread = start_in_thread(config, engine, Poller(), workers=4)
     try:
         deadline = time.monotonic() + 10
         while polled["fast"] < 5 and time.monotonic() < deadline:
@@ -422,14 +430,7 @@ def test_stop_waits_for_the_poll_in_progress(engine: Engine, database_url: str) 
             finished.set()
             return Result(source.name)
 
-    daemon = Daemon(
-        config,
-        engine,
-        components=lambda _c, _e: Components(Poller(), FakeDispatcher(FakeClock())),
-        executor=ThreadPoolExecutor(max_workers=2),
-    )
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
+    daemon, thread = start_in_thread(config, engine, Poller(), workers=2)
     assert started.wait(5)
     daemon.request_stop()
     thread.join(10)
