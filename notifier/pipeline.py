@@ -95,18 +95,6 @@ class Poller:
         self.timer = timer
         self._clients: dict[str, tuple[SourceConfig, SourceClient]] = {}
 
-    def update_config(self, config: Config) -> None:
-        """Adopt a reloaded config; clients of changed or removed sources are closed."""
-        for name, (source, client) in list(self._clients.items()):
-            try:
-                unchanged = config.source(name) == source
-            except KeyError:
-                unchanged = False
-            if not unchanged:
-                client.close()
-                del self._clients[name]
-        self.config = config
-
     def adopt_clients(self, previous: Poller) -> None:
         """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
         so cached IAM tokens survive; ``previous`` keeps, and closes, the rest."""

@@ -285,20 +285,6 @@ class Repository:
 
     # -- events ---------------------------------------------------------------------------
 
-    def events(
-        self,
-        *,
-        operation_id: str | None = None,
-        source: str | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-    ) -> list[StoredEvent]:
-        return list(
-            self.iter_events(
-                operation_id=operation_id, source=source, after_seq=after_seq, limit=limit
-            )
-        )
-
     def iter_events(
         self,
         *,
