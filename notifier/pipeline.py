@@ -70,6 +70,8 @@ class PollResult:
     stored: int = 0
     baseline: bool = False
     duration: float = 0.0
+    #: operation ids of records skipped as malformed ("" where the id was unreadable)
+    skipped: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -147,7 +149,7 @@ class Poller:
             keep_absent=parsed.skipped_unidentified,
             dry_run=dry_run,
         )
-        return replace(result, duration=self.timer() - started)
+        return replace(result, duration=self.timer() - started, skipped=parsed.skipped)
 
     # -- internals ------------------------------------------------------------------------
 

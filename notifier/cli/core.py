@@ -119,6 +119,13 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
                 result = poller.poll_source(source, dry_run=dry_run)
                 for event in result.events:
                     click.echo(_event_text(event, as_json=as_json))
+                if result.skipped:
+                    names = ", ".join(name or "(no id)" for name in result.skipped)
+                    click.echo(
+                        f"warning: {source.name}: skipped {len(result.skipped)} malformed "
+                        f"record(s): {names} (details with --log-level warning)",
+                        err=True,
+                    )
                 if result.error is not None:
                     failed = True
                     click.echo(f"error: {source.name}: {result.error.one_line()}", err=True)
