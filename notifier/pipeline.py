@@ -127,7 +127,9 @@ class Poller:
             # credentials were refused: sending again could lock the key (five AK/SK
             # rejections in a row lock it for 5 minutes), also after a restart
             resting = _resting_error(source, state, now_ms)
-            result = self._failure(source, resting, now_ms, dry_run=dry_run, state=state)
+            result = self._failure(
+                source, resting, now_ms, dry_run=dry_run, state=state, keep_last_error=True
+            )
             return replace(result, duration=self.timer() - started)
         client = self._client(source)
         try:
@@ -265,7 +267,9 @@ class Poller:
         *,
         dry_run: bool,
         state: SourceState,
+        keep_last_error: bool = False,
     ) -> PollResult:
+        """Record a failed poll; ``keep_last_error`` keeps the reason that caused a rest."""
         name = source.name
         logger.warning("%s: poll failed: %s", name, error.one_line())
         failing_since = state.failing_since if state.failing_since is not None else now_ms
@@ -274,7 +278,7 @@ class Poller:
             last_poll_at=now_ms,
             consecutive_failures=state.consecutive_failures + 1,
             failing_since=failing_since,
-            last_error=error.one_line(),
+            last_error=state.last_error if keep_last_error else error.one_line(),
         )
         groups: list[EventGroup] = []
         threshold_ms = self.config.service.unreachable_after * 1000

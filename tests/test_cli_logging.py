@@ -88,3 +88,36 @@ token = "t"
     )
     assert "first poll, 1 operation(s) stored" in lines[1]
     assert len(lines) == 2  # no log lines at the default level
+
+
+def test_repeated_polls_while_resting_keep_the_original_reason(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "notifier.toml"
+    config.write_text(
+        f"""
+[service]
+database = "sqlite:///{tmp_path / "state.db"}"
+[[sources]]
+name = "signed"
+endpoint = "{ENDPOINT}"
+project_id = "p1"
+[sources.auth]
+type = "aksk"
+access_key = "AK"
+secret_key = "wrong"
+"""
+    )
+    with respx.mock:
+        respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
+            return_value=httpx.Response(
+                401, json={"error_code": "APIGW.0301", "error_msg": "bad signature"}
+            )
+        )
+        outputs = [
+            CliRunner().invoke(main, ["--config", str(config), "poll"]).stderr for _ in range(4)
+        ]
+    assert "APIGW.0301" in outputs[0]
+    assert outputs[1] == outputs[3]  # the message does not grow with every poll
+    assert outputs[1].count("credentials refused earlier") == 1
+    assert "APIGW.0301: bad signature" in outputs[3]
