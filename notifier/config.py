@@ -24,7 +24,8 @@ from notifier.errors import ConfigError, ConfigProblem
 
 CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
 DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
-DEFAULT_DATABASE: Final = "sqlite:///var/lib/bcs-notifier/state.db"
+#: four slashes: an absolute path (three would be relative to the working directory)
+DEFAULT_DATABASE: Final = "sqlite:////var/lib/bcs-notifier/state.db"
 
 AUTH_TYPES: Final = ("token", "password", "aksk")
 #: ``operation_status`` is deliberately not a filter: an operation leaving the filtered status

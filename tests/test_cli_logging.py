@@ -121,3 +121,24 @@ secret_key = "wrong"
     assert outputs[1] == outputs[3]  # the message does not grow with every poll
     assert outputs[1].count("credentials refused earlier") == 1
     assert "APIGW.0301: bad signature" in outputs[3]
+
+
+def test_status_without_a_database_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "notifier.toml"
+    config.write_text(
+        f"""
+[service]
+database = "sqlite:///{tmp_path / "sub" / "state.db"}"
+[[sources]]
+name = "prod"
+endpoint = "{ENDPOINT}"
+project_id = "p1"
+[sources.auth]
+type = "token"
+token = "t"
+"""
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    assert "no database yet" in result.stderr
+    assert not (tmp_path / "sub").exists()

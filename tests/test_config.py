@@ -29,7 +29,7 @@ def problems(text: str, **environ: str) -> list[str]:
 
 def test_minimal_config_gets_the_documented_defaults() -> None:
     config = parse_config(MINIMAL, environ={"BCS_TOKEN": "secret-token"})
-    assert config.service.database == "sqlite:///var/lib/bcs-notifier/state.db"
+    assert config.service.database == "sqlite:////var/lib/bcs-notifier/state.db"
     assert config.service.poll_interval == 60
     assert config.service.active_poll_interval == 5
     assert config.service.notify_existing is False
