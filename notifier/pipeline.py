@@ -179,7 +179,15 @@ class Poller:
         name = source.name
         index = self.repository.snapshot_index(name)
         baseline = state.baseline_at is None
-        silent = baseline and not self.config.service.notify_existing
+        scope = source_scope(source)
+        rescoped = not baseline and state.scope is not None and state.scope != scope
+        silent_new = (baseline or rescoped) and not self.config.service.notify_existing
+        if rescoped:
+            logger.info(
+                "%s: endpoint, project or filters changed; operations seen for the first time "
+                "are stored silently",
+                name,
+            )
 
         writes: list[SnapshotWrite] = []
         returned: list[str] = []
@@ -199,9 +207,10 @@ class Poller:
         previous = self.repository.load_records(name, changed_ids) if changed_ids else {}
         groups: list[EventGroup] = []
         for record, data, _digest in prepared:
-            if silent:
+            before = previous.get(record.operation_id)
+            if before is None and silent_new:
                 continue
-            found = diff_record(name, previous.get(record.operation_id), record)
+            found = diff_record(name, before, record)
             if found:
                 groups.append(self._group(name, record.operation_id, found, data))
 
@@ -230,13 +239,14 @@ class Poller:
             last_error=None,
             unreachable_reported=False,
             rest_until=None,
+            scope=scope,
         )
         if baseline:
             logger.info(
                 "%s: first poll, %d operation(s) stored as the baseline%s",
                 name,
                 len(records),
-                "" if silent else " and reported (notify_existing)",
+                "" if silent_new else " and reported (notify_existing)",
             )
         active = any(record.is_active for record in records)
         if dry_run:
@@ -346,3 +356,11 @@ def _resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> Sou
         error = AuthError(status=401, code=None, message=message)
     error.retry_after = ((state.rest_until or now_ms) - now_ms) / 1000
     return error
+
+
+def source_scope(source: SourceConfig) -> str:
+    """Fingerprint of what a source watches: a change means a new, silent baseline for
+    operations seen for the first time (widening a filter reports no history)."""
+    filters = {key: sorted(values) for key, values in source.filters.items()}
+    scope = canonical_json([source.endpoint, source.project_id, filters])
+    return hashlib.sha256(scope.encode()).hexdigest()[:32]

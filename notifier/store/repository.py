@@ -44,6 +44,7 @@ class SourceState:
     last_error: str | None = None
     unreachable_reported: bool = False
     rest_until: int | None = None
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,7 @@ class Repository:
             "last_error": state.last_error,
             "unreachable_reported": state.unreachable_reported,
             "rest_until": state.rest_until,
+            "scope": state.scope,
         }
         result = connection.execute(
             update(source_state).where(source_state.c.source == state.source).values(**values)
