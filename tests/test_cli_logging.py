@@ -142,3 +142,43 @@ token = "t"
     assert result.exit_code == 1
     assert "no database yet" in result.stderr
     assert not (tmp_path / "sub").exists()
+
+
+def test_poll_refuses_to_write_beside_a_running_service(
+    tmp_path: Path, example_body: dict[str, Any]
+) -> None:
+    from notifier.store import db
+    from notifier.store.lock import InstanceLock
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    config = tmp_path / "notifier.toml"
+    config.write_text(
+        f"""
+[service]
+database = "{url}"
+[[sources]]
+name = "prod"
+endpoint = "{ENDPOINT}"
+project_id = "p1"
+[sources.auth]
+type = "token"
+token = "t"
+"""
+    )
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with respx.mock:
+        route = respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
+            return_value=httpx.Response(200, json=example_body)
+        )
+        with InstanceLock(engine):  # what `run` holds
+            refused = CliRunner().invoke(main, ["--config", str(config), "poll"])
+            looked = CliRunner().invoke(main, ["--config", str(config), "poll", "--dry-run"])
+        done = CliRunner().invoke(main, ["--config", str(config), "poll"])
+    engine.dispose()
+    assert refused.exit_code == 69
+    assert "another bcs-notifier run" in refused.stderr
+    assert "poll --dry-run" in refused.stderr
+    assert looked.exit_code == 0
+    assert done.exit_code == 0
+    assert route.call_count == 2  # the refused poll did not even fetch
