@@ -4,7 +4,9 @@ The whole file is validated at once: every problem is collected with its key pat
 reported together in one :class:`~notifier.errors.ConfigError`; unknown keys are errors.
 Any string may reference an environment variable as ``${NAME}`` (``$${`` is a literal
 ``${``), and every secret has a ``*_file`` variant whose relative path is looked up in
-``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``) first, then next to the config file.
+``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``) first, then in ``credentials/``
+next to the config file (where ``LoadCredential=`` reads them from, so admin commands run
+outside the service find them too), then next to the config file.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from notifier.errors import ConfigError, ConfigProblem
 
 CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
 DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
-DEFAULT_DATABASE: Final = "sqlite:///var/lib/bcs-notifier/state.db"
+#: four slashes: an absolute path (three would be relative to the working directory)
+DEFAULT_DATABASE: Final = "sqlite:////var/lib/bcs-notifier/state.db"
 
 AUTH_TYPES: Final = ("token", "password", "aksk")
 #: ``operation_status`` is deliberately not a filter: an operation leaving the filtered status
@@ -267,11 +270,11 @@ class _Reader:
     def read_secret_file(self, raw: str, path: str) -> str | None:
         candidate = Path(raw).expanduser()
         if not candidate.is_absolute():
+            places = [self.base_dir / "credentials" / candidate, self.base_dir / candidate]
             credentials = self.environ.get("CREDENTIALS_DIRECTORY")
-            if credentials and (Path(credentials) / candidate).is_file():
-                candidate = Path(credentials) / candidate
-            else:
-                candidate = self.base_dir / candidate
+            if credentials:
+                places.insert(0, Path(credentials) / candidate)
+            candidate = next((place for place in places if place.is_file()), places[-1])
         try:
             return candidate.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
@@ -426,7 +429,10 @@ def _check_url(reader: _Reader, value: str | None, path: str) -> None:
         return
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        reader.problem(path, f"must be an http(s) URL, not {value!r}")
+        shown = value
+        if parts.password:  # never echo a credential, even a misplaced one
+            shown = value.replace(f":{parts.password}@", ":********@")
+        reader.problem(path, f"must be an http(s) URL, not {shown!r}")
 
 
 def _check_unique(reader: _Reader, names: Sequence[tuple[str, str | None]], what: str) -> None:

@@ -63,6 +63,11 @@ _PATTERNS: Final = (
         (?P<secret>(?!\*{{8}})[^\s"'&,;}}\])]+)
         """
     ),
+    # header tuples as httpcore logs them: (b'X-Subject-Token', b'MII...')
+    re.compile(
+        r"(?i)(?P<keep>(?:x-auth-token|x-subject-token|x-security-token|authorization)"
+        r"['\"]?,\s*b?['\"])(?P<secret>(?!\*{8})[^'\"]+)"
+    ),
     # scheme://user:password@host
     re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?P<secret>(?!\*{8})[^@\s/]+)(?=@)"),
     # Standard Webhooks secrets and IAM PKI tokens (long base64 starting with MII)

@@ -70,6 +70,8 @@ class PollResult:
     stored: int = 0
     baseline: bool = False
     duration: float = 0.0
+    #: operation ids of records skipped as malformed ("" where the id was unreadable)
+    skipped: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -94,18 +96,6 @@ class Poller:
         self.clock = clock
         self.timer = timer
         self._clients: dict[str, tuple[SourceConfig, SourceClient]] = {}
-
-    def update_config(self, config: Config) -> None:
-        """Adopt a reloaded config; clients of changed or removed sources are closed."""
-        for name, (source, client) in list(self._clients.items()):
-            try:
-                unchanged = config.source(name) == source
-            except KeyError:
-                unchanged = False
-            if not unchanged:
-                client.close()
-                del self._clients[name]
-        self.config = config
 
     def adopt_clients(self, previous: Poller) -> None:
         """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
@@ -137,7 +127,9 @@ class Poller:
             # credentials were refused: sending again could lock the key (five AK/SK
             # rejections in a row lock it for 5 minutes), also after a restart
             resting = _resting_error(source, state, now_ms)
-            result = self._failure(source, resting, now_ms, dry_run=dry_run, state=state)
+            result = self._failure(
+                source, resting, now_ms, dry_run=dry_run, state=state, keep_last_error=True
+            )
             return replace(result, duration=self.timer() - started)
         client = self._client(source)
         try:
@@ -159,7 +151,7 @@ class Poller:
             keep_absent=parsed.skipped_unidentified,
             dry_run=dry_run,
         )
-        return replace(result, duration=self.timer() - started)
+        return replace(result, duration=self.timer() - started, skipped=parsed.skipped)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -187,7 +179,15 @@ class Poller:
         name = source.name
         index = self.repository.snapshot_index(name)
         baseline = state.baseline_at is None
-        silent = baseline and not self.config.service.notify_existing
+        scope = source_scope(source)
+        rescoped = not baseline and state.scope is not None and state.scope != scope
+        silent_new = (baseline or rescoped) and not self.config.service.notify_existing
+        if rescoped:
+            logger.info(
+                "%s: endpoint, project or filters changed; operations seen for the first time "
+                "are stored silently",
+                name,
+            )
 
         writes: list[SnapshotWrite] = []
         returned: list[str] = []
@@ -207,9 +207,10 @@ class Poller:
         previous = self.repository.load_records(name, changed_ids) if changed_ids else {}
         groups: list[EventGroup] = []
         for record, data, _digest in prepared:
-            if silent:
+            before = previous.get(record.operation_id)
+            if before is None and silent_new:
                 continue
-            found = diff_record(name, previous.get(record.operation_id), record)
+            found = diff_record(name, before, record)
             if found:
                 groups.append(self._group(name, record.operation_id, found, data))
 
@@ -238,13 +239,14 @@ class Poller:
             last_error=None,
             unreachable_reported=False,
             rest_until=None,
+            scope=scope,
         )
         if baseline:
             logger.info(
                 "%s: first poll, %d operation(s) stored as the baseline%s",
                 name,
                 len(records),
-                "" if silent else " and reported (notify_existing)",
+                "" if silent_new else " and reported (notify_existing)",
             )
         active = any(record.is_active for record in records)
         if dry_run:
@@ -275,7 +277,9 @@ class Poller:
         *,
         dry_run: bool,
         state: SourceState,
+        keep_last_error: bool = False,
     ) -> PollResult:
+        """Record a failed poll; ``keep_last_error`` keeps the reason that caused a rest."""
         name = source.name
         logger.warning("%s: poll failed: %s", name, error.one_line())
         failing_since = state.failing_since if state.failing_since is not None else now_ms
@@ -284,7 +288,7 @@ class Poller:
             last_poll_at=now_ms,
             consecutive_failures=state.consecutive_failures + 1,
             failing_since=failing_since,
-            last_error=error.one_line(),
+            last_error=state.last_error if keep_last_error else error.one_line(),
         )
         groups: list[EventGroup] = []
         threshold_ms = self.config.service.unreachable_after * 1000
@@ -352,3 +356,11 @@ def _resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> Sou
         error = AuthError(status=401, code=None, message=message)
     error.retry_after = ((state.rest_until or now_ms) - now_ms) / 1000
     return error
+
+
+def source_scope(source: SourceConfig) -> str:
+    """Fingerprint of what a source watches: a change means a new, silent baseline for
+    operations seen for the first time (widening a filter reports no history)."""
+    filters = {key: sorted(values) for key, values in source.filters.items()}
+    scope = canonical_json([source.endpoint, source.project_id, filters])
+    return hashlib.sha256(scope.encode()).hexdigest()[:32]

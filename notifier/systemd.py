@@ -334,6 +334,11 @@ def unit_text(options: UnitOptions) -> str:
             'No *_file key found in the config. Example, for password_file = "bcs-password":\n'
             f"LoadCredential=bcs-password:{CREDENTIALS_SOURCE_DIR / 'bcs-password'}"
         )
+    add(
+        "Values for ${VAR} references in notifier.toml (e.g. a Slack token or SMTP password\n"
+        "inside a channel URL): NAME=value lines in a root-only (0600) file; optional.",
+        f"EnvironmentFile=-{DEFAULT_CONFIG_DIR}/environment",
+    )
     lines.append("")
     add("-- hardening (check with `systemd-analyze security bcs-notifier`) --")
     add("The whole file system is read-only except the directories above.", "ProtectSystem=strict")

@@ -48,3 +48,27 @@ def router() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 def sleeps() -> list[float]:
     return []
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI (run in-process by click's runner) configures the root logger for the
+    whole process; put handlers and levels back so every test starts alike."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    named = {
+        name: logging.getLogger(name).level
+        for name in ("httpx", "httpcore", "urllib3", "apprise", "alembic", "notifier")
+    }
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    for name, value in named.items():
+        logging.getLogger(name).setLevel(value)

@@ -29,7 +29,7 @@ def problems(text: str, **environ: str) -> list[str]:
 
 def test_minimal_config_gets_the_documented_defaults() -> None:
     config = parse_config(MINIMAL, environ={"BCS_TOKEN": "secret-token"})
-    assert config.service.database == "sqlite:///var/lib/bcs-notifier/state.db"
+    assert config.service.database == "sqlite:////var/lib/bcs-notifier/state.db"
     assert config.service.poll_interval == 60
     assert config.service.active_poll_interval == 5
     assert config.service.notify_existing is False
@@ -196,3 +196,22 @@ def test_example_config_loads_and_documents_every_key() -> None:
             assert documented, f"{cls.__name__}.{name} is not documented in notifier.toml.example"
     for key in config_module.FILTER_KEYS:
         assert f"{key} =" in text
+
+
+def test_relative_secret_file_found_in_credentials_folder_outside_systemd(tmp_path: Path) -> None:
+    (tmp_path / "credentials").mkdir()
+    (tmp_path / "credentials" / "bcs-token").write_text("from-the-credentials-folder\n")
+    text = MINIMAL.replace('token = "${BCS_TOKEN}"', 'token_file = "bcs-token"')
+    config = parse_config(text, base_dir=tmp_path, environ={})  # no $CREDENTIALS_DIRECTORY
+    token = config.sources[0].auth.token
+    assert token is not None
+    assert token.reveal() == "from-the-credentials-folder"
+
+
+def test_a_bad_url_error_does_not_echo_its_password() -> None:
+    text = MINIMAL.replace(
+        'endpoint = "https://bcs.cn-north-4.myhuaweicloud.com"',
+        'endpoint = "ftp://user:EndpointPw999@host"',
+    )
+    found = problems(text, BCS_TOKEN="x")
+    assert found == ["sources[0].endpoint: must be an http(s) URL, not 'ftp://user:********@host'"]

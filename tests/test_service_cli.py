@@ -106,6 +106,7 @@ def test_status_json_and_running(engine: Engine, database_url: str, tmp_path: Pa
 
 def test_status_on_an_unmigrated_database(tmp_path: Path) -> None:
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}")
+    (tmp_path / "fresh.db").touch()  # exists, but was never migrated
     result = CliRunner().invoke(main, ["--config", str(config), "status"])
     assert result.exit_code == 1
     assert "run `bcs-notifier db upgrade`" in result.output

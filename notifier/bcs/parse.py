@@ -9,6 +9,7 @@ returned, raises, so that the cycle changes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,17 @@ def parse_response(body: Any, *, request_id: str | None = None) -> ParsedRespons
     if not isinstance(body, Mapping):
         raise InvalidResponse(
             f"response body is {_kind(body)}, not a JSON object", request_id=request_id
+        )
+    error = body.get("error_code") or body.get("error")
+    if error is not None and "operation_records" not in body:
+        raise InvalidResponse(
+            f"an error body came with a success status: {_excerpt(body)}", request_id=request_id
+        )
+    if "operation_records" not in body and body.get("count") != 0:
+        # an empty list must be said, not implied: reading this as "no records" would
+        # mark every stored operation gone
+        raise InvalidResponse(
+            f"response has no operation_records: {_excerpt(body)}", request_id=request_id
         )
     raw_records = body.get("operation_records")
     if raw_records is None:
@@ -85,6 +97,11 @@ def parse_response(body: Any, *, request_id: str | None = None) -> ParsedRespons
         seen.add(record.operation_id)
         records.append(record)
     return ParsedResponse(count=count, records=tuple(records), skipped=tuple(skipped))
+
+
+def _excerpt(body: Mapping[str, Any], limit: int = 200) -> str:
+    text = " ".join(json.dumps(body, ensure_ascii=False, default=str).split())
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _operation_id(raw: Any) -> str:

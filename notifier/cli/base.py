@@ -13,6 +13,7 @@ import click
 from notifier import __version__
 from notifier.config import Config, find_config_path, load_config
 from notifier.errors import ConfigError, NotifierError
+from notifier.logsetup import Redactor, config_secrets, configure
 
 EX_CONFIG = 78
 EX_SOFTWARE = 70
@@ -24,8 +25,9 @@ logger = logging.getLogger("notifier")
 class Context:
     """What every command gets: the config path (loaded lazily) and output settings."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, redactor: Redactor | None = None) -> None:
         self.config_path = config_path
+        self.redactor = redactor or Redactor()
         self._config: Config | None = None
         self._cleanups: list[Callable[[], object]] = []
 
@@ -47,6 +49,7 @@ class Context:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
                 fail_config(exc)
+            self.redactor.update(config_secrets(self._config))
         return self._config
 
 
@@ -77,15 +80,15 @@ pass_context = click.make_pass_decorator(Context)
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default=None,
-    help="Log level (default: the config's service.log_level, else warning).",
+    help="Log level (default: error, as commands print their own outcome; `run` uses "
+    "the config's service.log_level).",
 )
 @click.version_option(__version__, prog_name="bcs-notifier")
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None, log_level: str | None) -> None:
     """Watch Huawei Cloud BCS operations and notify people and systems when they move."""
-    logging.basicConfig(
-        level=(log_level or "warning").upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    ctx.obj = Context(find_config_path(config_path))
+    # every command logs through the redacting handler; the config's secrets are added
+    # to it once the config is loaded (`run` installs its own, in the chosen format)
+    redactor = Redactor()
+    configure("text", log_level or "error", redactor=redactor)
+    ctx.obj = Context(find_config_path(config_path), redactor)

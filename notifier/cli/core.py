@@ -89,6 +89,24 @@ def open_store(context: Context, *, dry_run: bool = False) -> Engine:
     return engine
 
 
+def hold_instance_lock(context: Context, engine: Engine) -> None:
+    """Take the lock ``run`` holds, for the length of the command: one writer per database.
+
+    A running service refuses the command with exit 69 (``poll --dry-run`` still works).
+    """
+    from notifier.errors import AlreadyRunning
+    from notifier.store.lock import InstanceLock
+
+    lock = InstanceLock(engine)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        context.close()
+        click.echo(f"error: {exc}; `poll --dry-run` works beside it", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    context.on_close(lock.release)
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Fetch and diff, but store and send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One CloudEvents JSON document per line.")
@@ -114,11 +132,20 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
     failed = False
     try:
         engine = open_store(context, dry_run=dry_run)
+        if not dry_run:
+            hold_instance_lock(context, engine)
         with Poller(config, engine) as poller:
             for source in sources:
                 result = poller.poll_source(source, dry_run=dry_run)
                 for event in result.events:
                     click.echo(_event_text(event, as_json=as_json))
+                if result.skipped:
+                    names = ", ".join(name or "(no id)" for name in result.skipped)
+                    click.echo(
+                        f"warning: {source.name}: skipped {len(result.skipped)} malformed "
+                        f"record(s): {names} (details with --log-level warning)",
+                        err=True,
+                    )
                 if result.error is not None:
                     failed = True
                     click.echo(f"error: {source.name}: {result.error.one_line()}", err=True)

@@ -44,6 +44,7 @@ class SourceState:
     last_error: str | None = None
     unreachable_reported: bool = False
     rest_until: int | None = None
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,7 @@ class Repository:
             "last_error": state.last_error,
             "unreachable_reported": state.unreachable_reported,
             "rest_until": state.rest_until,
+            "scope": state.scope,
         }
         result = connection.execute(
             update(source_state).where(source_state.c.source == state.source).values(**values)
@@ -284,20 +286,6 @@ class Repository:
         return written
 
     # -- events ---------------------------------------------------------------------------
-
-    def events(
-        self,
-        *,
-        operation_id: str | None = None,
-        source: str | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-    ) -> list[StoredEvent]:
-        return list(
-            self.iter_events(
-                operation_id=operation_id, source=source, after_seq=after_seq, limit=limit
-            )
-        )
 
     def iter_events(
         self,

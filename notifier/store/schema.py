@@ -59,6 +59,8 @@ source_state = Table(
     Column("unreachable_reported", Boolean, nullable=False, default=False),
     # no request before this time: credentials were refused (AK/SK lock-out protection)
     Column("rest_until", BigInteger, nullable=True),
+    # fingerprint of endpoint, project and filters: a change starts a new silent baseline
+    Column("scope", String(64), nullable=True),
 )
 
 #: A group of events to deliver together: one operation's changes in one cycle.

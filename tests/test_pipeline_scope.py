@@ -1,0 +1,98 @@
+"""Changing what a source watches starts a new silent baseline for newly seen operations."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Engine
+
+from notifier.config import Config, parse_config
+from notifier.model import EventType
+from notifier.pipeline import Poller
+
+
+class Fetched:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.request_id = "req"
+
+
+class Client:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def fetch(self) -> Fetched:
+        return Fetched(copy.deepcopy(self.body))
+
+    def close(self) -> None:
+        pass
+
+
+def config(filters: str = "") -> Config:
+    return parse_config(
+        f"""
+[[sources]]
+name = "prod"
+endpoint = "https://bcs.example.test"
+project_id = "p1"
+{filters}
+[sources.auth]
+type = "token"
+token = "t"
+"""
+    )
+
+
+def two_operations(example_body: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(example_body)
+    other = copy.deepcopy(body["operation_records"][0])
+    other["operation_id"] = "BCSSVC01-01-1618218600000000000"
+    other["operation_type"] = "01"
+    other["operation_status"] = "finished"
+    body["operation_records"].append(other)
+    body["count"] = 2
+    return body
+
+
+def test_widening_a_filter_reports_no_history_but_later_changes(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    body = two_operations(example_body)
+    client = Client(body)
+    narrow = config('[sources.filters]\noperation_type = "99"')
+    poller = Poller(narrow, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
+    assert poller.poll_source(narrow.sources[0]).baseline
+
+    wide = config()
+    poller = Poller(wide, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9 + 5)
+    widened = poller.poll_source(wide.sources[0])
+    assert widened.ok
+    assert widened.events == ()  # the "01" operation is history, not news
+    assert widened.stored == 1
+
+    body["operation_records"][0]["operation_status"] = "finished"
+    moved = poller.poll_source(wide.sources[0])
+    assert [(e.type, e.to_status) for e in moved.events] == [
+        (EventType.OPERATION_STATUS_CHANGED, "finished")
+    ]
+    body["operation_records"].append(
+        {**copy.deepcopy(body["operation_records"][1]), "operation_id": "BCSSVC01-02-1"}
+    )
+    body["count"] = 3
+    created = poller.poll_source(wide.sources[0])
+    assert [e.type for e in created.events] == [EventType.OPERATION_CREATED]
+
+
+def test_an_unchanged_scope_keeps_reporting_new_operations(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    first = copy.deepcopy(example_body)
+    client = Client(first)
+    settings = config()
+    poller = Poller(settings, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
+    poller.poll_source(settings.sources[0])
+    client.body = two_operations(example_body)
+    same = replace(settings.sources[0])  # equal config, as after a reload
+    assert [e.type for e in poller.poll_source(same).events] == [EventType.OPERATION_CREATED]
