@@ -17,6 +17,9 @@ from typing import Any
 from notifier.simulator import Simulator
 
 Values = Mapping[str, Any]
+ENDPOINT = "https://bcs.example.test"  # of the default source
+PROJECT = "p1"
+RECORD_URL = f"{ENDPOINT}/v2/{PROJECT}/operation/record"
 
 
 def token_auth(token: str = "t") -> dict[str, Any]:
@@ -28,11 +31,11 @@ def aksk_auth(access_key: str, secret_key: str) -> dict[str, Any]:
 
 
 def source(name: str = "prod", *, auth: Values | None = None, **settings: Any) -> dict[str, Any]:
-    """A ``[[sources]]`` entry: endpoint https://bcs.example.test, project p1, token "t"."""
+    """A ``[[sources]]`` entry: ``ENDPOINT``, ``PROJECT`` and token "t" unless told others."""
     return {
         "name": name,
-        "endpoint": "https://bcs.example.test",
-        "project_id": "p1",
+        "endpoint": ENDPOINT,
+        "project_id": PROJECT,
         **settings,
         "auth": dict(auth or token_auth()),
     }

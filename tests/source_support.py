@@ -33,6 +33,19 @@ class ScriptedClient:
         self.closed = True
 
 
+@dataclass
+class FixedClient:
+    """Returns a copy of ``body`` on every fetch; a test changes ``body`` between polls."""
+
+    body: Any
+
+    def fetch(self) -> Fetched:
+        return Fetched(copy.deepcopy(self.body))
+
+    def close(self) -> None:
+        return
+
+
 def storage_failed(body: dict[str, Any]) -> dict[str, Any]:
     """The example body a minute later: its network storage sub-step, the step and the
     operation have failed ("disk quota exceeded")."""

@@ -8,33 +8,25 @@ from typing import Any
 import httpx
 import respx
 from click.testing import CliRunner
+from config_support import RECORD_URL, aksk_auth, channel, source, write_config
 
 from notifier.cli import main
 
-ENDPOINT = "https://bcs.example.test"
 IAM = "https://iam.example.test"
 
 
 def test_debug_logs_of_poll_show_no_secret(tmp_path: Path, example_body: dict[str, Any]) -> None:
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-[[sources]]
-name = "prod"
-endpoint = "{ENDPOINT}"
-project_id = "p1"
-[sources.auth]
-type = "password"
-iam_endpoint = "{IAM}"
-domain = "d"
-username = "u"
-password = "Pa55-word-in-config"
-[[channels]]
-name = "hook"
-urls = ["json://127.0.0.1:9/p?-apikey=QuerySecretABC"]
-"""
+    password = {
+        "type": "password",
+        "iam_endpoint": IAM,
+        "domain": "d",
+        "username": "u",
+        "password": "Pa55-word-in-config",
+    }
+    config = write_config(
+        tmp_path,
+        sources=[source(auth=password)],
+        channels=[channel("hook", "json://127.0.0.1:9/p?-apikey=QuerySecretABC")],
     )
     issued = "MIIEvwYJKoZIhvcNAQcCoIIEsDCCBKwCAQExDTALBglghkgBZQMEAgEw"
     with respx.mock:
@@ -45,9 +37,7 @@ urls = ["json://127.0.0.1:9/p?-apikey=QuerySecretABC"]
                 json={"token": {"expires_at": "2099-01-01T00:00:00.000000Z"}},
             )
         )
-        respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
-            return_value=httpx.Response(200, json=example_body)
-        )
+        respx.get(RECORD_URL).mock(return_value=httpx.Response(200, json=example_body))
         result = CliRunner().invoke(main, ["--config", str(config), "--log-level", "debug", "poll"])
     assert result.exit_code == 0, result.output
     assert "DEBUG" in result.stderr  # debug logging really was on
@@ -58,27 +48,12 @@ urls = ["json://127.0.0.1:9/p?-apikey=QuerySecretABC"]
 def test_poll_names_skipped_malformed_records_without_log_noise(
     tmp_path: Path, example_body: dict[str, Any]
 ) -> None:
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-[[sources]]
-name = "prod"
-endpoint = "{ENDPOINT}"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "t"
-"""
-    )
+    config = write_config(tmp_path)
     broken = {"operation_id": "BCSSVC01-99-1", "record_time": "soon"}
     body = {**example_body, "count": 2}
     body["operation_records"] = [broken, *example_body["operation_records"]]
     with respx.mock:
-        respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
-            return_value=httpx.Response(200, json=body)
-        )
+        respx.get(RECORD_URL).mock(return_value=httpx.Response(200, json=body))
         result = CliRunner().invoke(main, ["--config", str(config), "poll"])
     assert result.exit_code == 0
     lines = result.stderr.splitlines()
@@ -93,23 +68,9 @@ token = "t"
 def test_repeated_polls_while_resting_keep_the_original_reason(
     tmp_path: Path,
 ) -> None:
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-[[sources]]
-name = "signed"
-endpoint = "{ENDPOINT}"
-project_id = "p1"
-[sources.auth]
-type = "aksk"
-access_key = "AK"
-secret_key = "wrong"
-"""
-    )
+    config = write_config(tmp_path, sources=[source("signed", auth=aksk_auth("AK", "wrong"))])
     with respx.mock:
-        respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
+        respx.get(RECORD_URL).mock(
             return_value=httpx.Response(
                 401, json={"error_code": "APIGW.0301", "error_msg": "bad signature"}
             )
@@ -124,19 +85,8 @@ secret_key = "wrong"
 
 
 def test_status_without_a_database_says_so_and_creates_nothing(tmp_path: Path) -> None:
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "sub" / "state.db"}"
-[[sources]]
-name = "prod"
-endpoint = "{ENDPOINT}"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "t"
-"""
+    config = write_config(
+        tmp_path, service={"database": f"sqlite:///{tmp_path / 'sub' / 'state.db'}"}
     )
     result = CliRunner().invoke(main, ["--config", str(config), "status"])
     assert result.exit_code == 1
@@ -151,26 +101,11 @@ def test_poll_refuses_to_write_beside_a_running_service(
     from notifier.store.lock import InstanceLock
 
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "{url}"
-[[sources]]
-name = "prod"
-endpoint = "{ENDPOINT}"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "t"
-"""
-    )
+    config = write_config(tmp_path, service={"database": url})
     engine = db.make_engine(url)
     db.upgrade(engine)
     with respx.mock:
-        route = respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
-            return_value=httpx.Response(200, json=example_body)
-        )
+        route = respx.get(RECORD_URL).mock(return_value=httpx.Response(200, json=example_body))
         with InstanceLock(engine):  # what `run` holds
             refused = CliRunner().invoke(main, ["--config", str(config), "poll"])
             looked = CliRunner().invoke(main, ["--config", str(config), "poll", "--dry-run"])

@@ -6,6 +6,8 @@ import copy
 from dataclasses import replace
 from typing import Any
 
+from config_support import config_toml, source
+from source_support import FixedClient
 from sqlalchemy import Engine
 
 from notifier.config import Config, parse_config
@@ -13,36 +15,9 @@ from notifier.model import EventType
 from notifier.pipeline import Poller
 
 
-class Fetched:
-    def __init__(self, body: Any) -> None:
-        self.body = body
-        self.request_id = "req"
-
-
-class Client:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    def fetch(self) -> Fetched:
-        return Fetched(copy.deepcopy(self.body))
-
-    def close(self) -> None:
-        pass
-
-
-def config(filters: str = "") -> Config:
-    return parse_config(
-        f"""
-[[sources]]
-name = "prod"
-endpoint = "https://bcs.example.test"
-project_id = "p1"
-{filters}
-[sources.auth]
-type = "token"
-token = "t"
-"""
-    )
+def config(filters: dict[str, Any] | None = None) -> Config:
+    prod = source(filters=filters) if filters else source()
+    return parse_config(config_toml(sources=[prod]))
 
 
 def two_operations(example_body: dict[str, Any]) -> dict[str, Any]:
@@ -60,8 +35,8 @@ def test_widening_a_filter_reports_no_history_but_later_changes(
     engine: Engine, example_body: dict[str, Any]
 ) -> None:
     body = two_operations(example_body)
-    client = Client(body)
-    narrow = config('[sources.filters]\noperation_type = "99"')
+    client = FixedClient(body)
+    narrow = config({"operation_type": "99"})
     poller = Poller(narrow, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
     assert poller.poll_source(narrow.sources[0]).baseline
 
@@ -89,7 +64,7 @@ def test_an_unchanged_scope_keeps_reporting_new_operations(
     engine: Engine, example_body: dict[str, Any]
 ) -> None:
     first = copy.deepcopy(example_body)
-    client = Client(first)
+    client = FixedClient(first)
     settings = config()
     poller = Poller(settings, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
     poller.poll_source(settings.sources[0])
