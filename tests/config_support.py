@@ -2,9 +2,10 @@
 
 ``config_toml(service=..., delivery=..., sources=..., channels=...)`` renders TOML; a nested
 dict is a sub-table (``{"auth": {...}}`` in a source is ``[sources.auth]``, ``{"http": {...}}``
-in ``service`` is ``[service.http]``). ``source()`` is the usual token source "prod" unless
-told otherwise; a source may also be ready TOML text (a simulator's snippet, ``sim_source``).
-Tests about the config format itself keep their literal TOML.
+in ``service`` is ``[service.http]``) and a None value is left out. ``source()`` is the usual
+token source "prod" unless told otherwise; a source may also be ready TOML text (a
+simulator's snippet, ``sim_source``). Tests about the config format itself keep their
+literal TOML.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _table(header: str, values: Values, *, array: bool = False) -> list[str]:
     lines += [
         f"{key} = {json.dumps(value)}"
         for key, value in values.items()
-        if not isinstance(value, Mapping)
+        if value is not None and not isinstance(value, Mapping)
     ]
     for key, value in values.items():
         if isinstance(value, Mapping):

@@ -30,8 +30,9 @@ def make_config(
     **service: Any,
 ) -> Config:
     """The token source "prod" (with ``filters``), ``channels`` and ``[service]`` settings."""
-    prod = source(filters=filters) if filters else source()
-    return parse_config(config_toml(service=service, sources=[prod], channels=channels))
+    return parse_config(
+        config_toml(service=service, sources=[source(filters=filters)], channels=channels)
+    )
 
 
 class Clock:

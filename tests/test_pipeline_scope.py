@@ -16,8 +16,7 @@ from notifier.pipeline import Poller
 
 
 def config(filters: dict[str, Any] | None = None) -> Config:
-    prod = source(filters=filters) if filters else source()
-    return parse_config(config_toml(sources=[prod]))
+    return parse_config(config_toml(sources=[source(filters=filters)]))
 
 
 def two_operations(example_body: dict[str, Any]) -> dict[str, Any]:
