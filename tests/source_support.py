@@ -63,3 +63,16 @@ def storage_failed(body: dict[str, Any]) -> dict[str, Any]:
         end_time=operation["record_time"],
     )
     return body
+
+
+def with_new_operation(body: dict[str, Any], status: str = "waiting") -> dict[str, Any]:
+    """The body with a second operation, type "01" (BCSSVC01-01-1618218600000000000), in
+    ``status``."""
+    body = copy.deepcopy(body)
+    new = copy.deepcopy(body["operation_records"][0])
+    new["operation_id"] = "BCSSVC01-01-1618218600000000000"
+    new["operation_type"] = "01"
+    new["operation_status"] = status
+    body["operation_records"].append(new)
+    body["count"] = len(body["operation_records"])
+    return body

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from config_support import channel, config_toml, source
-from source_support import Fetched, ScriptedClient
+from source_support import Fetched, ScriptedClient, with_new_operation
 from sqlalchemy import Engine, func, select
 
 from notifier.config import Config, parse_config
@@ -55,17 +55,6 @@ def finish_storage(body: dict[str, Any]) -> dict[str, Any]:
     record["operation_process"][DEPENDENT]["status"] = "finished"
     record["operation_status"] = "finished"
     record["record_time"] = 1618219200000000000
-    return body
-
-
-def with_new_operation(body: dict[str, Any]) -> dict[str, Any]:
-    body = copy.deepcopy(body)
-    new = copy.deepcopy(body["operation_records"][0])
-    new["operation_id"] = "BCSSVC01-01-1618218600000000000"
-    new["operation_type"] = "01"
-    new["operation_status"] = "waiting"
-    body["operation_records"].append(new)
-    body["count"] = len(body["operation_records"])
     return body
 
 

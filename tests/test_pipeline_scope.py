@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from config_support import config_toml, source
-from source_support import FixedClient
+from source_support import FixedClient, with_new_operation
 from sqlalchemy import Engine
 
 from notifier.config import Config, parse_config
@@ -19,21 +19,10 @@ def config(filters: dict[str, Any] | None = None) -> Config:
     return parse_config(config_toml(sources=[source(filters=filters)]))
 
 
-def two_operations(example_body: dict[str, Any]) -> dict[str, Any]:
-    body = copy.deepcopy(example_body)
-    other = copy.deepcopy(body["operation_records"][0])
-    other["operation_id"] = "BCSSVC01-01-1618218600000000000"
-    other["operation_type"] = "01"
-    other["operation_status"] = "finished"
-    body["operation_records"].append(other)
-    body["count"] = 2
-    return body
-
-
 def test_widening_a_filter_reports_no_history_but_later_changes(
     engine: Engine, example_body: dict[str, Any]
 ) -> None:
-    body = two_operations(example_body)
+    body = with_new_operation(example_body, "finished")
     client = FixedClient(body)
     narrow = config({"operation_type": "99"})
     poller = Poller(narrow, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
@@ -67,6 +56,6 @@ def test_an_unchanged_scope_keeps_reporting_new_operations(
     settings = config()
     poller = Poller(settings, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
     poller.poll_source(settings.sources[0])
-    client.body = two_operations(example_body)
+    client.body = with_new_operation(example_body, "finished")
     same = replace(settings.sources[0])  # equal config, as after a reload
     assert [e.type for e in poller.poll_source(same).events] == [EventType.OPERATION_CREATED]
