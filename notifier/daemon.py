@@ -40,7 +40,7 @@ from sqlalchemy import Engine
 from notifier.config import Config, SourceConfig
 from notifier.errors import ConfigError, NotifierError, SignatureRejected, SourceError
 from notifier.health import HealthReport, Metrics
-from notifier.model import Event
+from notifier.model import Event, describe
 from notifier.store.status import OutboxSummary, outbox_summary, source_statuses
 from notifier.systemd import SystemdNotifier
 
@@ -816,13 +816,7 @@ def dispatch_counts(stats: Any) -> dict[str, int]:
 def _log_event(event: Event) -> None:
     if str(event.type).startswith("source."):
         return  # the pipeline logs health changes when it records them
-    logger.info(
-        "%s %s %s%s",
-        event.source,
-        event.operation_id,
-        event.type,
-        f" {event.from_status or '-'} -> {event.to_status}" if event.to_status else "",
-    )
+    logger.info("%s", describe(event))
 
 
 def _one_line(error: BaseException) -> str:

@@ -139,6 +139,8 @@ class Poller:
             rest_until = getattr(client, "retry_not_before", None)
             if isinstance(rest_until, int | float):
                 state = replace(state, rest_until=int(rest_until * 1000))
+                if dry_run:  # the one write a dry run makes: it protects the key
+                    self.repository.save_rest(source.name, int(rest_until * 1000))
             result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
             return replace(result, duration=self.timer() - started)
         records = select(parsed.records, source.filters)

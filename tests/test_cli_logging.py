@@ -117,3 +117,35 @@ def test_poll_refuses_to_write_beside_a_running_service(
     assert looked.exit_code == 0
     assert done.exit_code == 0
     assert route.call_count == 2  # the refused poll did not even fetch
+
+
+def test_dry_runs_also_rest_a_refused_key(tmp_path: Path) -> None:
+    from notifier.store import db
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    config = tmp_path / "notifier.toml"
+    config.write_text(
+        f"""
+[service]
+database = "{url}"
+[[sources]]
+name = "signed"
+endpoint = "{ENDPOINT}"
+project_id = "p1"
+[sources.auth]
+type = "aksk"
+access_key = "AK"
+secret_key = "wrong"
+"""
+    )
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    with respx.mock:
+        route = respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
+            return_value=httpx.Response(401, json={"error_code": "APIGW.0301", "error_msg": "x"})
+        )
+        for _ in range(4):
+            result = CliRunner().invoke(main, ["--config", str(config), "poll", "--dry-run"])
+            assert result.exit_code == 69
+    assert route.call_count == 1

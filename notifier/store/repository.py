@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
@@ -130,6 +130,15 @@ class Repository:
         with self._connect() as connection:
             rows = connection.execute(select(source_state).order_by(source_state.c.source))
             return [SourceState(**row) for row in rows.mappings()]
+
+    def save_rest(self, source: str, rest_until: int) -> None:
+        """Store only the credential rest (a dry run writes nothing else)."""
+        state = replace(self.source_state(source), rest_until=rest_until)
+        try:
+            with self.engine.begin() as connection:
+                self._write_state(connection, state)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not store the rest of {source}: {exc}") from exc
 
     # -- the cycle ------------------------------------------------------------------------
 
