@@ -123,26 +123,13 @@ def test_dry_runs_also_rest_a_refused_key(tmp_path: Path) -> None:
     from notifier.store import db
 
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "{url}"
-[[sources]]
-name = "signed"
-endpoint = "{ENDPOINT}"
-project_id = "p1"
-[sources.auth]
-type = "aksk"
-access_key = "AK"
-secret_key = "wrong"
-"""
-    )
+    signed = source("signed", auth=aksk_auth("AK", "wrong"))
+    config = write_config(tmp_path, service={"database": url}, sources=[signed])
     engine = db.make_engine(url)
     db.upgrade(engine)
     engine.dispose()
     with respx.mock:
-        route = respx.get(f"{ENDPOINT}/v2/p1/operation/record").mock(
+        route = respx.get(RECORD_URL).mock(
             return_value=httpx.Response(401, json={"error_code": "APIGW.0301", "error_msg": "x"})
         )
         for _ in range(4):
