@@ -12,18 +12,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError
-from notifier.store.schema import outbox, source_state
-
-
-@dataclass(frozen=True, slots=True)
-class SourceStatus:
-    source: str
-    last_poll_at: int | None = None
-    last_success_at: int | None = None
-    consecutive_failures: int = 0
-    failing_since: int | None = None
-    last_error: str | None = None
-    unreachable_reported: bool = False
+from notifier.store.repository import Repository, SourceState
+from notifier.store.schema import outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,33 +32,9 @@ class OutboxSummary:
         return max(0.0, (now_ms - self.oldest_pending_at) / 1000)
 
 
-def source_statuses(engine: Engine) -> dict[str, SourceStatus]:
-    query = select(
-        source_state.c.source,
-        source_state.c.last_poll_at,
-        source_state.c.last_success_at,
-        source_state.c.consecutive_failures,
-        source_state.c.failing_since,
-        source_state.c.last_error,
-        source_state.c.unreachable_reported,
-    )
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(query).all()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read source state: {exc}") from exc
-    return {
-        row.source: SourceStatus(
-            source=row.source,
-            last_poll_at=row.last_poll_at,
-            last_success_at=row.last_success_at,
-            consecutive_failures=row.consecutive_failures or 0,
-            failing_since=row.failing_since,
-            last_error=row.last_error,
-            unreachable_reported=bool(row.unreachable_reported),
-        )
-        for row in rows
-    }
+def source_statuses(engine: Engine) -> dict[str, SourceState]:
+    """Every source's stored state, by source name."""
+    return {state.source: state for state in Repository(engine).source_states()}
 
 
 def outbox_summary(engine: Engine, now_ms: int) -> OutboxSummary:
