@@ -11,6 +11,11 @@ processing, ``poll_interval`` otherwise, each with ``poll_jitter``; after a fail
 backs off from the active interval up to the idle one; a refused AK/SK signature waits at
 least ``retry_after`` (300 s: five refusals lock the key).
 
+Delivery: right after a poll that found events, when the earliest pending row falls due, and
+within ``OUTBOX_RECHECK`` seconds of another process making a row due (``outbox retry``).
+Rows of channels that are not configured are never due. A dispatch that raises is retried
+after a backoff (5 s doubling to 5 min), its traceback logged once per kind of failure.
+
 SIGTERM/SIGINT: stop submitting, let running jobs finish (the current step), give due
 deliveries ``stop_grace`` seconds, exit 0; nothing undelivered is lost, it stays in the
 outbox. SIGHUP: reload the config; an invalid one is logged and the running one kept.

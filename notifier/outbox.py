@@ -53,6 +53,7 @@ from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, cloudevent
 from notifier.store.schema import event_groups, events, outbox
+from notifier.store.status import next_attempt_at
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +218,9 @@ class Dispatcher:
         return stats
 
     def next_due_at(self) -> float | None:
-        """When the earliest pending row is due (seconds since the epoch), or None."""
-        with self.engine.connect() as connection:
-            value = connection.execute(
-                select(func.min(outbox.c.next_attempt_at)).where(outbox.c.state == PENDING)
-            ).scalar()
+        """When the earliest pending row of a configured channel is due (seconds since the
+        epoch), or None."""
+        value = next_attempt_at(self.engine, self._channels)
         return None if value is None else value / 1000.0
 
     def _warn_unconfigured(self) -> None:
