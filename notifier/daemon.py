@@ -11,6 +11,11 @@ processing, ``poll_interval`` otherwise, each with ``poll_jitter``; after a fail
 backs off from the active interval up to the idle one; a refused AK/SK signature waits at
 least ``retry_after`` (300 s: five refusals lock the key).
 
+Delivery: right after a poll that found events, when the earliest pending row falls due, and
+within ``OUTBOX_RECHECK`` seconds of another process making a row due (``outbox retry``).
+Rows of channels that are not configured are never due. A dispatch that raises is retried
+after a backoff (5 s doubling to 5 min), its traceback logged once per kind of failure.
+
 SIGTERM/SIGINT: stop submitting, let running jobs finish (the current step), give due
 deliveries ``stop_grace`` seconds, exit 0; nothing undelivered is lost, it stays in the
 outbox. SIGHUP: reload the config; an invalid one is logged and the running one kept.
@@ -41,16 +46,26 @@ from notifier.config import Config, SourceConfig
 from notifier.errors import ConfigError, NotifierError, SignatureRejected, SourceError
 from notifier.health import HealthReport, Metrics
 from notifier.model import Event, describe
-from notifier.store.status import OutboxSummary, outbox_summary, source_statuses
+from notifier.store.status import (
+    OutboxSummary,
+    next_attempt_at,
+    outbox_summary,
+    source_statuses,
+)
 from notifier.systemd import SystemdNotifier
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_BACKOFF: Final = 300.0  # five refused signatures lock an AK for five minutes
-OUTBOX_RECHECK: Final = 60.0  # look for rows written by others (`outbox retry`) this often
+#: Look for rows made due by others (`outbox retry`, `outbox reassign`) this often: one
+#: indexed query (the earliest next attempt), so a retry takes effect within seconds.
+OUTBOX_RECHECK: Final = 5.0
 SUMMARY_MAX_AGE: Final = 30.0
 GRACE_BATCH: Final = 10
 DISPATCH_RETRY: Final = 5.0  # due rows the dispatcher did not attempt: look again after this
+#: A dispatch that raised (the store is locked or gone, a bug) is retried after
+#: DISPATCH_RETRY, doubling per failure in a row up to this, never in a tight loop.
+DISPATCH_FAILURE_BACKOFF_MAX: Final = 300.0
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -233,6 +248,10 @@ class Daemon:
         self._dispatch_components: Components | None = None
         self._dispatch_at: float = 0.0
         self._idle_dispatch = False
+        self._dispatch_not_before: float = -math.inf  # backoff after a failed dispatch
+        self._dispatch_failures = 0
+        self._dispatch_error_kinds: set[str] = set()
+        self._recheck_at: float = -math.inf
         self._summary = OutboxSummary()
         self._summary_at: float = -math.inf
         self._summary_dirty = True
@@ -380,10 +399,10 @@ class Daemon:
             self._dispatch_job = None
             try:
                 stats = job.result()
-            except Exception:
-                logger.exception("dispatching deliveries failed")
-                self._dispatch_at = self._clock() + 30.0
+            except Exception as exc:
+                self._dispatch_failed(exc)
             else:
+                self._dispatch_succeeded()
                 self._record_dispatch(stats)
             self._summary_dirty = True
         self._close_retired()
@@ -407,7 +426,7 @@ class Daemon:
             _log_event(event)
         if events:
             self._summary_dirty = True
-            self._dispatch_at = min(self._dispatch_at, self._clock())
+            self._dispatch_soon(self._clock())
         if error is None and result is not None:
             if schedule.failures:
                 logger.info(
@@ -486,15 +505,74 @@ class Daemon:
 
     # -- delivery --
 
+    def _dispatch_soon(self, when: float) -> None:
+        """Dispatch at ``when`` or earlier as planned, but never inside a failure backoff."""
+        self._dispatch_at = max(min(self._dispatch_at, when), self._dispatch_not_before)
+
     def _maybe_dispatch(self) -> None:
         if self._dispatch_job is not None or self._components is None:
             return
         now = self._clock()
-        if now < self._dispatch_at:
+        if now >= self._recheck_at:
+            self._recheck_outbox(now)
+        if now < self._dispatch_at or now < self._dispatch_not_before:
             return
         components = self._components
-        self._dispatch_at = now + OUTBOX_RECHECK
+        self._dispatch_at = math.inf  # set again when the dispatch reports (or fails)
         self._dispatch_job = self._submit(components.dispatcher.dispatch_due)
+
+    def _recheck_outbox(self, now: float) -> None:
+        """Notice rows others made due (``outbox retry``): one cheap indexed query."""
+        self._recheck_at = now + OUTBOX_RECHECK
+        try:
+            earliest = next_attempt_at(self.engine, self._channel_names())
+        except NotifierError as exc:
+            logger.debug("cannot look at the outbox: %s", exc)
+            return
+        if earliest is not None:
+            self._dispatch_soon(now + max(0.0, earliest / 1000 - self._wall()))
+
+    def _dispatch_failed(self, exc: BaseException) -> None:
+        """Back off (DISPATCH_RETRY doubling up to DISPATCH_FAILURE_BACKOFF_MAX); log the
+        traceback once per kind of failure, later ones of that kind as one debug line."""
+        self._dispatch_failures += 1
+        delay = min(
+            DISPATCH_FAILURE_BACKOFF_MAX,
+            DISPATCH_RETRY * 2 ** min(self._dispatch_failures - 1, 16),
+        )
+        now = self._clock()
+        self._dispatch_not_before = now + delay
+        self._dispatch_at = self._dispatch_not_before
+        kind = type(exc).__name__
+        if kind not in self._dispatch_error_kinds:
+            self._dispatch_error_kinds.add(kind)
+            logger.error(
+                "dispatching deliveries failed (%s); retrying in %.0fs, backing off while it "
+                "keeps failing (logged once per kind of failure)",
+                _one_line(exc),
+                delay,
+                exc_info=exc,
+            )
+        else:
+            logger.debug(
+                "dispatching deliveries failed again (%d in a row: %s); retrying in %.0fs",
+                self._dispatch_failures,
+                _one_line(exc),
+                delay,
+            )
+
+    def _dispatch_succeeded(self) -> None:
+        if self._dispatch_failures:
+            logger.info(
+                "dispatching deliveries works again after %d failed attempt(s)",
+                self._dispatch_failures,
+            )
+        self._dispatch_failures = 0
+        self._dispatch_error_kinds.clear()
+        self._dispatch_not_before = -math.inf
+
+    def _channel_names(self) -> list[str]:
+        return [channel.name for channel in self.config.channels]
 
     def _record_dispatch(self, stats: Any) -> None:
         counts = dispatch_counts(stats)
@@ -511,18 +589,21 @@ class Daemon:
         summary = self._summary
         now = self._clock()
         if summary.due:
-            self._dispatch_at = now + (DISPATCH_RETRY if self._idle_dispatch else 0.0)
+            delay = DISPATCH_RETRY if self._idle_dispatch else 0.0
+            self._dispatch_at = max(now + delay, self._dispatch_not_before)
             return
         if summary.next_attempt_at is not None:
             delay = max(0.0, summary.next_attempt_at / 1000 - self._wall())
-            self._dispatch_at = min(self._dispatch_at, now + delay)
+            self._dispatch_soon(now + delay)
 
     def _refresh_summary(self, *, force: bool = False) -> None:
         now = self._clock()
         if not force and not self._summary_dirty and now - self._summary_at < SUMMARY_MAX_AGE:
             return
         try:
-            self._summary = outbox_summary(self.engine, int(self._wall() * 1000))
+            self._summary = outbox_summary(
+                self.engine, int(self._wall() * 1000), self._channel_names()
+            )
         except NotifierError as exc:
             logger.warning("cannot read the outbox: %s", exc)
             return
@@ -540,7 +621,12 @@ class Daemon:
 
     def _sleep_time(self) -> float:
         now = self._clock()
-        deadlines = [self._dispatch_at if self._dispatch_job is None else math.inf]
+        deadlines = [
+            max(self._dispatch_at, self._dispatch_not_before)
+            if self._dispatch_job is None
+            else math.inf,
+            self._recheck_at if self._dispatch_job is None else math.inf,
+        ]
         deadlines.extend(s.next_at for s in self._schedules.values() if s.job is None)
         deadlines.append(self._summary_at + SUMMARY_MAX_AGE)
         delay = min(deadlines) - now
@@ -682,7 +768,8 @@ class Daemon:
                 len(new.sources),
                 len(new.channels),
             )
-            self._dispatch_at = self._clock()
+            self._dispatch_soon(self._clock())
+            self._recheck_at = -math.inf
             return True
         finally:
             self.notifier.ready(self.status_line())
@@ -734,8 +821,11 @@ class Daemon:
             due_before = self._summary.due
             try:
                 stats = components.dispatcher.dispatch_due(limit=GRACE_BATCH)
-            except Exception:
-                logger.exception("delivering during shutdown failed")
+            except Exception as exc:
+                if type(exc).__name__ in self._dispatch_error_kinds:  # traceback logged before
+                    logger.warning("delivering during shutdown failed: %s", _one_line(exc))
+                else:
+                    logger.exception("delivering during shutdown failed")
                 break
             self._record_dispatch(stats)  # refreshes the summary
             self._ping_during_stop()

@@ -5,9 +5,23 @@ as the events. :class:`Dispatcher` picks due rows, renders them for each URL ("t
 the channel and records every target that succeeded in ``done_targets`` right after it
 did, so a retry (even after a crash) never re-sends to a target that already has it:
 
-- chat/email targets get one message per operation, key ``"<url index>"``; all pending
-  rows of the same (channel, operation) are coalesced into that one message, in order;
-- webhook targets get one CloudEvent per event, key ``"<url index>:<event id>"``.
+- chat/email targets get one message per operation, key ``"u<hash of the URL>"``; all
+  pending rows of the same (channel, operation) are coalesced into that one message, in
+  order;
+- webhook targets get one CloudEvent per event, key ``"u<hash of the URL>:<event id>"``.
+
+Keys derive from the URL, not its position, so editing a channel's ``urls`` never makes a
+row look delivered to a URL that does not have it (rows written with the older positional
+keys are read as before: see :meth:`Target.done`).
+
+One row failing never stops the others: a template that raises for some data falls back to
+the default message; any other error while rendering or sending one operation's delivery
+is a failed attempt of those rows (one-line ``last_error``, backoff, dead in the end).
+
+Rows of a channel that is not configured (renamed or removed, e.g. by a reload) are left
+alone: still pending, not attempted, never dead-lettered by attempts; a warning names the
+channel. ``outbox reassign OLD NEW`` hands them to another channel, ``outbox purge
+--unconfigured`` deletes them.
 
 A row whose targets all succeeded becomes ``sent``. Otherwise it is retried with
 exponential backoff and jitter (``[delivery]`` settings, persisted in ``next_attempt_at``)
@@ -39,6 +53,7 @@ from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, cloudevent
 from notifier.store.schema import event_groups, events, outbox
+from notifier.store.status import next_attempt_at
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +61,9 @@ PENDING: Final = "pending"
 SENT: Final = "sent"
 DEAD: Final = "dead"
 STATES: Final = (PENDING, SENT, DEAD)
+#: How often the dispatcher repeats its warning about rows waiting for a channel that is
+#: not configured (the first dispatch after a start or reload always warns).
+UNCONFIGURED_REMINDER: Final = 900.0
 
 
 class Clock(Protocol):
@@ -121,6 +139,12 @@ class _Row:
     errors: list[str] = field(default_factory=list)
     deferred_until: int | None = None
     attempted: bool = False
+    broken: str | None = None  # the stored events or record cannot be read
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -165,6 +189,8 @@ class Dispatcher:
         self._last_send: dict[str, float] = {}
         self._unsaved: dict[int, _Row] = {}
         self._waited = 0.0
+        self._warned_unconfigured: dict[str, float] = {}
+        self._reported: set[tuple[str, str]] = set()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -176,6 +202,7 @@ class Dispatcher:
         batch = limit if limit is not None else self.config.delivery.batch_size
         try:
             bundles = self._load_bundles(now_ms, batch)
+            self._warn_unconfigured()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the outbox: {exc}") from exc
         for channel_name, rows in bundles:
@@ -191,12 +218,32 @@ class Dispatcher:
         return stats
 
     def next_due_at(self) -> float | None:
-        """When the earliest pending row is due (seconds since the epoch), or None."""
-        with self.engine.connect() as connection:
-            value = connection.execute(
-                select(func.min(outbox.c.next_attempt_at)).where(outbox.c.state == PENDING)
-            ).scalar()
+        """When the earliest pending row of a configured channel is due (seconds since the
+        epoch), or None."""
+        value = next_attempt_at(self.engine, self._channels)
         return None if value is None else value / 1000.0
+
+    def _warn_unconfigured(self) -> None:
+        """One warning per channel that is not configured but has pending rows (repeated
+        every ``UNCONFIGURED_REMINDER`` seconds while they wait), never one per row."""
+        waiting = unconfigured_counts(self.engine, self._channels, states=(PENDING,))
+        now = self.clock()
+        for name, count in sorted(waiting.items()):
+            last = self._warned_unconfigured.get(name)
+            if last is not None and now - last < UNCONFIGURED_REMINDER:
+                continue
+            self._warned_unconfigured[name] = now
+            logger.warning(
+                "%d deliver%s wait for channel %r, which is not configured: they stay pending "
+                "(`outbox reassign %s NEW` hands them to another channel, `outbox purge "
+                "--unconfigured` deletes them)",
+                count,
+                "y" if count == 1 else "ies",
+                name,
+                name,
+            )
+        for name in set(self._warned_unconfigured) - set(waiting):
+            del self._warned_unconfigured[name]
 
     def targets(self, channel: ChannelConfig) -> list[Target]:
         """The channel's targets, built once (plugin instances and pacing persist)."""
@@ -215,7 +262,11 @@ class Dispatcher:
         due_query = (
             select(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id)
             .join(event_groups, event_groups.c.id == outbox.c.group_id)
-            .where(outbox.c.state == PENDING, outbox.c.next_attempt_at <= now_ms)
+            .where(
+                outbox.c.state == PENDING,
+                outbox.c.next_attempt_at <= now_ms,
+                outbox.c.channel.in_(list(self._channels)),
+            )
             .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(batch)
         )
@@ -252,11 +303,21 @@ class Dispatcher:
         )
         rows: list[_Row] = []
         records: dict[str, OperationRecord | None] = {}
+        broken: dict[str, str] = {}  # group id -> why its stored data cannot be read
         for item in connection.execute(query):
             if item.group_id not in records:
-                records[item.group_id] = (
-                    OperationRecord.from_dict(json.loads(item.record)) if item.record else None
-                )
+                try:
+                    records[item.group_id] = (
+                        OperationRecord.from_dict(json.loads(item.record)) if item.record else None
+                    )
+                except Exception as exc:  # one unreadable group fails alone
+                    records[item.group_id] = None
+                    broken[item.group_id] = f"stored operation record unreadable: {_one_line(exc)}"
+            try:
+                done = [str(key) for key in json.loads(item.done_targets or "[]")]
+            except (ValueError, TypeError) as exc:
+                done = []
+                broken.setdefault(item.group_id, f"done_targets unreadable: {_one_line(exc)}")
             rows.append(
                 _Row(
                     id=item.id,
@@ -264,7 +325,7 @@ class Dispatcher:
                     channel=item.channel,
                     attempts=item.attempts,
                     created_at=item.age_from,
-                    done=list(json.loads(item.done_targets or "[]")),
+                    done=done,
                     source=item.source,
                     operation_id=item.operation_id,
                     group_created_at=item.group_created_at,
@@ -279,36 +340,80 @@ class Dispatcher:
             .order_by(events.c.seq)
         )
         for item in connection.execute(event_query):
-            group_events[item.group_id].append(Event.from_dict(json.loads(item.payload)))
+            try:
+                group_events[item.group_id].append(Event.from_dict(json.loads(item.payload)))
+            except Exception as exc:  # one unreadable event fails its group
+                broken.setdefault(item.group_id, f"stored event unreadable: {_one_line(exc)}")
         for row in rows:
             row.events = group_events[row.group_id]
+            row.broken = broken.get(row.group_id)
         return rows
 
     # -- sending ------------------------------------------------------------------------------
 
     def _dispatch_bundle(self, channel_name: str, rows: list[_Row], stats: DispatchStats) -> None:
         channel = self._channels.get(channel_name)
-        if channel is None:
-            for row in rows:
-                row.errors.append(f"channel {channel_name!r} is not configured any more")
-                row.attempted = True
-            self._finish(rows, stats, channel_name, force_dead=True)
+        if channel is None:  # the due query only picks configured channels
             return
+        for row in rows:
+            if row.broken:
+                row.errors.append(row.broken)
+                row.attempted = True
+        usable = [row for row in rows if not row.broken]
         try:
             targets = self.targets(channel)
         except UnloadableURL as exc:  # config changed under us; retry later like a send failure
-            for row in rows:
+            for row in usable:
                 row.errors.append(str(exc))
                 row.attempted = True
             self._finish(rows, stats, channel_name)
             return
-        matched = {row.id: routing.matching_events(channel, row.events) for row in rows}
+        matched: dict[int, list[Event]] = {}
+        for row in usable:
+            try:
+                matched[row.id] = routing.matching_events(channel, row.events)
+            except Exception as exc:  # a bad row fails alone
+                self._report(channel.name, "routing", exc)
+                row.errors.append(f"internal error while routing: {_one_line(exc)}")
+                row.attempted = True
+        usable = [row for row in usable if row.id in matched]
         for target in targets:
-            if target.kind == "webhook":
-                self._send_webhook(channel, target, rows, matched, stats)
-            else:
-                self._send_message(channel, target, rows, matched, stats)
+            try:
+                if target.kind == "webhook":
+                    self._send_webhook(channel, target, usable, matched, stats)
+                else:
+                    self._send_message(channel, target, usable, matched, stats)
+            except (StoreError, SQLAlchemyError):
+                raise  # the store failed: the whole dispatch stops, the daemon backs off
+            except Exception as exc:  # one operation's delivery fails alone
+                self._report(channel.name, "sending", exc)
+                error = f"{target.safe_url}: internal error: {_one_line(exc)}"
+                for row in usable:
+                    if not self._target_done(target, row, matched[row.id]):
+                        row.errors.append(error)
+                        row.attempted = True
         self._finish(rows, stats, channel_name)
+
+    def _report(self, channel: str, stage: str, exc: BaseException) -> None:
+        """Log an unexpected error with its traceback once per (channel, kind) for the
+        life of this dispatcher, then as one line."""
+        kind = (channel, f"{stage}:{type(exc).__name__}")
+        if kind in self._reported:
+            logger.warning("channel %s: %s failed: %s", channel, stage, _one_line(exc))
+            return
+        self._reported.add(kind)
+        logger.error(
+            "channel %s: %s failed unexpectedly (the delivery is retried with backoff)",
+            channel,
+            stage,
+            exc_info=exc,
+        )
+
+    @staticmethod
+    def _target_done(target: Target, row: _Row, wanted: Sequence[Event]) -> bool:
+        if target.kind == "webhook":
+            return all(target.done(row.done, event.id) for event in wanted)
+        return not wanted or target.done(row.done)
 
     def _pace(self, target: Target) -> bool:
         """Wait for the target's pacing; False when the wait would exceed the budget."""
@@ -347,7 +452,7 @@ class Dispatcher:
         stats: DispatchStats,
     ) -> None:
         key = target.key()
-        waiting = [row for row in rows if key not in row.done]
+        waiting = [row for row in rows if not target.done(row.done)]
         if not waiting:
             return
         merged = [event for row in waiting for event in matched[row.id]]
@@ -363,13 +468,19 @@ class Dispatcher:
             timezone=channel.timezone,
             budget=target.budget,
             title_max=target.title_max,
+            dialect=target.dialect,
         )
         try:
             message = render_message(merged, record, options, self._templates_for(channel))
         except TemplateError as exc:
-            logger.warning(
-                "channel %s: template failed (%s); sending the default message", channel.name, exc
-            )
+            if (channel.name, str(exc)) not in self._reported:
+                self._reported.add((channel.name, str(exc)))
+                logger.warning(
+                    "channel %s: %s; sending the default message instead (reported once per "
+                    "kind of failure)",
+                    channel.name,
+                    exc,
+                )
             message = render_message(merged, record, options)
         for row in waiting:
             row.attempted = True
@@ -402,7 +513,7 @@ class Dispatcher:
         for row in rows:
             for event in matched[row.id]:
                 key = target.key(event.id)
-                if key in row.done:
+                if target.done(row.done, event.id):
                     continue
                 if blocked is not None:
                     # Keep the operation's events in order: later ones wait with the failed one.
@@ -462,35 +573,26 @@ class Dispatcher:
             raise StoreError(f"cannot record a delivery: {exc}") from exc
         self._unsaved.clear()
 
-    def _required_keys(self, row: _Row) -> set[str] | None:
+    def _complete(self, row: _Row) -> bool:
+        """Whether every target of the row's channel has what the row carries for it."""
         channel = self._channels.get(row.channel)
-        if channel is None or row.channel not in self._targets:
-            return None
-        targets = self._targets[row.channel]
+        if row.broken or channel is None or row.channel not in self._targets:
+            return False
         wanted = routing.matching_events(channel, row.events)
-        keys: set[str] = set()
-        for target in targets:
-            if target.kind == "webhook":
-                keys.update(target.key(event.id) for event in wanted)
-            elif wanted or target.key() in row.done:
-                keys.add(target.key())
-        return keys
+        return all(self._target_done(target, row, wanted) for target in self._targets[row.channel])
 
-    def _finish(
-        self, rows: Sequence[_Row], stats: DispatchStats, channel: str, *, force_dead: bool = False
-    ) -> None:
+    def _finish(self, rows: Sequence[_Row], stats: DispatchStats, channel: str) -> None:
         now_ms = self._now_ms()
         delivery = self.config.delivery
         with self.engine.begin() as connection:
             for row in rows:
-                required = self._required_keys(row)
                 values: dict[str, Any]
-                if not force_dead and required is not None and required <= set(row.done):
+                if self._complete(row):
                     state, values = SENT, {"state": SENT, "last_error": None}
-                elif not row.attempted and row.deferred_until is not None and not force_dead:
+                elif not row.attempted and row.deferred_until is not None:
                     state = "deferred"
                     values = {"next_attempt_at": row.deferred_until}
-                elif not row.attempted and not force_dead:
+                elif not row.attempted:
                     if row.id not in self._unsaved:
                         continue  # pulled into the bundle but nothing was tried for it
                     state, values = "", {}  # only its bookkeeping changed
@@ -498,10 +600,10 @@ class Dispatcher:
                     attempts = row.attempts + 1
                     too_old = now_ms - row.created_at >= delivery.max_age * 1000
                     error = "; ".join(dict.fromkeys(row.errors))[:2000] or None
-                    if row.deferred_until is not None and not row.errors and not force_dead:
+                    if row.deferred_until is not None and not row.errors:
                         state = "deferred"
                         values = {"next_attempt_at": row.deferred_until}
-                    elif force_dead or attempts >= delivery.max_attempts or too_old:
+                    elif attempts >= delivery.max_attempts or too_old:
                         state = DEAD
                         reason = "max_age reached" if too_old else f"{attempts} attempts"
                         values = {
@@ -589,6 +691,40 @@ def list_entries(
         ]
 
 
+def unconfigured_counts(
+    engine: Engine, configured: Iterable[str], *, states: Sequence[str] = (PENDING, DEAD)
+) -> dict[str, int]:
+    """Rows (in ``states``) per channel name that is not in ``configured``."""
+    names = list(configured)
+    query = (
+        select(outbox.c.channel, func.count())
+        .where(outbox.c.state.in_(list(states)), outbox.c.channel.not_in(names))
+        .group_by(outbox.c.channel)
+    )
+    with engine.connect() as connection:
+        return {str(name): int(count) for name, count in connection.execute(query)}
+
+
+def reassign(engine: Engine, *, old: str, new: str, now_ms: int) -> int:
+    """Hand the pending and dead rows of channel ``old`` (renamed in the config) to ``new``,
+    due now with a fresh attempt count. ``done_targets`` is kept: a URL both channels share
+    keeps its key, so what it already received is not sent again."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(outbox)
+            .where(outbox.c.channel == old, outbox.c.state.in_([PENDING, DEAD]))
+            .values(
+                channel=new,
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=now_ms,
+                updated_at=now_ms,
+                retried_at=now_ms,
+            )
+        )
+    return int(result.rowcount or 0)
+
+
 def counts_by_state(engine: Engine) -> dict[str, int]:
     with engine.connect() as connection:
         rows = connection.execute(
@@ -638,9 +774,13 @@ def purge(
     older_than_ms: int | None = None,
     ids: Sequence[int] = (),
     channel: str | None = None,
+    unconfigured: Iterable[str] | None = None,
 ) -> int:
-    """Delete outbox rows (events stay in the history)."""
+    """Delete outbox rows (events stay in the history). With ``unconfigured`` (the names
+    of the configured channels), only rows of the other channels go."""
     conditions: list[ColumnElement[bool]] = [outbox.c.state.in_(list(states))]
+    if unconfigured is not None:
+        conditions.append(outbox.c.channel.not_in(list(unconfigured)))
     if older_than_ms is not None:
         conditions.append(outbox.c.updated_at < older_than_ms)
     if ids:

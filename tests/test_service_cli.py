@@ -82,8 +82,10 @@ def test_status_text(engine: Engine, database_url: str, tmp_path: Path) -> None:
     assert "(10m ago)" in lines[2]
     assert lines[3] == "    last error: HTTP 401 APIGW.0301: token ******** rejected"
     assert lines[4] == "  new: never polled; last successful poll never (never)"
-    assert lines[5].startswith("outbox: 2 pending (1 due), oldest undelivered ")
+    # the config has no channel "chat": its rows wait, they are not due
+    assert lines[5].startswith("outbox: 2 pending (0 due), oldest undelivered ")
     assert lines[5].endswith("(4m ago); 1 dead; 1 sent")
+    assert lines[6].startswith("  waiting for channels that are not configured: chat (2) ")
     assert "tok-prod-secret-value" not in result.output
 
 

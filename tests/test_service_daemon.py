@@ -226,6 +226,16 @@ def pending(engine: Engine) -> int:
         )
 
 
+def with_chat(config: Config) -> Config:
+    """``add_pending`` writes rows of channel "chat"; rows of a channel that is not
+    configured wait untouched, so configure it."""
+    import dataclasses
+
+    from notifier.config import ChannelConfig
+
+    return dataclasses.replace(config, channels=(ChannelConfig(name="chat", urls=("console://",)),))
+
+
 # -- scheduling ------------------------------------------------------------------------------
 
 
@@ -371,7 +381,7 @@ def test_a_scheduled_retry_is_dispatched_when_it_falls_due(
 ) -> None:
     clock = FakeClock()
     add_pending(engine, 1, int(clock.wall() * 1000), due_in_ms=42_000)
-    daemon, _, dispatcher = build(make_config(database_url), engine, clock)
+    daemon, _, dispatcher = build(with_chat(make_config(database_url)), engine, clock)
     run_for(daemon, clock, 50)
     assert next(at for at, _ in dispatcher.calls if at > 0) == pytest.approx(42, abs=0.01)
     assert pending(engine) == 0
@@ -401,7 +411,8 @@ def test_a_failing_dispatcher_does_not_stop_polling(
 def test_stop_gives_due_deliveries_a_grace_period(engine: Engine, database_url: str) -> None:
     clock = FakeClock()
     dispatcher = FakeDispatcher(clock, engine)
-    daemon, _, _ = build(make_config(database_url), engine, clock, dispatcher=dispatcher)
+    config = with_chat(make_config(database_url))
+    daemon, _, _ = build(config, engine, clock, dispatcher=dispatcher)
     # 25 rows become due just as SIGTERM arrives
     clock.on_stop = lambda: add_pending(engine, 25, int(clock.wall() * 1000))
     assert run_for(daemon, clock, 60) == 0

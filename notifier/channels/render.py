@@ -4,21 +4,26 @@ Input: the events a channel matched (in ``seq`` order, possibly several cycles c
 and the operation record of the latest cycle. Output: a :class:`Message` with a plain-text
 title and a body in the target's markup (``markdown``, ``html`` or ``text``).
 
-Every string that comes from the API is escaped for the target's markup, and a long body
-is cut by meaning, never mid-markup: the message is built as a small document model,
-reduced step by step (finished sub-steps summarised, finished steps collapsed, long error
-texts shortened, transitions thinned) until the rendered body fits the channel's budget.
+Every string that comes from the API is escaped for the target's markup (Slack's own rules
+for ``slack://``: :func:`escape_slack`), and a long body is cut by meaning, never
+mid-markup: the message is built as a small document model and cut in stages (finished
+sub-steps summarised, long error texts shortened, quiet steps collapsed, quiet transitions
+left out, ...), each bisected to the fewest cuts that make the rendered body fit the
+channel's budget, so it keeps as much as the budget holds.
 
-Optional per-channel Jinja2 ``title``/``body`` templates render in a sandbox where an
-undefined name is an error; :func:`check_templates` renders a sample event at start.
+Optional per-channel Jinja2 ``title``/``body`` templates render in a bounded sandbox where
+an undefined name is an error and any failure is a :class:`TemplateError`;
+:func:`check_templates` renders sample events at start.
 
 Nothing here imports apprise, httpx, SQLAlchemy or click.
 """
 
 from __future__ import annotations
 
+import contextvars
 import html
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import tzinfo
@@ -26,6 +31,7 @@ from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
 import jinja2
+import jinja2.sandbox
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.model import (
@@ -40,6 +46,14 @@ from notifier.model import (
 
 Format = Literal["markdown", "html", "text"]
 FORMATS: Final = ("markdown", "html", "text")
+DIALECTS: Final = ("commonmark", "slack")
+#: Every (format, dialect) a message can be rendered in; templates are checked in each.
+_FORMAT_DIALECTS: Final = (
+    ("markdown", "commonmark"),
+    ("markdown", "slack"),
+    ("html", "commonmark"),
+    ("text", "commonmark"),
+)
 
 #: Status word -> symbol shown before it.
 STATUS_SYMBOLS: Final[Mapping[str, str]] = {
@@ -121,6 +135,49 @@ def escape_text(value: object) -> str:
     return one_line(value)
 
 
+_ZWSP: Final = "\u200b"
+
+
+def escape_slack(value: object) -> str:
+    """API text for a Slack target (one line), written as the CommonMark that apprise's Slack
+    plugin turns into mrkdwn that shows the text literally.
+
+    Slack documents only ``&``, ``<`` and ``>`` as characters to escape (as ``&amp;``,
+    ``&lt;``, ``&gt;``) and has no backslash escapes, so ``\\*`` would arrive as ``\\*``:
+
+    - ``&`` stays (apprise writes ``&amp;``); ``<``, ``>`` become ``\\<``, ``\\>`` (apprise
+      writes ``&lt;``, ``&gt;``); ``[``, ``]`` are escaped so no link forms (apprise drops the
+      backslash);
+    - ``*`` becomes ``∗`` (U+2217) and a backtick ``ˋ`` (U+02CB): apprise would read them as
+      emphasis and code markers, and Slack has no way to escape them;
+    - ``_`` and ``~`` stay inside a word (Slack formats only at word boundaries); elsewhere a
+      zero-width space on both sides keeps them from opening or closing formatting;
+    - a backslash is followed by a zero-width space, so it escapes nothing.
+    """
+    text = one_line(value)
+    out: list[str] = []
+    last = len(text) - 1
+    for index, char in enumerate(text):
+        if char in "<>[]":
+            out.append("\\" + char)
+        elif char == "*":
+            out.append("\u2217")
+        elif char == "`":
+            out.append("\u02cb")
+        elif char == "\\":
+            out.append("\\" + _ZWSP)
+        elif char in "_~":
+            before = text[index - 1] if index > 0 else " "
+            after = text[index + 1] if index < last else " "
+            if before.isalnum() and after.isalnum():
+                out.append(char)
+            else:
+                out.append(_ZWSP + char + _ZWSP)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 ESCAPERS: Final[Mapping[str, Callable[[object], str]]] = {
     "markdown": escape_markdown,
     "html": escape_html,
@@ -194,6 +251,9 @@ class RenderOptions:
     timezone: str = "UTC"
     budget: int = 0  # 0: no limit
     title_max: int = TITLE_MAX
+    #: "slack" for Slack targets (markdown only): API text escaped for Slack's mrkdwn,
+    #: written as the CommonMark apprise's Slack plugin converts; "commonmark" otherwise.
+    dialect: str = "commonmark"
 
 
 @dataclass(frozen=True)
@@ -207,6 +267,7 @@ class _Transition:
     detail: str | None
     messages: tuple[str, ...]
     important: bool  # a failure or a terminal state: never summarised
+    problem: bool = False  # a failure, a stop or an unreachable source: cut last of all
 
 
 @dataclass(frozen=True)
@@ -299,18 +360,26 @@ def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) 
         change = f"created, {status_label(to_status)}"
     started, ended = event.started_at, event.ended_at
     when_ns = ended or started or event.record_time
+    duration = format_duration(started, ended)
     detail = event.detail if event.detail and event.detail.strip().lower() != to_status else None
     if event.error:
         detail = event.error
+    if event.type is EventType.SOURCE_RECOVERED:
+        # the error is history now: say so, or the message reads as if it still failed
+        if duration:
+            change = f"recovered after {duration} of failures"
+            duration = None
+        detail = f"last error: {event.error}" if event.error else None
     return _Transition(
         symbol=status_symbol(to_status),
         subject=subject,
         kind=kind,
         change=change,
         when=format_time(when_ns, timezone),
-        duration=format_duration(started, ended),
+        duration=duration,
         detail=detail,
         messages=tuple(event.message),
+        problem=to_status in _PROBLEM or to_status == "unreachable",
         important=to_status in _PROBLEM
         or to_status == "unreachable"
         or kind == "Operation"
@@ -413,110 +482,174 @@ def build_document(
     )
 
 
-# -- reducers: each returns a shorter document, or None when it has nothing left to cut -------
+# -- cutting: stages of cuts, least valuable content first ----------------------------------
+#
+# Each stage offers ``count(doc)`` cuts of one kind (a finished sub-step summarised, a quiet
+# transition left out, ...) in the order it wants them made; ``apply(doc, k)`` makes the first
+# ``k``. :func:`fit` takes as few cuts as it needs, stage by stage, so a long message keeps
+# as much as its budget holds instead of losing whole categories at once.
 
 
-def _summarise_subs(doc: _Document, statuses: frozenset[str]) -> _Document | None:
-    changed = False
-    steps: list[_StepLine] = []
-    for line in doc.steps:
-        keep = tuple(sub for sub in line.sub_lines if sub.status not in statuses)
-        if len(keep) != len(line.sub_lines):
-            changed = True
-            counts: dict[str, int] = dict(line.omitted)
-            for sub in line.sub_lines:
-                if sub.status in statuses:
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    count: Callable[[_Document], int]
+    apply: Callable[[_Document, int], _Document]
+
+
+def _sub_positions(
+    doc: _Document, statuses: frozenset[str], *, latest_first: bool
+) -> list[tuple[int, int]]:
+    positions = [
+        (step_index, sub_index)
+        for step_index, step in enumerate(doc.steps)
+        for sub_index, sub in enumerate(step.sub_lines)
+        if sub.status in statuses
+    ]
+    return positions[::-1] if latest_first else positions
+
+
+def _summarise_stage(statuses: frozenset[str], *, latest_first: bool) -> _Stage:
+    def count(doc: _Document) -> int:
+        return len(_sub_positions(doc, statuses, latest_first=latest_first))
+
+    def apply(doc: _Document, cuts: int) -> _Document:
+        chosen = set(_sub_positions(doc, statuses, latest_first=latest_first)[:cuts])
+        if not chosen:
+            return doc
+        steps: list[_StepLine] = []
+        for step_index, line in enumerate(doc.steps):
+            gone = [sub for i, sub in enumerate(line.sub_lines) if (step_index, i) in chosen]
+            if gone:
+                counts: dict[str, int] = dict(line.omitted)
+                for sub in gone:
                     label = status_label(sub.status) if sub.status else "waiting"
                     counts[label] = counts.get(label, 0) + 1
-            line = replace(line, sub_lines=keep, omitted=tuple(counts.items()))  # noqa: PLW2901
-        steps.append(line)
-    return replace(doc, steps=tuple(steps)) if changed else None
+                keep = tuple(
+                    sub for i, sub in enumerate(line.sub_lines) if (step_index, i) not in chosen
+                )
+                line = replace(line, sub_lines=keep, omitted=tuple(counts.items()))  # noqa: PLW2901
+            steps.append(line)
+        return replace(doc, steps=tuple(steps))
+
+    return _Stage(f"summarise {'/'.join(sorted(statuses))} sub-steps", count, apply)
 
 
-def _summarise_finished_subs(doc: _Document) -> _Document | None:
-    return _summarise_subs(doc, frozenset({"finished"}))
+def _message_stage(limit: int) -> _Stage:
+    def count(doc: _Document) -> int:
+        return 0 if doc.message_limit and doc.message_limit <= limit else 1
+
+    def apply(doc: _Document, cuts: int) -> _Document:
+        return replace(doc, message_limit=limit) if cuts and count(doc) else doc
+
+    return _Stage(f"messages to {limit} characters", count, apply)
 
 
-def _summarise_waiting_subs(doc: _Document) -> _Document | None:
-    return _summarise_subs(doc, frozenset({"waiting", ""}))
+def _quiet_steps(doc: _Document) -> list[int]:
+    return [
+        index
+        for index, step in enumerate(doc.steps)
+        if not _is_problem(step.status) and (step.sub_lines or step.omitted)
+    ]
 
 
-def _shorten_messages(doc: _Document) -> _Document | None:
-    if doc.message_limit and doc.message_limit <= 80:
-        return None
-    return replace(doc, message_limit=200 if not doc.message_limit else 80)
-
-
-def _collapse_quiet_steps(doc: _Document) -> _Document | None:
-    """Steps without a problem lose their sub-step lines (a count remains)."""
-    changed = False
+def _collapse_apply(doc: _Document, cuts: int) -> _Document:
+    """Steps without a problem lose their sub-step lines (a count remains), earliest first."""
+    chosen = set(_quiet_steps(doc)[:cuts])
+    if not chosen:
+        return doc
     steps: list[_StepLine] = []
-    for step in doc.steps:
-        if not _is_problem(step.status) and (step.sub_lines or step.omitted):
+    for index, step in enumerate(doc.steps):
+        if index in chosen:
             hidden = len(step.sub_lines) + sum(count for _, count in step.omitted)
             step = replace(  # noqa: PLW2901
                 step, sub_lines=(), omitted=(), collapsed=step.collapsed + hidden
             )
-            changed = True
         steps.append(step)
-    return replace(doc, steps=tuple(steps)) if changed else None
+    return replace(doc, steps=tuple(steps))
 
 
-def _thin_transitions(doc: _Document) -> _Document | None:
-    keep = tuple(item for item in doc.transitions if item.important)
-    if len(keep) == len(doc.transitions):
-        return None
-    dropped = len(doc.transitions) - len(keep)
-    return replace(doc, transitions=keep, omitted_transitions=doc.omitted_transitions + dropped)
+def _transition_stage(name: str, select: Callable[[_Document], list[int]]) -> _Stage:
+    def apply(doc: _Document, cuts: int) -> _Document:
+        chosen = set(select(doc)[:cuts])
+        if not chosen:
+            return doc
+        keep = tuple(item for index, item in enumerate(doc.transitions) if index not in chosen)
+        return replace(
+            doc, transitions=keep, omitted_transitions=doc.omitted_transitions + len(chosen)
+        )
+
+    return _Stage(name, lambda doc: len(select(doc)), apply)
 
 
-def _drop_quiet_steps(doc: _Document) -> _Document | None:
-    keep = tuple(step for step in doc.steps if _is_problem(step.status) or step.sub_lines)
-    if len(keep) == len(doc.steps):
-        return None
-    return replace(doc, steps=keep, omitted_steps=doc.omitted_steps + len(doc.steps) - len(keep))
+def _quiet_transitions(doc: _Document) -> list[int]:
+    """Transitions that are neither a failure nor a terminal state, oldest first."""
+    return [index for index, item in enumerate(doc.transitions) if not item.important]
 
 
-def _drop_tree(doc: _Document) -> _Document | None:
-    if not doc.show_tree:
-        return None
-    return replace(doc, show_tree=False, truncated=True)
+def _calm_transitions(doc: _Document) -> list[int]:
+    """Important transitions that are no problem, oldest first; the latest always stays."""
+    last = len(doc.transitions) - 1
+    return [
+        index for index, item in enumerate(doc.transitions) if not item.problem and index != last
+    ]
 
 
-def _drop_last_transition(doc: _Document) -> _Document | None:
-    if len(doc.transitions) <= 1:
-        return None
-    return replace(
-        doc,
-        transitions=doc.transitions[:-1],
-        omitted_transitions=doc.omitted_transitions + 1,
-        message_limit=min(doc.message_limit or 80, 80),
-    )
+def _all_but_the_cause(doc: _Document) -> list[int]:
+    """Every transition but the first problem (the cause; the headline tells the outcome),
+    newest first; without a problem, every transition but the latest."""
+    problems = [index for index, item in enumerate(doc.transitions) if item.problem]
+    keep = problems[0] if problems else len(doc.transitions) - 1
+    return [index for index in reversed(range(len(doc.transitions))) if index != keep]
 
 
-def _terse_messages(doc: _Document) -> _Document | None:
-    if doc.message_limit and doc.message_limit <= 30:
-        return None
-    return replace(doc, message_limit=30)
+def _lone_steps(doc: _Document) -> list[int]:
+    return [
+        index
+        for index, step in enumerate(doc.steps)
+        if not _is_problem(step.status) and not step.sub_lines
+    ]
 
 
-def _drop_facts(doc: _Document) -> _Document | None:
-    if len(doc.facts) <= 1:
-        return None
+def _drop_steps_apply(doc: _Document, cuts: int) -> _Document:
+    chosen = set(_lone_steps(doc)[:cuts])
+    if not chosen:
+        return doc
+    keep = tuple(step for index, step in enumerate(doc.steps) if index not in chosen)
+    return replace(doc, steps=keep, omitted_steps=doc.omitted_steps + len(chosen))
+
+
+def _drop_tree_apply(doc: _Document, cuts: int) -> _Document:
+    return replace(doc, show_tree=False, truncated=True) if cuts and doc.show_tree else doc
+
+
+def _drop_facts_apply(doc: _Document, cuts: int) -> _Document:
+    if not cuts or len(doc.facts) <= 1:
+        return doc
     return replace(doc, facts=doc.facts[:1], truncated=True)
 
 
-_REDUCERS: Final = (
-    _summarise_finished_subs,
-    _shorten_messages,
-    _summarise_waiting_subs,
-    _shorten_messages,
-    _collapse_quiet_steps,
-    _thin_transitions,
-    _drop_quiet_steps,
-    _drop_tree,
-    _drop_facts,
+_STAGES: Final[tuple[_Stage, ...]] = (
+    _summarise_stage(frozenset({"finished"}), latest_first=False),
+    _message_stage(200),
+    _summarise_stage(frozenset({"waiting", ""}), latest_first=True),
+    _message_stage(80),
+    _Stage("collapse quiet steps", lambda doc: len(_quiet_steps(doc)), _collapse_apply),
+    _transition_stage("leave out quiet transitions", _quiet_transitions),
+    _Stage("leave out quiet steps", lambda doc: len(_lone_steps(doc)), _drop_steps_apply),
+    _Stage("leave out the step tree", lambda doc: int(doc.show_tree), _drop_tree_apply),
+    _Stage("keep one fact", lambda doc: int(len(doc.facts) > 1), _drop_facts_apply),
+    _transition_stage("leave out calm transitions", _calm_transitions),
+    _message_stage(30),
+    _transition_stage("keep only the first failure", _all_but_the_cause),
 )
+
+
+def _reduce(doc: _Document, cuts: Sequence[int]) -> _Document:
+    for stage, count in zip(_STAGES, cuts, strict=False):
+        if count:
+            doc = stage.apply(doc, count)
+    return doc
 
 
 # -- renderers --------------------------------------------------------------------------------
@@ -620,8 +753,8 @@ class _Renderer:
 
 
 class _MarkdownRenderer(_Renderer):
-    def __init__(self) -> None:
-        super().__init__(escape_markdown)
+    def __init__(self, escape: Callable[[object], str] = escape_markdown) -> None:
+        super().__init__(escape)
 
     def strong(self, value: str, *, escaped: bool = False) -> str:
         inner = value if escaped else self.text(value)
@@ -759,30 +892,58 @@ _RENDERERS: Final[Mapping[str, Callable[[], _Renderer]]] = {
 }
 
 
-def fit(doc: _Document, fmt: str, budget: int) -> str:
-    """Render ``doc``, reducing it by meaning until it fits ``budget`` characters."""
-    renderer = _RENDERERS[fmt]()
+def _renderer(fmt: str, dialect: str) -> _Renderer:
+    if fmt == "markdown" and dialect == "slack":
+        return _MarkdownRenderer(escape_slack)
+    return _RENDERERS[fmt]()
+
+
+def fit(doc: _Document, fmt: str, budget: int, dialect: str = "commonmark") -> str:
+    """Render ``doc``, cutting it by meaning until it fits ``budget`` characters.
+
+    Stage by stage (:data:`_STAGES`), the fewest cuts that make the body fit are found by
+    bisection; then the stages before the one that made it fit give back what they can (a
+    step tree left out may leave room for transitions thinned earlier). The body is always
+    rendered from the cut document, so markup is never split."""
+    renderer = _renderer(fmt, dialect)
     body = renderer.render(doc)
     if budget <= 0 or len(body) <= budget:
         return body
     budget = max(budget, MIN_BUDGET)
-    for reducer in _REDUCERS:
-        reduced = reducer(doc)
-        if reduced is None:
+    rendered: dict[tuple[int, ...], str] = {}
+
+    def attempt(cuts: Sequence[int]) -> str:
+        key = tuple(cuts)
+        if key not in rendered:
+            rendered[key] = renderer.render(_reduce(doc, key))
+        return rendered[key]
+
+    def fewest(cuts: list[int], index: int, low: int, high: int) -> int:
+        """The fewest cuts of stage ``index`` in [low, high] that fit (``high`` fits)."""
+        while low < high:
+            middle = (low + high) // 2
+            cuts[index] = middle
+            if len(attempt(cuts)) <= budget:
+                high = middle
+            else:
+                low = middle + 1
+        cuts[index] = high
+        return high
+
+    cuts = [0] * len(_STAGES)
+    for index, stage in enumerate(_STAGES):
+        available = stage.count(_reduce(doc, cuts))
+        if not available:
             continue
-        doc = reduced
-        body = renderer.render(doc)
-        if len(body) <= budget:
-            return body
-    for reducer in (_drop_last_transition, _terse_messages):
-        while len(body) > budget:
-            reduced = reducer(doc)
-            if reduced is None:
-                break
-            doc = reduced
-            body = renderer.render(doc)
-    if len(body) <= budget:
-        return body
+        cuts[index] = available
+        if len(attempt(cuts)) > budget:
+            continue  # all of this stage is not enough: keep it, go on
+        fewest(cuts, index, 1, available)
+        for earlier in reversed(range(index)):
+            if cuts[earlier]:
+                fewest(cuts, earlier, 0, cuts[earlier])
+        return attempt(cuts)
+    doc = _reduce(doc, cuts)
     # Last resort: only the headline, cut on raw text so no markup is ever split.
     limit = budget
     while limit > 10:
@@ -837,11 +998,13 @@ def render_message(
     """The message for one operation's events on one channel target."""
     if options.format not in FORMATS:
         raise ValueError(f"unknown format {options.format!r}")
+    if options.dialect not in DIALECTS:
+        raise ValueError(f"unknown markdown dialect {options.dialect!r}")
     timezone = zone(options.timezone)
     status = _current_status(events, record)
     doc = build_document(events, record, timezone)
     title = default_title(events, record, options.title_max or TITLE_MAX)
-    body = fit(doc, options.format, options.budget)
+    body = fit(doc, options.format, options.budget, options.dialect)
     if templates is not None and (templates.title or templates.body):
         context = template_context(events, record, options, timezone, title=title, body=body)
         if templates.title:
@@ -871,22 +1034,119 @@ def _cut_template_body(body: str, fmt: str, budget: int) -> str:
 
 
 class TemplateError(ValueError):
-    """A channel template failed to compile or render."""
+    """A channel template failed to compile or render (the message is one line)."""
+
+
+#: Work one template rendering may do: ``range`` items created (Jinja2's own sandbox caps one
+#: range at ``MAX_RANGE``; this caps them all together, so nested loops stay bounded too) plus
+#: attribute, item and call lookups; the characters it may produce; and the wall time it may
+#: take. A template that needs more is a template error, reported by ``check-config``.
+TEMPLATE_MAX_OPERATIONS: Final = 200_000
+TEMPLATE_MAX_OUTPUT: Final = 65_536
+TEMPLATE_MAX_SECONDS: Final = 2.0
+_REPEAT_OPERATORS: Final = frozenset({"*", "**"})
+
+
+class _Budget:
+    """What one rendering may still spend (see ``TEMPLATE_MAX_*``)."""
+
+    def __init__(self, operations: int, seconds: float) -> None:
+        self.operations = operations
+        self.deadline = time.monotonic() + seconds
+
+    def spend(self, operations: int = 1) -> None:
+        self.operations -= operations
+        if self.operations < 0:
+            raise TemplateError(
+                f"template does too much work (more than {TEMPLATE_MAX_OPERATIONS} loop items "
+                "and lookups); the sandbox stopped it"
+            )
+        if time.monotonic() > self.deadline:
+            raise TemplateError(
+                f"template took longer than {TEMPLATE_MAX_SECONDS:g} s; the sandbox stopped it"
+            )
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "template_budget", default=None
+)
+
+
+def _spend(operations: int = 1) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.spend(operations)
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox with a work budget per rendering (see ``_Budget``)."""
+
+    intercepted_binops = _REPEAT_OPERATORS
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _spend()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _spend()
+        return super().getitem(obj, argument)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _spend()
+        return super().call(context, obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _spend()
+        if operator == "**":
+            numbers = isinstance(left, int | float) and isinstance(right, int | float)
+            if numbers and abs(right) > 64 and abs(left) > 1:
+                raise TemplateError("template computes a power too large for the sandbox")
+            return left**right
+        # "*": a sequence repeated, or numbers multiplied
+        for sequence, count in ((left, right), (right, left)):
+            repeated = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+            if repeated and len(sequence) * count > TEMPLATE_MAX_OUTPUT:
+                raise TemplateError(
+                    f"template repeats a value to more than {TEMPLATE_MAX_OUTPUT} items"
+                )
+        return left * right
+
+
+def _bounded_range(*args: int) -> range:
+    """``range`` for templates: Jinja2's ``MAX_RANGE`` per range, and every item counted
+    against the rendering's budget."""
+    items = jinja2.sandbox.safe_range(*args)
+    _spend(len(items))
+    return items
+
+
+@jinja2.pass_context
+def _markdown_escape_filter(context: Any, value: object) -> str:
+    """``markdown_escape`` for the target at hand: Slack's mrkdwn or CommonMark."""
+    if context.get("dialect") == "slack":
+        return escape_slack(value)
+    return escape_markdown(value)
 
 
 def _sandbox(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    environment = ImmutableSandboxedEnvironment(
+    environment = _BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=False,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["markdown_escape"] = escape_markdown
+    environment.globals["range"] = _bounded_range
+    environment.filters["markdown_escape"] = _markdown_escape_filter
     environment.filters["one_line"] = one_line
     environment.filters["symbol"] = status_symbol
     environment.filters["shorten"] = shorten
     return environment
+
+
+def _error_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -904,8 +1164,10 @@ class Templates:
         if key not in self._compiled:
             try:
                 self._compiled[key] = _sandbox(autoescape).from_string(source)
-            except jinja2.TemplateError as exc:
-                raise TemplateError(f"template does not compile: {exc}") from exc
+            except TemplateError:
+                raise
+            except Exception as exc:  # compiling runs constant folding too: anything goes
+                raise TemplateError(f"template does not compile: {_error_text(exc)}") from exc
         return self._compiled[key]
 
     def render_title(self, context: Mapping[str, Any]) -> str:
@@ -920,12 +1182,30 @@ class Templates:
 
     @staticmethod
     def _render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+        """Render within the sandbox's budget. Whatever a template raises for some data
+        (``UndefinedError``, ``ZeroDivisionError``, ``OverflowError`` from a huge range, ...)
+        becomes a :class:`TemplateError` with a one-line message."""
+        token = _BUDGET.set(_Budget(TEMPLATE_MAX_OPERATIONS, TEMPLATE_MAX_SECONDS))
         try:
-            return template.render(**context)
+            size = 0
+            parts: list[str] = []
+            for part in template.generate(**context):
+                size += len(part)
+                if size > TEMPLATE_MAX_OUTPUT:
+                    raise TemplateError(
+                        f"template output is longer than {TEMPLATE_MAX_OUTPUT} characters"
+                    )
+                parts.append(part)
+                _spend()
+            return "".join(parts)
+        except TemplateError:
+            raise
         except jinja2.TemplateError as exc:  # includes UndefinedError and SecurityError
-            raise TemplateError(f"template failed: {exc}") from exc
-        except (TypeError, ValueError, AttributeError, LookupError) as exc:
-            raise TemplateError(f"template failed: {type(exc).__name__}: {exc}") from exc
+            raise TemplateError(f"template failed: {' '.join(str(exc).split())}") from exc
+        except Exception as exc:  # the template's own arithmetic, filters on odd data, ...
+            raise TemplateError(f"template failed: {_error_text(exc)}") from exc
+        finally:
+            _BUDGET.reset(token)
 
 
 def template_context(
@@ -984,6 +1264,7 @@ def template_context(
         "symbol": status_symbol(status),
         "source": events[-1].source if events else "",
         "format": options.format,
+        "dialect": options.dialect,
         "default_title": title,
         "default_body": body,
     }
@@ -1071,31 +1352,44 @@ def sample_events() -> tuple[list[Event], OperationRecord]:
 
 
 def check_templates(title: str | None, body: str | None, timezone: str) -> list[tuple[str, str]]:
-    """Compile and render a channel's templates on the sample event in every format.
+    """Compile and render a channel's templates on the sample event in every format and
+    dialect, and with a single event (a template that divides by ``events|length - 1`` fails
+    there, not at 3 a.m.).
 
-    Returns ``(key, message)`` problems (key is ``title`` or ``body``)."""
+    Returns ``(key, message)`` problems (key is ``title`` or ``body``), at most one per key.
+    An unknown ``timezone`` (reported by the config loader) does not hide template problems:
+    the check then renders in UTC."""
     if not title and not body:
         return []
     templates = Templates(title=title, body=body)
+    try:
+        zone_info = zone(timezone)
+    except (ValueError, LookupError):  # an unknown time zone is reported by the config loader
+        zone_info = zone("UTC")
     events, record = sample_events()
+    samples = ((events, record), (events[-1:], record))
     problems: list[tuple[str, str]] = []
     for key in ("title", "body"):
         if not getattr(templates, key):
             continue
-        for fmt in FORMATS:
-            options = RenderOptions(format=fmt, timezone=timezone)
-            try:
-                zone_info = zone(timezone)
-                context = template_context(
-                    events, record, options, zone_info, title="sample", body="sample"
-                )
-                if key == "title":
-                    templates.render_title(context)
-                else:
-                    templates.render_body(context, fmt)
-            except TemplateError as exc:
-                problems.append((key, str(exc)))
-                break
-            except (ValueError, LookupError):
-                break  # an unknown time zone is reported by the config loader
+        try:
+            for sample_events_, sample_record in samples:
+                for fmt, dialect in _FORMAT_DIALECTS:
+                    options = RenderOptions(format=fmt, timezone=timezone, dialect=dialect)
+                    context = template_context(
+                        sample_events_,
+                        sample_record,
+                        options,
+                        zone_info,
+                        title="sample",
+                        body="sample",
+                    )
+                    if key == "title":
+                        templates.render_title(context)
+                    else:
+                        templates.render_body(context, fmt)
+        except TemplateError as exc:
+            problems.append((key, str(exc)))
+        except Exception as exc:  # every failure here is a config problem
+            problems.append((key, f"template failed: {_error_text(exc)}"))
     return problems

@@ -16,6 +16,7 @@ privacy mode plus :func:`privacy.mask_url`), and plugin error texts pass a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Final, Literal
 
 import apprise
 from apprise.manager_plugins import NotificationManager
+from apprise.plugins.slack import NotifySlack
 
 from notifier import config as config_module
 from notifier.channels.console import NotifyConsole
@@ -86,6 +88,13 @@ class SendResult:
     error: str | None = None
 
 
+def url_key(url: str) -> str:
+    """A target's stable ``done_targets`` key: ``u`` + 12 hex digits of the SHA-256 of its
+    full URL. Editing a channel's ``urls`` (reordering, removing one) keeps the keys of the
+    others; the URL itself (which holds secrets) is never stored."""
+    return "u" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+
+
 @dataclass
 class Target:
     """One URL of one channel, ready to send."""
@@ -102,10 +111,26 @@ class Target:
     plugin: Any = field(repr=False)
     scrub: Scrubber = field(repr=False)
     _apprise: Any = field(default=None, repr=False)
+    url_key: str = ""  # see url_key(); "" only for targets built by hand in tests
+    dialect: str = "commonmark"  # "slack": API text escaped for Slack's mrkdwn
 
     def key(self, event_id: str | None = None) -> str:
-        """The ``done_targets`` key: URL index, plus the event id for webhooks."""
+        """The ``done_targets`` key: :func:`url_key`, plus ``:<event id>`` for webhooks."""
+        base = self.url_key or f"#{self.index}"
+        return f"{base}:{event_id}" if event_id else base
+
+    def legacy_key(self, event_id: str | None = None) -> str:
+        """The key of rows written before keys derived from URLs: the URL's position."""
         return f"{self.index}:{event_id}" if event_id else str(self.index)
+
+    def done(self, done_keys: Sequence[str] | set[str], event_id: str | None = None) -> bool:
+        """Whether a row's ``done_targets`` say this target already has the delivery.
+
+        A row written before the keys were derived from URLs carries positions
+        (``"0"``, ``"1:evt_..."``): those are read as before, against the URL now at that
+        position, so an old row re-sends only to positions it has not recorded. Only rows
+        still pending from before the upgrade are affected, and only if ``urls`` changed."""
+        return self.key(event_id) in done_keys or self.legacy_key(event_id) in done_keys
 
     def send(self, *, title: str, body: str, notify_type: str, body_format: str) -> SendResult:
         if self._apprise is None:
@@ -164,6 +189,8 @@ def target_for(channel: ChannelConfig, index: int, url: str, delivery: DeliveryC
         pacing_key=identity,
         plugin=plugin,
         scrub=Scrubber.for_url(url, public=(shown,)),
+        url_key=url_key(url),
+        dialect="slack" if isinstance(plugin, NotifySlack) else "commonmark",
     )
 
 

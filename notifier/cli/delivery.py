@@ -1,4 +1,4 @@
-"""Delivery commands: ``outbox list|retry|purge|dispatch`` and ``test-channel NAME``."""
+"""Delivery commands: ``outbox list|retry|purge|reassign|dispatch`` and ``test-channel NAME``."""
 
 from __future__ import annotations
 
@@ -63,12 +63,14 @@ def outbox_list(
     from notifier import outbox as outbox_module
     from notifier.cli.core import open_store
 
-    context.config()
+    config = context.config()
+    configured = {item.name for item in config.channels}
     wanted = list(outbox_module.STATES) if "all" in states else list(states or ("pending", "dead"))
     try:
         engine = open_store(context)
         entries = outbox_module.list_entries(engine, states=wanted, channel=channel, limit=limit)
         counts = outbox_module.counts_by_state(engine)
+        orphans = outbox_module.unconfigured_counts(engine, configured)
     except NotifierError as exc:
         fail(exc)
     finally:
@@ -80,6 +82,7 @@ def outbox_list(
                     {
                         "id": entry.id,
                         "channel": entry.channel,
+                        "channel_configured": entry.channel in configured,
                         "state": entry.state,
                         "attempts": entry.attempts,
                         "source": entry.source,
@@ -104,13 +107,24 @@ def outbox_list(
             if entry.state == "pending"
             else f"since {_iso_ms(entry.updated_at)}"
         )
+        if entry.state == "pending" and entry.channel not in configured:
+            when = "waiting"
         click.echo(
             f"#{entry.id} {entry.state} attempts={entry.attempts} channel={entry.channel} "
             f"{entry.source}/{entry.operation_id or '-'} events={entry.events} {when}"
         )
+        if entry.channel not in configured and entry.state != "sent":
+            click.echo(
+                f"    channel {entry.channel!r} is not configured: nothing is sent until it is "
+                f"again, or `outbox reassign {entry.channel} NEW`; "
+                "`outbox purge --unconfigured` deletes"
+            )
         if entry.last_error:
             click.echo(f"    last error: {entry.last_error}")
     click.echo(f"({summary})")
+    if orphans:
+        names = ", ".join(f"{name} ({count})" for name, count in sorted(orphans.items()))
+        click.echo(f"waiting for channels that are not configured: {names}")
 
 
 @outbox.command("retry")
@@ -157,6 +171,11 @@ def outbox_retry(
     help="Only rows last updated before this long ago (30d, 12h, 90m, seconds).",
 )
 @click.option("--channel", metavar="NAME", help="Only this channel's deliveries.")
+@click.option(
+    "--unconfigured",
+    is_flag=True,
+    help="Delete the pending and dead deliveries of channels that are not configured.",
+)
 @pass_context
 def outbox_purge(
     context: Context,
@@ -165,28 +184,69 @@ def outbox_purge(
     dead: bool,
     older_than: str | None,
     channel: str | None,
+    unconfigured: bool,
 ) -> None:
-    """Delete delivered (and, with --dead, dead) outbox rows; the events stay recorded."""
+    """Delete delivered (and, with --dead, dead) outbox rows; the events stay recorded.
+
+    With --unconfigured: only the waiting (pending and dead) deliveries of channels that are
+    no longer in the configuration."""
     from notifier import outbox as outbox_module
     from notifier.cli.core import open_store
 
-    states = [state for state, wanted in (("sent", sent), ("dead", dead)) if wanted]
+    if unconfigured:
+        states = ["pending", "dead"]
+    else:
+        states = [state for state, wanted in (("sent", sent), ("dead", dead)) if wanted]
     if not states:
         raise click.UsageError("nothing to purge: give --sent and/or --dead")
     cutoff = None
     if older_than is not None:
         cutoff = int((time.time() - _parse_duration(older_than)) * 1000)
-    context.config()
+    config = context.config()
     try:
         engine = open_store(context)
         count = outbox_module.purge(
-            engine, states=states, older_than_ms=cutoff, ids=ids, channel=channel
+            engine,
+            states=states,
+            older_than_ms=cutoff,
+            ids=ids,
+            channel=channel,
+            unconfigured=[item.name for item in config.channels] if unconfigured else None,
         )
     except NotifierError as exc:
         fail(exc)
     finally:
         context.close()
-    click.echo(f"purged {count} {'/'.join(states)} deliver{'y' if count == 1 else 'ies'}")
+    what = "unconfigured channels'" if unconfigured else "/".join(states)
+    click.echo(f"purged {count} {what} deliver{'y' if count == 1 else 'ies'}")
+
+
+@outbox.command("reassign")
+@click.argument("old")
+@click.argument("new")
+@pass_context
+def outbox_reassign(context: Context, old: str, new: str) -> None:
+    """Hand the pending and dead deliveries of channel OLD to channel NEW (after renaming a
+    channel), due now with a fresh attempt count.
+
+    URLs both channels have keep what they already received: it is not sent again."""
+    from notifier import outbox as outbox_module
+    from notifier.cli.core import open_store
+
+    config = context.config()
+    if new not in {item.name for item in config.channels}:
+        known = ", ".join(item.name for item in config.channels) or "none configured"
+        raise click.BadParameter(f"no channel named {new!r} (known: {known})", param_hint="NEW")
+    if old == new:
+        raise click.BadParameter("OLD and NEW are the same channel", param_hint="NEW")
+    try:
+        engine = open_store(context)
+        count = outbox_module.reassign(engine, old=old, new=new, now_ms=int(time.time() * 1000))
+    except NotifierError as exc:
+        fail(exc)
+    finally:
+        context.close()
+    click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} of {old} handed to {new}, due now")
 
 
 @outbox.command("dispatch")
@@ -277,6 +337,7 @@ def test_channel(context: Context, name: str) -> None:
                 timezone=channel.timezone,
                 budget=target.budget,
                 title_max=target.title_max,
+                dialect=target.dialect,
             )
             message = render_message(events, record, options, templates)
             result = target.send(

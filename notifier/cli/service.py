@@ -145,7 +145,9 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     try:
         db.require_current(engine)
         states = source_statuses(engine)
-        summary = outbox_summary(engine, int(now * 1000))
+        summary = outbox_summary(
+            engine, int(now * 1000), [channel.name for channel in config.channels]
+        )
         lock = InstanceLock(engine)
         holder = lock.holder()
         can_tell = lock.path is not None
@@ -181,6 +183,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
             "oldest_pending_age": summary.oldest_pending_age(int(now * 1000)),
             "dead": summary.dead,
             "sent": summary.sent,
+            "unconfigured_channels": dict(sorted(summary.unconfigured.items())),
         },
     }
 
@@ -234,6 +237,13 @@ def status(context: Context, as_json: bool) -> None:
         f"outbox: {outbox['pending']} pending ({outbox['due']} due){oldest}; "
         f"{outbox['dead']} dead; {outbox['sent']} sent"
     )
+    waiting = outbox["unconfigured_channels"]
+    if waiting:
+        names = ", ".join(f"{name} ({count})" for name, count in waiting.items())
+        click.echo(
+            f"  waiting for channels that are not configured: {names} "
+            "(see `outbox reassign` / `outbox purge --unconfigured`)"
+        )
 
 
 # -- print-unit -----------------------------------------------------------------------------
