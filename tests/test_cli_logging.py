@@ -136,3 +136,20 @@ def test_dry_runs_also_rest_a_refused_key(tmp_path: Path) -> None:
             result = CliRunner().invoke(main, ["--config", str(config), "poll", "--dry-run"])
             assert result.exit_code == 69
     assert route.call_count == 1
+
+
+def test_outbox_dispatch_refuses_beside_a_running_service(tmp_path: Path) -> None:
+    from notifier.store import db
+    from notifier.store.lock import InstanceLock
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    config = write_config(tmp_path, service={"database": url})
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with InstanceLock(engine):  # what `run` holds
+        refused = CliRunner().invoke(main, ["--config", str(config), "outbox", "dispatch"])
+    engine.dispose()
+    assert refused.exit_code == 69
+    assert "the running service delivers due rows itself" in refused.stderr
+    done = CliRunner().invoke(main, ["--config", str(config), "outbox", "dispatch"])
+    assert done.exit_code == 0

@@ -89,11 +89,9 @@ def open_store(context: Context, *, dry_run: bool = False) -> Engine:
     return engine
 
 
-def hold_instance_lock(context: Context, engine: Engine) -> None:
-    """Take the lock ``run`` holds, for the length of the command: one writer per database.
-
-    A running service refuses the command with exit 69 (``poll --dry-run`` still works).
-    """
+def hold_instance_lock(context: Context, engine: Engine, *, hint: str) -> None:
+    """Take the lock ``run`` holds, for the length of the command: one writer and one
+    dispatcher per database. A running service refuses the command with exit 69."""
     from notifier.errors import AlreadyRunning
     from notifier.store.lock import InstanceLock
 
@@ -102,7 +100,7 @@ def hold_instance_lock(context: Context, engine: Engine) -> None:
         lock.acquire()
     except AlreadyRunning as exc:
         context.close()
-        click.echo(f"error: {exc}; `poll --dry-run` works beside it", err=True)
+        click.echo(f"error: {exc}; {hint}", err=True)
         sys.exit(EX_UNAVAILABLE)
     context.on_close(lock.release)
 
@@ -133,7 +131,7 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
     try:
         engine = open_store(context, dry_run=dry_run)
         if not dry_run:
-            hold_instance_lock(context, engine)
+            hold_instance_lock(context, engine, hint="`poll --dry-run` works beside it")
         with Poller(config, engine) as poller:
             for source in sources:
                 result = poller.poll_source(source, dry_run=dry_run)

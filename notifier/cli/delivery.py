@@ -254,12 +254,13 @@ def outbox_reassign(context: Context, old: str, new: str) -> None:
 @pass_context
 def outbox_dispatch(context: Context, limit: int | None) -> None:
     """Send the deliveries that are due now (what `run` does between polls)."""
-    from notifier.cli.core import open_store
+    from notifier.cli.core import hold_instance_lock, open_store
     from notifier.outbox import Dispatcher
 
     config = context.config()
     try:
         engine = open_store(context)
+        hold_instance_lock(context, engine, hint="the running service delivers due rows itself")
         stats = Dispatcher(config, engine).dispatch_due(limit=limit)
     except NotifierError as exc:
         fail(exc)
