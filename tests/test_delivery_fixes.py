@@ -10,12 +10,9 @@ import itertools
 import json
 import logging
 import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -23,6 +20,7 @@ from unittest import mock
 import pytest
 import requests
 from click.testing import CliRunner
+from config_support import channel, write_config
 from delivery_support import (
     NOW_MS,
     T0_NS,
@@ -35,6 +33,7 @@ from delivery_support import (
     step,
     sub,
 )
+from net_support import Receiver, http_receiver
 from sqlalchemy import Engine, select, update
 
 from notifier import outbox as outbox_module
@@ -66,56 +65,8 @@ S = 1_000_000_000
 # -- helpers ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Inbox:
-    """A local HTTP receiver: every POST body, answered with ``status``."""
-
-    status: int = 200
-    port: int = 0
-    bodies: list[Any] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.port}/"
-
-    def received(self) -> list[Any]:
-        with self.lock:
-            return list(self.bodies)
-
-
-@contextmanager
-def _inbox(status: int = 200) -> Iterator[_Inbox]:
-    inbox = _Inbox(status=status)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            with inbox.lock:
-                if inbox.status < 300:
-                    inbox.bodies.append(json.loads(body))
-            self.send_response(inbox.status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    inbox.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield inbox
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def _json_url(receiver: Receiver) -> str:
+    return f"json://{receiver.base}/"
 
 
 def _rows(engine: Engine) -> list[Any]:
@@ -133,28 +84,6 @@ def _dispatcher(engine: Engine, channels: list[ChannelConfig], **delivery: Any) 
 def _operation(number: int, status: str = "failed") -> tuple[list[Event], Any]:
     rec = record(operation_id=f"BCSSVC01-99-17000000000000009{number:02d}", status=status)
     return [status_event(rec, "processing", status)], rec
-
-
-def _write_config(tmp_path: Path, channels: str, **extra: str) -> Path:
-    path = tmp_path / "notifier.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [service]
-            database = "sqlite:///{tmp_path / "state.db"}"
-
-            [[sources]]
-            name = "prod"
-            endpoint = "https://bcs.example.test"
-            project_id = "p1"
-            [sources.auth]
-            type = "token"
-            token = "t"
-            """
-        )
-        + textwrap.dedent(channels)
-    )
-    return path
 
 
 def _cli(config: Path, *args: str) -> tuple[int, str]:
@@ -235,15 +164,16 @@ def test_check_templates_reports_every_failure_as_a_problem(
 
 
 def test_check_config_exits_78_with_the_key_path_for_a_runaway_template(tmp_path: Path) -> None:
-    config = _write_config(
+    config = write_config(
         tmp_path,
-        """
-        [[channels]]
-        name = "chat"
-        urls = ["console://"]
-        title = "{% for i in range(100000000) %}x{% endfor %}"
-        body = "n={{ 100 // (events|length - 1) }}"
-        """,
+        channels=[
+            channel(
+                "chat",
+                "console://",
+                title="{% for i in range(100000000) %}x{% endfor %}",
+                body="n={{ 100 // (events|length - 1) }}",
+            )
+        ],
     )
     code, output = _cli(config, "check-config")
     assert code == 78, output
@@ -255,16 +185,16 @@ def test_check_config_exits_78_with_the_key_path_for_a_runaway_template(tmp_path
 def test_a_template_failing_for_some_data_falls_back_and_the_batch_goes_on(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with _inbox() as inbox:
+    with http_receiver() as inbox:
         channel = ChannelConfig(
-            name="c", urls=(inbox.url,), body="n={{ 100 // (events|length - 1) }}"
+            name="c", urls=(_json_url(inbox),), body="n={{ 100 // (events|length - 1) }}"
         )
         for number in range(3):
             group_events, rec = _operation(number)
             insert_group(engine, group_events, rec, ["c"])
         with caplog.at_level(logging.WARNING, logger="notifier.outbox"):
             stats = _dispatcher(engine, [channel]).dispatch_due()
-        bodies = inbox.received()
+        bodies = inbox.bodies()
     assert stats.sent == 3
     assert len(bodies) == 3
     assert all("processing → failed" in body["message"] for body in bodies)  # the default
@@ -284,8 +214,8 @@ def test_an_unexpected_error_for_one_row_fails_that_row_only(
         return real(group_events, *args, **kwargs)
 
     monkeypatch.setattr(outbox_module, "render_message", render)
-    with _inbox() as inbox:
-        channel = ChannelConfig(name="c", urls=(inbox.url,))
+    with http_receiver() as inbox:
+        channel = ChannelConfig(name="c", urls=(_json_url(inbox),))
         for number in range(3):
             group_events, rec = _operation(number)
             insert_group(engine, group_events, rec, ["c"])
@@ -296,7 +226,7 @@ def test_an_unexpected_error_for_one_row_fails_that_row_only(
             for _ in range(5):
                 dispatcher.clock.advance(3600)  # type: ignore[attr-defined]
                 dispatcher.dispatch_due()
-        received = len(inbox.received())
+        received = len(inbox.bodies())
     assert (first.sent, first.failed) == (2, 1)
     failed = rows[1]
     assert (failed.state, failed.attempts) == ("pending", 1)
@@ -309,8 +239,8 @@ def test_an_unexpected_error_for_one_row_fails_that_row_only(
 
 
 def test_an_unreadable_stored_event_fails_its_row_only(engine: Engine) -> None:
-    with _inbox() as inbox:
-        channel = ChannelConfig(name="c", urls=(inbox.url,))
+    with http_receiver() as inbox:
+        channel = ChannelConfig(name="c", urls=(_json_url(inbox),))
         groups = []
         for number in range(3):
             group_events, rec = _operation(number)
@@ -320,7 +250,7 @@ def test_an_unreadable_stored_event_fails_its_row_only(engine: Engine) -> None:
                 update(events).where(events.c.group_id == groups[0]).values(payload="{not json")
             )
         stats = _dispatcher(engine, [channel]).dispatch_due()
-        received = len(inbox.received())
+        received = len(inbox.bodies())
     assert (stats.sent, stats.failed, received) == (2, 1, 2)
     broken = _rows(engine)[0]
     assert broken.state == "pending"
@@ -517,39 +447,39 @@ def test_outbox_retry_is_noticed_within_the_recheck_interval(
 def test_removing_the_url_that_succeeded_still_delivers_to_the_one_that_failed(
     engine: Engine,
 ) -> None:
-    with _inbox() as good, _inbox(status=500) as bad:
+    with http_receiver() as good, http_receiver(default_status=500) as bad:
         group_events, rec = _operation(1)
         insert_group(engine, group_events, rec, ["c"])
-        both = ChannelConfig(name="c", urls=(good.url, bad.url))
+        both = ChannelConfig(name="c", urls=(_json_url(good), _json_url(bad)))
         first = _dispatcher(engine, [both]).dispatch_due()
         [row] = _rows(engine)
-        assert (first.failed, json.loads(row.done_targets)) == (1, [url_key(good.url)])
-        bad.status = 200
-        only_b = ChannelConfig(name="c", urls=(bad.url,))  # A removed: B is now position 0
+        assert (first.failed, json.loads(row.done_targets)) == (1, [url_key(_json_url(good))])
+        bad.default_status = 200
+        only_b = ChannelConfig(name="c", urls=(_json_url(bad),))  # A removed: B is now position 0
         outbox_module.retry(engine, now_ms=NOW_MS, include_pending=True)
         second = _dispatcher(engine, [only_b]).dispatch_due()
-        received = (len(good.received()), len(bad.received()))
+        received = (len(good.bodies()), len(bad.bodies()))
     assert second.sent == 1
     assert received == (1, 1)  # B got it; A was not asked again
 
 
 def test_rows_with_positional_keys_are_read_as_before(engine: Engine) -> None:
     """Rows written before the keys came from URLs: "0" still means the first URL."""
-    with _inbox() as first_url, _inbox() as second_url:
+    with http_receiver() as first_url, http_receiver() as second_url:
         group_events, rec = _operation(1)
         insert_group(engine, group_events, rec, ["c"])
         with engine.begin() as connection:
             connection.execute(update(outbox).values(done_targets='["0"]'))
-        channel = ChannelConfig(name="c", urls=(first_url.url, second_url.url))
+        channel = ChannelConfig(name="c", urls=(_json_url(first_url), _json_url(second_url)))
         stats = _dispatcher(engine, [channel]).dispatch_due()
-        received = (len(first_url.received()), len(second_url.received()))
+        received = (len(first_url.bodies()), len(second_url.bodies()))
     assert stats.sent == 1
     assert received == (0, 1)
-    assert json.loads(_rows(engine)[0].done_targets) == ["0", url_key(second_url.url)]
+    assert json.loads(_rows(engine)[0].done_targets) == ["0", url_key(_json_url(second_url))]
 
 
 def test_webhook_keys_are_per_url_and_event(engine: Engine) -> None:
-    with _inbox() as inbox:
+    with http_receiver() as inbox:
         url = f"webhook://127.0.0.1:{inbox.port}/hook"
         rec = record(status="failed")
         group_events = [
@@ -587,8 +517,8 @@ def test_rows_of_a_renamed_channel_wait_and_can_be_reassigned(
     for number in range(3):
         group_events, rec = _operation(number)
         insert_group(engine, group_events, rec, ["hook"])
-    with _inbox() as inbox:
-        renamed = ChannelConfig(name="hook-renamed", urls=(inbox.url,))
+    with http_receiver() as inbox:
+        renamed = ChannelConfig(name="hook-renamed", urls=(_json_url(inbox),))
         dispatcher = _dispatcher(engine, [renamed], max_attempts=1)
         with caplog.at_level(logging.WARNING, logger="notifier.outbox"):
             for _ in range(3):
@@ -605,27 +535,20 @@ def test_rows_of_a_renamed_channel_wait_and_can_be_reassigned(
 
         assert outbox_module.reassign(engine, old="hook", new="hook-renamed", now_ms=NOW_MS) == 3
         assert dispatcher.dispatch_due().sent == 3
-        assert len(inbox.received()) == 3
+        assert len(inbox.bodies()) == 3
 
 
 def test_the_cli_shows_reassigns_and_purges_rows_of_unconfigured_channels(
     tmp_path: Path,
 ) -> None:
-    config = _write_config(
-        tmp_path,
-        """
-        [[channels]]
-        name = "chat"
-        urls = ["console://"]
-        """,
-    )
+    config = write_config(tmp_path, channels=[channel("chat", "console://")])
     from notifier.store import db
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
     db.upgrade(engine)
-    for number, channel in enumerate(("old", "old", "gone")):
+    for number, name in enumerate(("old", "old", "gone")):
         group_events, rec = _operation(number)
-        insert_group(engine, group_events, rec, [channel])
+        insert_group(engine, group_events, rec, [name])
     code, listed = _cli(config, "outbox", "list")
     assert code == 0
     assert "channel 'old' is not configured" in listed

@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from config_support import channel, write_config
 from delivery_support import (
     FakeClock,
     insert_group,
@@ -165,25 +166,8 @@ def test_check_config_reports_a_bad_url_with_its_key_path_and_exit_78(tmp_path: 
 
     from notifier.cli import main
 
-    config = tmp_path / "notifier.toml"
-    config.write_text(
-        f"""
-[service]
-database = "sqlite:///{tmp_path / "state.db"}"
-
-[[sources]]
-name = "prod"
-endpoint = "https://bcs.example.test"
-project_id = "p1"
-[sources.auth]
-type = "token"
-token = "t"
-
-[[channels]]
-name = "ops"
-urls = ["console://", "slack://T1s3cr3tT0k3n/B2", "json://127.0.0.1/"]
-"""
-    )
+    urls = ("console://", "slack://T1s3cr3tT0k3n/B2", "json://127.0.0.1/")
+    config = write_config(tmp_path, channels=[channel("ops", *urls)])
     result = CliRunner().invoke(main, ["--config", str(config), "outbox", "list"])
     assert result.exit_code == 78
     assert "channels[0].urls[1]" in result.output
