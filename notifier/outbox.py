@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypedDict
 
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -140,6 +140,34 @@ class _Row:
     deferred_until: int | None = None
     attempted: bool = False
     broken: str | None = None  # the stored events or record cannot be read
+
+
+class _RowKeys(TypedDict):
+    """The columns an outbox row and its listing share: the row, its channel, its group."""
+
+    id: int
+    group_id: str
+    channel: str
+    attempts: int
+    source: str
+    operation_id: str
+
+
+def _row_keys(item: Any) -> _RowKeys:
+    """``_RowKeys`` of a result row that selects the outbox and event group columns."""
+    return _RowKeys(
+        id=item.id,
+        group_id=item.group_id,
+        channel=item.channel,
+        attempts=item.attempts,
+        source=item.source,
+        operation_id=item.operation_id,
+    )
+
+
+def _done_targets(text: str | None) -> list[str]:
+    """The keys of a row's ``done_targets`` JSON list (raises ValueError or TypeError)."""
+    return [str(key) for key in json.loads(text or "[]")]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -314,20 +342,15 @@ class Dispatcher:
                     records[item.group_id] = None
                     broken[item.group_id] = f"stored operation record unreadable: {_one_line(exc)}"
             try:
-                done = [str(key) for key in json.loads(item.done_targets or "[]")]
+                done = _done_targets(item.done_targets)
             except (ValueError, TypeError) as exc:
                 done = []
                 broken.setdefault(item.group_id, f"done_targets unreadable: {_one_line(exc)}")
             rows.append(
                 _Row(
-                    id=item.id,
-                    group_id=item.group_id,
-                    channel=item.channel,
-                    attempts=item.attempts,
+                    **_row_keys(item),
                     created_at=item.age_from,
                     done=done,
-                    source=item.source,
-                    operation_id=item.operation_id,
                     group_created_at=item.group_created_at,
                     record=records[item.group_id],
                     events=[],
@@ -673,18 +696,13 @@ def list_entries(
     with engine.connect() as connection:
         return [
             OutboxEntry(
-                id=row.id,
-                channel=row.channel,
+                **_row_keys(row),
                 state=row.state,
-                attempts=row.attempts,
-                source=row.source,
-                operation_id=row.operation_id,
-                group_id=row.group_id,
                 created_at=row.created_at,
                 next_attempt_at=row.next_attempt_at,
                 updated_at=row.updated_at,
                 last_error=row.last_error,
-                done_targets=tuple(json.loads(row.done_targets or "[]")),
+                done_targets=tuple(_done_targets(row.done_targets)),
                 events=row.events,
             )
             for row in connection.execute(query)
