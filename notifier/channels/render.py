@@ -752,45 +752,20 @@ class _Renderer:
         return notes
 
 
-class _MarkdownRenderer(_Renderer):
-    def __init__(self, escape: Callable[[object], str] = escape_markdown) -> None:
+class _TextRenderer(_Renderer):
+    """Blocks of lines; the Markdown renderer differs only in the markup of a few parts."""
+
+    steps_title = "Steps:"
+    sub_prefix = "   - "
+
+    def __init__(self, escape: Callable[[object], str] = escape_text) -> None:
         super().__init__(escape)
 
-    def strong(self, value: str, *, escaped: bool = False) -> str:
-        inner = value if escaped else self.text(value)
-        return f"**{inner}**" if inner else inner
+    def note(self, note: str) -> str:
+        return note
 
-    def render(self, doc: _Document) -> str:
-        blocks: list[str] = []
-        if doc.headline:
-            blocks.append(self.headline(doc))
-        if doc.transitions:
-            lines = [f"- {self.transition_line(item, doc)}" for item in doc.transitions]
-            blocks.append("\n".join(lines))
-        if doc.show_tree and doc.steps:
-            lines = ["**Steps**"]
-            for step in doc.steps:
-                lines.append(self.step_head(step))
-                lines.extend(f"    - {self.sub_text(sub, doc)}" for sub in step.sub_lines)
-                if step.omitted:
-                    lines.append(f"    - {_omitted_text(step.omitted)}")
-            blocks.append("\n".join(lines))
-        notes = self.notes(doc)
-        if notes:
-            blocks.append("\n".join(f"_{note}_" for note in notes))
-        if doc.facts:
-            blocks.append("\n".join(f"{label}: `{_code(value)}`" for label, value in doc.facts))
-        return "\n\n".join(blocks)
-
-
-def _code(value: str) -> str:
-    """Inline code content: backticks cannot be escaped inside a code span, so drop them."""
-    return one_line(value).replace("`", "'")
-
-
-class _TextRenderer(_Renderer):
-    def __init__(self) -> None:
-        super().__init__(escape_text)
+    def fact(self, label: str, value: str) -> str:
+        return f"{label}: {one_line(value)}"
 
     def render(self, doc: _Document) -> str:
         blocks: list[str] = []
@@ -799,19 +774,44 @@ class _TextRenderer(_Renderer):
         if doc.transitions:
             blocks.append("\n".join(f"- {self.transition_line(t, doc)}" for t in doc.transitions))
         if doc.show_tree and doc.steps:
-            lines = ["Steps:"]
+            lines = [self.steps_title]
             for step in doc.steps:
                 lines.append(self.step_head(step))
-                lines.extend(f"   - {self.sub_text(sub, doc)}" for sub in step.sub_lines)
+                lines.extend(
+                    f"{self.sub_prefix}{self.sub_text(sub, doc)}" for sub in step.sub_lines
+                )
                 if step.omitted:
-                    lines.append(f"   - {_omitted_text(step.omitted)}")
+                    lines.append(f"{self.sub_prefix}{_omitted_text(step.omitted)}")
             blocks.append("\n".join(lines))
         notes = self.notes(doc)
         if notes:
-            blocks.append("\n".join(notes))
+            blocks.append("\n".join(self.note(note) for note in notes))
         if doc.facts:
-            blocks.append("\n".join(f"{label}: {one_line(value)}" for label, value in doc.facts))
+            blocks.append("\n".join(self.fact(label, value) for label, value in doc.facts))
         return "\n\n".join(blocks)
+
+
+class _MarkdownRenderer(_TextRenderer):
+    steps_title = "**Steps**"
+    sub_prefix = "    - "
+
+    def __init__(self, escape: Callable[[object], str] = escape_markdown) -> None:
+        super().__init__(escape)
+
+    def strong(self, value: str, *, escaped: bool = False) -> str:
+        inner = value if escaped else self.text(value)
+        return f"**{inner}**" if inner else inner
+
+    def note(self, note: str) -> str:
+        return f"_{note}_"
+
+    def fact(self, label: str, value: str) -> str:
+        return f"{label}: `{_code(value)}`"
+
+
+def _code(value: str) -> str:
+    """Inline code content: backticks cannot be escaped inside a code span, so drop them."""
+    return one_line(value).replace("`", "'")
 
 
 _CELL: Final = 'align="left"'
