@@ -28,6 +28,15 @@ exponential backoff and jitter (``[delivery]`` settings, persisted in ``next_att
 until ``max_attempts`` or ``max_age``, then it is ``dead`` and stays visible
 (``outbox list``) until ``outbox retry`` or ``outbox purge``.
 
+Recording: every success and every row's new state go to a
+:class:`~notifier.store.outbox_writes.ResultWriter`, which commits them in batches from a
+writer thread while the next request is on the wire; a crash re-sends only what was not
+recorded yet (with the same ``webhook-id``), and each dispatch ends with all of it committed.
+
+Stopping: :meth:`Dispatcher.stop_within` makes a running dispatch stop taking rows when the
+time is up and bounds each send by what is left of it; a send cut short by the stop is not
+a failed attempt: its rows stay due as they were, for the next start.
+
 Pacing: a service's own rate (apprise's ``request_rate_per_sec``, e.g. Slack's 1.2 s) is
 kept between two sends to the same target; a dispatch waits at most ``pacing_budget``
 seconds in total and defers the rest (no attempt counted), so a backlog never bursts.
@@ -52,6 +61,7 @@ from notifier.channels.targets import SendResult, Target, UnloadableURL, build_t
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, cloudevent
+from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import event_groups, events, outbox
 from notifier.store.status import next_attempt_at
 
@@ -140,6 +150,7 @@ class _Row:
     deferred_until: int | None = None
     attempted: bool = False
     broken: str | None = None  # the stored events or record cannot be read
+    interrupted: bool = False  # a send was cut short by the stop: the row stays as it was
 
 
 class _RowKeys(TypedDict):
@@ -219,6 +230,8 @@ class Dispatcher:
         self._waited = 0.0
         self._warned_unconfigured: dict[str, float] = {}
         self._reported: set[tuple[str, str]] = set()
+        self._writer: ResultWriter | None = None
+        self._stop_at: float | None = None  # self.clock() time; set by stop_within()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -233,8 +246,17 @@ class Dispatcher:
             self._warn_unconfigured()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the outbox: {exc}") from exc
-        for channel_name, rows in bundles:
-            self._dispatch_bundle(channel_name, rows, stats)
+        self._writer = ResultWriter(self.engine)
+        try:
+            for channel_name, rows in bundles:
+                if self._out_of_time():
+                    break  # stopping: the rest stays due
+                self._dispatch_bundle(channel_name, rows, stats)
+            self._writer.flush()
+        finally:
+            self._writer.close()
+            self._writer = None
+            self.close()  # connections live for one dispatch (keep-alive within its batch)
         if stats.handled:
             logger.info(
                 "dispatched: %d sent, %d retrying, %d dead, %d deferred",
@@ -244,6 +266,20 @@ class Dispatcher:
                 stats.deferred,
             )
         return stats
+
+    def stop_within(self, seconds: float) -> None:
+        """Stop: no send starts after ``seconds`` from now and none lasts beyond that.
+        Safe to call from another thread while a dispatch runs (the service's stop)."""
+        self._stop_at = self.clock() + max(0.0, seconds)
+
+    def close(self) -> None:
+        """Close the targets' connections (they reopen on the next send)."""
+        for targets in self._targets.values():
+            for target in targets:
+                target.close()
+
+    def _out_of_time(self) -> bool:
+        return self._stop_at is not None and self.clock() >= self._stop_at
 
     def next_due_at(self) -> float | None:
         """When the earliest pending row of a configured channel is due (seconds since the
@@ -460,10 +496,17 @@ class Dispatcher:
         for row in rows:
             row.deferred_until = max(row.deferred_until or 0, until)
 
-    def _deliver(self, target: Target, **message: str) -> SendResult:
-        self._flush_done()  # every earlier success is committed before more network I/O
-        result = target.send(**message)
+    def _deliver(self, target: Target, rows: Sequence[_Row], **message: Any) -> SendResult:
+        """One send, bounded by what is left of a stop; a send the stop cut short leaves
+        ``rows`` as they were (``interrupted``): not an attempt, due again at the next start."""
+        timeout = target.timeout
+        if self._stop_at is not None:
+            timeout = min(timeout, self._stop_at - self.clock())
+        result = target.send(**message, timeout=timeout)
         self._last_send[target.pacing_key] = self.clock()
+        if not result.ok and self._out_of_time():
+            for row in rows:
+                row.interrupted = True
         return result
 
     def _send_message(
@@ -481,6 +524,8 @@ class Dispatcher:
         merged = [event for row in waiting for event in matched[row.id]]
         if not merged:  # nothing this channel wants (filters changed): done for this target
             self._mark_done(waiting, [key] * len(waiting))
+            return
+        if self._out_of_time():
             return
         if not self._pace(target):
             self._defer(waiting, target)
@@ -505,24 +550,56 @@ class Dispatcher:
                     exc,
                 )
             message = render_message(merged, record, options)
+        alternatives = self._alternatives(channel, target, merged, record, options)
         for row in waiting:
             row.attempted = True
         stats.messages += 1
         stats.channel(channel.name).messages += 1
         result = self._deliver(
             target,
+            waiting,
             title=message.title,
             body=message.body,
             notify_type=message.notify_type,
             body_format=message.format,
+            alternatives=alternatives,
         )
         if result.ok:
             self._mark_done(waiting, [key] * len(waiting))
-        else:
+        elif not waiting[0].interrupted:
             error = f"{target.safe_url}: {result.error}"
             logger.warning("channel %s: delivery failed: %s", channel.name, error)
             for row in waiting:
                 row.errors.append(error)
+
+    def _alternatives(
+        self,
+        channel: ChannelConfig,
+        target: Target,
+        merged: Sequence[Event],
+        record: OperationRecord | None,
+        options: RenderOptions,
+    ) -> dict[str, str]:
+        """The other formats the target's sender wants (email: the plain-text part), each
+        rendered from the same events, with the channel's templates where they render."""
+        result: dict[str, str] = {}
+        for fmt in target.alternatives:
+            if fmt == options.format:
+                continue
+            other = RenderOptions(
+                format=fmt,
+                timezone=options.timezone,
+                budget=0,
+                title_max=options.title_max,
+                dialect="commonmark",
+            )
+            try:
+                result[fmt] = render_message(
+                    merged, record, other, self._templates_for(channel)
+                ).body
+            except TemplateError:
+                result[fmt] = render_message(merged, record, other).body
+        return result
 
     def _send_webhook(
         self,
@@ -543,6 +620,8 @@ class Dispatcher:
                     row.attempted = True
                     row.errors.append(blocked)
                     break
+                if self._out_of_time():
+                    return
                 if not self._pace(target):
                     self._defer([row], target)
                     break
@@ -551,11 +630,19 @@ class Dispatcher:
                 stats.channel(channel.name).messages += 1
                 body = json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":"))
                 result = self._deliver(
-                    target, title=str(event.type), body=body, notify_type="info", body_format="text"
+                    target,
+                    [row],
+                    title=str(event.type),
+                    body=body,
+                    notify_type="info",
+                    body_format="text",
+                    event_id=event.id,
                 )
                 if result.ok:
                     self._mark_done([row], [key])
                     continue
+                if row.interrupted:
+                    return
                 error = f"{target.safe_url}: {result.error}"
                 logger.warning("channel %s: webhook failed: %s", channel.name, error)
                 row.errors.append(error)
@@ -572,29 +659,24 @@ class Dispatcher:
     # -- recording ----------------------------------------------------------------------------
 
     def _mark_done(self, rows: Sequence[_Row], keys: Sequence[str]) -> None:
-        """Note a success; it is committed before the next send or with the row's new state,
-        so a crash never makes a retry re-send to a target that already has it (only a crash
-        between the target's answer and that commit can, which at-least-once allows)."""
+        """Note a success; the writer commits it while the next request is on the wire, so
+        a crash re-sends only results not recorded yet (at-least-once, same ids)."""
+        now_ms = self._now_ms()
         for row, key in zip(rows, keys, strict=True):
             if key not in row.done:
                 row.done.append(key)
             self._unsaved[row.id] = row
+            self._write(row.id, {"done_targets": json.dumps(row.done), "updated_at": now_ms})
 
-    def _flush_done(self) -> None:
-        if not self._unsaved:
+    def _write(self, row_id: int, values: Mapping[str, Any]) -> None:
+        if self._writer is not None:
+            self._writer.write(row_id, values)
             return
-        now_ms = self._now_ms()
-        try:
+        try:  # outside dispatch_due (tests driving one bundle): commit at once
             with self.engine.begin() as connection:
-                for row in self._unsaved.values():
-                    connection.execute(
-                        update(outbox)
-                        .where(outbox.c.id == row.id)
-                        .values(done_targets=json.dumps(row.done), updated_at=now_ms)
-                    )
+                connection.execute(update(outbox).where(outbox.c.id == row_id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record a delivery: {exc}") from exc
-        self._unsaved.clear()
 
     def _complete(self, row: _Row) -> bool:
         """Whether every target of the row's channel has what the row carries for it."""
@@ -607,59 +689,58 @@ class Dispatcher:
     def _finish(self, rows: Sequence[_Row], stats: DispatchStats, channel: str) -> None:
         now_ms = self._now_ms()
         delivery = self.config.delivery
-        with self.engine.begin() as connection:
-            for row in rows:
-                values: dict[str, Any]
-                if self._complete(row):
-                    state, values = SENT, {"state": SENT, "last_error": None}
-                elif not row.attempted and row.deferred_until is not None:
+        for row in rows:
+            values: dict[str, Any]
+            if self._complete(row):
+                state, values = SENT, {"state": SENT, "last_error": None}
+            elif not row.attempted and row.deferred_until is not None:
+                state = "deferred"
+                values = {"next_attempt_at": row.deferred_until}
+            elif not row.attempted or (row.interrupted and not row.errors):
+                if row.id not in self._unsaved:
+                    continue  # pulled into the bundle but nothing was tried for it
+                state, values = "", {}  # only its bookkeeping changed
+            else:
+                attempts = row.attempts + 1
+                too_old = now_ms - row.created_at >= delivery.max_age * 1000
+                error = "; ".join(dict.fromkeys(row.errors))[:2000] or None
+                if row.deferred_until is not None and not row.errors:
                     state = "deferred"
                     values = {"next_attempt_at": row.deferred_until}
-                elif not row.attempted:
-                    if row.id not in self._unsaved:
-                        continue  # pulled into the bundle but nothing was tried for it
-                    state, values = "", {}  # only its bookkeeping changed
+                elif attempts >= delivery.max_attempts or too_old:
+                    state = DEAD
+                    reason = "max_age reached" if too_old else f"{attempts} attempts"
+                    values = {
+                        "state": DEAD,
+                        "attempts": attempts,
+                        "last_error": f"dead after {reason}: {error or 'no detail'}"[:2000],
+                    }
+                    logger.error(
+                        "delivery %d to channel %s is dead (%s): %s",
+                        row.id,
+                        channel,
+                        reason,
+                        error,
+                    )
                 else:
-                    attempts = row.attempts + 1
-                    too_old = now_ms - row.created_at >= delivery.max_age * 1000
-                    error = "; ".join(dict.fromkeys(row.errors))[:2000] or None
-                    if row.deferred_until is not None and not row.errors:
-                        state = "deferred"
-                        values = {"next_attempt_at": row.deferred_until}
-                    elif attempts >= delivery.max_attempts or too_old:
-                        state = DEAD
-                        reason = "max_age reached" if too_old else f"{attempts} attempts"
-                        values = {
-                            "state": DEAD,
-                            "attempts": attempts,
-                            "last_error": f"dead after {reason}: {error or 'no detail'}"[:2000],
-                        }
-                        logger.error(
-                            "delivery %d to channel %s is dead (%s): %s",
-                            row.id,
-                            channel,
-                            reason,
-                            error,
-                        )
-                    else:
-                        state = PENDING
-                        delay = backoff_seconds(
-                            attempts, delivery.backoff_initial, delivery.backoff_max, self.rand
-                        )
-                        next_at = now_ms + int(delay * 1000)
-                        if row.deferred_until is not None:
-                            next_at = max(next_at, row.deferred_until)
-                        values = {
-                            "attempts": attempts,
-                            "next_attempt_at": next_at,
-                            "last_error": error,
-                        }
-                values["updated_at"] = now_ms
-                values["done_targets"] = json.dumps(row.done)
-                connection.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
-                self._unsaved.pop(row.id, None)
-                if state:
-                    stats.count(channel, state)
+                    state = PENDING
+                    delay = backoff_seconds(
+                        attempts, delivery.backoff_initial, delivery.backoff_max, self.rand
+                    )
+                    next_at = now_ms + int(delay * 1000)
+                    if row.deferred_until is not None:
+                        next_at = max(next_at, row.deferred_until)
+                    values = {
+                        "attempts": attempts,
+                        "next_attempt_at": next_at,
+                        "last_error": error,
+                    }
+            values["updated_at"] = now_ms
+            values["done_targets"] = json.dumps(row.done)
+            self._write(row.id, values)
+            self._unsaved.pop(row.id, None)
+            if state:
+                stats.count(channel, state)
 
 
 # -- helpers for the CLI (list / retry / purge) ---------------------------------------------

@@ -40,8 +40,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def router() -> Iterator[respx.MockRouter]:
-    """respx mocking every httpx request; routes a test does not call are fine."""
+    """respx mocking every httpx request; routes a test does not call are fine. Requests to
+    127.0.0.1 go through: those are the tests' real local receivers (webhooks and Slack
+    are posted with httpx)."""
     with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
         yield mock
 
 

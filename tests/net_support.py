@@ -254,3 +254,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def point_slack_at(monkeypatch: Any, receiver: Receiver) -> None:
+    """Make ``slack://`` targets post to ``receiver`` (webhooks under ``/services``, the bot
+    API under ``/api``) instead of Slack."""
+    from notifier.channels import slack
+
+    monkeypatch.setattr(slack, "HOOK_BASE", f"http://{receiver.base}/services")
+    monkeypatch.setattr(slack, "HOOK_GOV_BASE", f"http://{receiver.base}/gov/services")
+    monkeypatch.setattr(slack, "API_BASE", f"http://{receiver.base}/api")

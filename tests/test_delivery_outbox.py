@@ -6,10 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 from typing import Any
-from unittest import mock
 
 import pytest
-import requests
 from delivery_support import (
     NOW_MS,
     FakeClock,
@@ -20,10 +18,11 @@ from delivery_support import (
     status_event,
     substep_failed,
 )
-from net_support import http_receiver
+from net_support import http_receiver, point_slack_at
 from sqlalchemy import Engine, select
 
 from notifier import outbox as outbox_module
+from notifier.channels.slack import SlackSender
 from notifier.channels.targets import url_key
 from notifier.config import ChannelConfig
 from notifier.model import Event, EventType
@@ -239,21 +238,6 @@ def test_one_message_per_operation_per_cycle(engine: Engine) -> None:
     assert titles == ["✅ finished · OpCreate · bcs-prod"] * 3
 
 
-class _SlackHTTP:
-    """What apprise's own tests do: patch requests at the boundary and read the payloads."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.calls: list[tuple[float, str, dict[str, Any]]] = []
-
-    def __call__(self, method: str, url: str, **kwargs: Any) -> Any:
-        self.calls.append((self.clock(), url, json.loads(kwargs["data"])))
-        response = mock.Mock()
-        response.status_code = requests.codes.ok
-        response.content = b"ok"
-        return response
-
-
 def test_slack_payload_and_pacing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     channel = ChannelConfig(
         name="slack", urls=("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ops",)
@@ -266,27 +250,34 @@ def test_slack_payload_and_pacing(engine: Engine, monkeypatch: pytest.MonkeyPatc
         )
         insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["slack"])
     dispatcher, clock = _dispatcher(engine, [channel])
-    slack = _SlackHTTP(clock)
-    monkeypatch.setattr(requests, "request", slack)
+    times: list[float] = []
+    post = SlackSender._post
 
-    first = dispatcher.dispatch_due()
-    assert first.sent == 5  # 1 + 4 paced sends fit the 5 s pacing budget
-    assert first.deferred == 7
-    times = [when for when, _, _ in slack.calls]
-    assert all(later - earlier >= 1.2 - 1e-9 for earlier, later in itertools.pairwise(times))
-    assert dispatcher.dispatch_due().handled == 0  # deferred rows wait their turn
-    for _ in range(10):
-        clock.advance(1.2)
-        dispatcher.dispatch_due()
-    assert len(slack.calls) == 12
+    def timed_post(self: SlackSender, payload: dict[str, Any], limit: Any) -> Any:
+        times.append(clock())
+        return post(self, payload, limit)
+
+    monkeypatch.setattr(SlackSender, "_post", timed_post)
+    with http_receiver() as receiver:
+        point_slack_at(monkeypatch, receiver)
+        first = dispatcher.dispatch_due()
+        assert first.sent == 5  # 1 + 4 paced sends fit the 5 s pacing budget
+        assert first.deferred == 7
+        assert all(later - earlier >= 1.2 - 1e-9 for earlier, later in itertools.pairwise(times))
+        assert dispatcher.dispatch_due().handled == 0  # deferred rows wait their turn
+        for _ in range(10):
+            clock.advance(1.2)
+            dispatcher.dispatch_due()
+        requests = receiver.snapshot()
+    assert len(requests) == 12
     assert outbox_module.counts_by_state(engine)["sent"] == 12
 
-    _, url, payload = slack.calls[0]
-    assert url == "https://hooks.slack.com/services/T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"
+    assert requests[0].path == "/services/T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"
+    payload = requests[0].json()
     assert payload["channel"] == "#ops"
-    text = json.dumps(payload, ensure_ascii=False)
-    assert "❌ failed · OpCreate · bcs_&lt;prod&gt;" in text  # Slack escaping of &, <, >
-    assert "processing → failed" in text
+    assert payload["blocks"][0]["text"]["text"] == "❌ failed · OpCreate · bcs_<prod>"  # plain
+    assert payload["text"].startswith("❌ failed · OpCreate · bcs_&lt;prod&gt;")  # mrkdwn
+    assert "processing → failed" in json.dumps(payload, ensure_ascii=False)
 
 
 def test_console_target_prints_markdown_or_text(

@@ -139,33 +139,29 @@ _ZWSP: Final = "\u200b"
 
 
 def escape_slack(value: object) -> str:
-    """API text for a Slack target (one line), written as the CommonMark that apprise's Slack
-    plugin turns into mrkdwn that shows the text literally.
+    """API text for a Slack target (one line), as Slack mrkdwn that shows it literally
+    (``channels.slack`` posts it; the renderer's ``**bold**`` becomes ``*bold*`` there).
 
     Slack documents only ``&``, ``<`` and ``>`` as characters to escape (as ``&amp;``,
     ``&lt;``, ``&gt;``) and has no backslash escapes, so ``\\*`` would arrive as ``\\*``:
 
-    - ``&`` stays (apprise writes ``&amp;``); ``<``, ``>`` become ``\\<``, ``\\>`` (apprise
-      writes ``&lt;``, ``&gt;``); ``[``, ``]`` are escaped so no link forms (apprise drops the
-      backslash);
-    - ``*`` becomes ``∗`` (U+2217) and a backtick ``ˋ`` (U+02CB): apprise would read them as
-      emphasis and code markers, and Slack has no way to escape them;
+    - ``&``, ``<``, ``>`` become ``&amp;``, ``&lt;``, ``&gt;`` (no ``<!here>``, no link);
+    - ``*`` becomes ``∗`` (U+2217) and a backtick ``ˋ`` (U+02CB): Slack would read them as
+      bold and code markers and has no way to escape them;
     - ``_`` and ``~`` stay inside a word (Slack formats only at word boundaries); elsewhere a
       zero-width space on both sides keeps them from opening or closing formatting;
-    - a backslash is followed by a zero-width space, so it escapes nothing.
+    - ``[``, ``]`` and backslashes stay as they are (mrkdwn reads neither).
     """
     text = one_line(value)
     out: list[str] = []
     last = len(text) - 1
     for index, char in enumerate(text):
-        if char in "<>[]":
-            out.append("\\" + char)
+        if char in _SLACK_ENTITIES:
+            out.append(_SLACK_ENTITIES[char])
         elif char == "*":
             out.append("\u2217")
         elif char == "`":
             out.append("\u02cb")
-        elif char == "\\":
-            out.append("\\" + _ZWSP)
         elif char in "_~":
             before = text[index - 1] if index > 0 else " "
             after = text[index + 1] if index < last else " "
@@ -176,6 +172,9 @@ def escape_slack(value: object) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+_SLACK_ENTITIES: Final = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
 ESCAPERS: Final[Mapping[str, Callable[[object], str]]] = {
@@ -251,8 +250,8 @@ class RenderOptions:
     timezone: str = "UTC"
     budget: int = 0  # 0: no limit
     title_max: int = TITLE_MAX
-    #: "slack" for Slack targets (markdown only): API text escaped for Slack's mrkdwn,
-    #: written as the CommonMark apprise's Slack plugin converts; "commonmark" otherwise.
+    #: "slack" for Slack targets (markdown only): API text escaped for Slack's mrkdwn
+    #: (``channels.slack`` turns the renderer's ``**bold**`` into ``*bold*``).
     dialect: str = "commonmark"
 
 

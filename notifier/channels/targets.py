@@ -9,6 +9,10 @@
   cannot load, a malformed webhook secret or a broken template is a config error with its
   key path. :func:`validate_channels` offers the same as ``ConfigProblem`` values.
 
+Each target sends through the :class:`~notifier.channels.senders.Sender` of its kind
+(:func:`~notifier.channels.senders.sender_for`, the one switch): webhooks, Slack and email
+have senders of their own, every other schema goes through apprise.
+
 URLs only ever reach logs and the database through :attr:`Target.safe_url` (apprise's
 privacy mode plus :func:`privacy.mask_url`), and plugin error texts pass a
 :class:`privacy.Scrubber` first.
@@ -24,13 +28,23 @@ from typing import Any, Final, Literal
 
 import apprise
 from apprise.manager_plugins import NotificationManager
+from apprise.plugins.email import NotifyEmail
 from apprise.plugins.slack import NotifySlack
 
 from notifier import config as config_module
+from notifier.channels import email as email_channel
+from notifier.channels import slack as slack_channel
 from notifier.channels.console import NotifyConsole
 from notifier.channels.privacy import Scrubber, describe_unloadable, mask_url
 from notifier.channels.render import check_templates
-from notifier.channels.webhook import NotifyCloudEventWebhook
+from notifier.channels.senders import (
+    Outgoing,
+    Sender,
+    SendResult,
+    register_sender,
+    sender_for,
+)
+from notifier.channels.webhook import NotifyCloudEventWebhook, WebhookSender
 from notifier.config import ChannelConfig, Config, DeliveryConfig
 from notifier.errors import ConfigProblem
 
@@ -82,10 +96,10 @@ def safe_url(plugin: Any) -> str:
     return mask_url(str(plugin.url(privacy=True)))
 
 
-@dataclass(frozen=True)
-class SendResult:
-    ok: bool
-    error: str | None = None
+register_sender(NotifyCloudEventWebhook, WebhookSender)
+register_sender(NotifySlack, slack_channel.slack_sender)
+register_sender(NotifyEmail, email_channel.email_sender)
+__all__ = ["SendResult", "Target", "UnloadableURL", "build_targets"]
 
 
 def url_key(url: str) -> str:
@@ -113,6 +127,8 @@ class Target:
     _apprise: Any = field(default=None, repr=False)
     url_key: str = ""  # see url_key(); "" only for targets built by hand in tests
     dialect: str = "commonmark"  # "slack": API text escaped for Slack's mrkdwn
+    sender: Sender | None = field(default=None, repr=False)  # None: built by hand (tests)
+    timeout: float = 15.0  # seconds a send may take at most (less while stopping)
 
     def key(self, event_id: str | None = None) -> str:
         """The ``done_targets`` key: :func:`url_key`, plus ``:<event id>`` for webhooks."""
@@ -132,26 +148,40 @@ class Target:
         still pending from before the upgrade are affected, and only if ``urls`` changed."""
         return self.key(event_id) in done_keys or self.legacy_key(event_id) in done_keys
 
-    def send(self, *, title: str, body: str, notify_type: str, body_format: str) -> SendResult:
-        if self._apprise is None:
-            self._apprise = apprise.Apprise(asset=self.plugin.asset)
-            self._apprise.add(self.plugin)
+    @property
+    def alternatives(self) -> tuple[str, ...]:
+        """Formats rendered besides :attr:`format` for this target (email: the text part)."""
+        return self._sender().alternatives
+
+    def _sender(self) -> Sender:
+        if self.sender is None:
+            self.sender = sender_for(self.plugin, self.scrub, self.safe_url)
+        return self.sender
+
+    def send(
+        self,
+        *,
+        title: str,
+        body: str,
+        notify_type: str,
+        body_format: str,
+        alternatives: dict[str, str] | None = None,
+        timeout: float | None = None,
+        event_id: str | None = None,
+    ) -> SendResult:
+        """Send once, within ``timeout`` seconds (default :attr:`timeout`); never raises.
+        ``event_id``: ``body`` is the CloudEvent with that id (webhooks)."""
+        message = Outgoing(title, body, notify_type, body_format, alternatives or {}, event_id)
+        limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         try:
-            result = self._apprise.notify(
-                body=body, title=title, notify_type=notify_type, body_format=body_format
-            )
-        except Exception as exc:  # a plugin bug must not stop the dispatcher
+            return self._sender().send(message, timeout=limit)
+        except Exception as exc:  # a sender bug must not stop the dispatcher
             logger.warning("channel %s target %s raised %s", self.channel, self.safe_url, exc)
-            return SendResult(False, self.scrub(f"{type(exc).__name__}: {exc}"))
-        if result:
-            return SendResult(True)
-        messages = [
-            entry.message
-            for entry in result.logs()
-            if str(entry.level).upper() in ("WARNING", "ERROR", "CRITICAL")
-        ]
-        reason = messages[-1] if messages else f"apprise reported {result.status.name}"
-        return SendResult(False, self.scrub(" ".join(str(reason).split()))[:500])
+            return SendResult(False, self.scrub(f"{type(exc).__name__}: {exc}")[:500])
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
 
 
 def target_for(channel: ChannelConfig, index: int, url: str, delivery: DeliveryConfig) -> Target:
@@ -163,16 +193,21 @@ def target_for(channel: ChannelConfig, index: int, url: str, delivery: DeliveryC
         plugin.socket_connect_timeout = delivery.timeout
     interval = float(getattr(plugin, "request_rate_per_sec", 0) or 0)
     plugin.request_rate_per_sec = 0  # the dispatcher paces, with its own clock
-    kind: TargetKind = "webhook" if isinstance(plugin, NotifyCloudEventWebhook) else "message"
+    shown = safe_url(plugin)
+    scrub = Scrubber.for_url(url, public=(shown,))
+    sender = sender_for(plugin, scrub, shown)
+    interval = float(getattr(sender, "interval", interval))  # a sender's own pacing wins
+    kind: TargetKind = sender.kind
     fmt = plugin.resolve_format(None)
     fmt_name = str(getattr(fmt, "value", fmt))
     title_max = int(plugin.title_maxlen) if plugin.title_maxlen > 0 else 250
     budget = int(plugin.body_maxlen) if plugin.body_maxlen else 0
     if plugin.title_maxlen <= 0 and budget:
         budget = max(budget - title_max - 2, 0)
+    if isinstance(sender, slack_channel.SlackSender):
+        title_max, budget = slack_channel.HEADER_MAX, slack_channel.BODY_BUDGET
     if channel.max_length:
         budget = min(budget, channel.max_length) if budget else channel.max_length
-    shown = safe_url(plugin)
     try:
         identity = repr(plugin.url_identifier())
     except Exception:  # plugins without identifiers pace per channel URL
@@ -188,9 +223,11 @@ def target_for(channel: ChannelConfig, index: int, url: str, delivery: DeliveryC
         safe_url=shown,
         pacing_key=identity,
         plugin=plugin,
-        scrub=Scrubber.for_url(url, public=(shown,)),
+        scrub=scrub,
         url_key=url_key(url),
         dialect="slack" if isinstance(plugin, NotifySlack) else "commonmark",
+        sender=sender,
+        timeout=max(float(plugin.socket_connect_timeout), float(plugin.socket_read_timeout), 0.001),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -341,12 +342,24 @@ def test_channel(context: Context, name: str) -> None:
                 dialect=target.dialect,
             )
             message = render_message(events, record, options, templates)
+            alternatives = {  # e.g. the text part of a mail
+                fmt: render_message(
+                    events,
+                    record,
+                    dataclasses.replace(options, format=fmt, budget=0, dialect="commonmark"),
+                    templates,
+                ).body
+                for fmt in target.alternatives
+                if fmt != target.format
+            }
             result = target.send(
                 title=f"[test] {message.title}",
                 body=message.body,
                 notify_type=message.notify_type,
                 body_format=message.format,
+                alternatives=alternatives,
             )
+        target.close()
         if result.ok:
             click.echo(f"ok      {target.safe_url}")
         else:
