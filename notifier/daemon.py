@@ -16,9 +16,12 @@ within ``OUTBOX_RECHECK`` seconds of another process making a row due (``outbox 
 Rows of channels that are not configured are never due. A dispatch that raises is retried
 after a backoff (5 s doubling to 5 min), its traceback logged once per kind of failure.
 
-SIGTERM/SIGINT: stop submitting, let running jobs finish (the current step), give due
-deliveries ``stop_grace`` seconds, exit 0; nothing undelivered is lost, it stays in the
-outbox. SIGHUP: reload the config; an invalid one is logged and the running one kept.
+SIGTERM/SIGINT: stop submitting; within ``stop_grace`` seconds of the signal, let running
+jobs finish and send what is due, then exit 0. The grace bounds everything: the dispatcher
+stops taking rows when it runs out and bounds each send by what is left of it; a poll or a
+send still running then is left behind (jobs run on daemon threads, so they never hold the
+exit). Nothing undelivered is lost: it stays due in the outbox for the next start.
+SIGHUP: reload the config; an invalid one is logged and the running one kept.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -96,6 +99,13 @@ class DispatcherLike(Protocol):
     def dispatch_due(self, limit: int | None = None) -> Any: ...
 
 
+def stop_dispatcher(dispatcher: DispatcherLike, seconds: float) -> None:
+    """Tell a dispatcher (running or not) to be done within ``seconds``, if it can be told."""
+    stop_within = getattr(dispatcher, "stop_within", None)
+    if callable(stop_within):
+        stop_within(seconds)
+
+
 @dataclass
 class Components:
     """The pipeline pieces built from one config; rebuilt on reload."""
@@ -134,6 +144,43 @@ class InlineExecutor:
 
     def shutdown(self, wait: bool = True) -> None:
         return None
+
+
+class DaemonThreadExecutor:
+    """One daemon thread per job: a job still running at the end of the stop grace (a poll
+    or a send that ignores its timeout) is left behind instead of holding the exit, as a
+    ``ThreadPoolExecutor``'s worker would. The loop runs at most one job per source and one
+    dispatch at a time, so the threads stay few."""
+
+    def __init__(self, thread_name_prefix: str = "bcs-notifier-job") -> None:
+        self._prefix = thread_name_prefix
+        self._threads: list[threading.Thread] = []
+        self._count = 0
+
+    def submit(self, fn: Callable[[], Any], /) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+
+        def run() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._count += 1
+        thread = threading.Thread(target=run, name=f"{self._prefix}-{self._count}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        if wait:
+            for thread in self._threads:
+                thread.join()
+        self._threads = [t for t in self._threads if t.is_alive()]
 
 
 class Wakeup:
@@ -237,9 +284,7 @@ class Daemon:
         self._wall = wall
         self._wakeup = Wakeup()
         self._wait = wait or self._wakeup.wait
-        self._executor: ExecutorLike = executor or ThreadPoolExecutor(
-            max_workers=32, thread_name_prefix="bcs-notifier-job"
-        )
+        self._executor: ExecutorLike = executor or DaemonThreadExecutor()
         self._rng = rng or random.Random(self.options.jitter_seed)  # noqa: S311 - jitter
         self._components: Components | None = None
         self._retired: list[Components] = []
@@ -811,13 +856,21 @@ class Daemon:
 
     def _shutdown(self) -> None:
         grace = self.options.stop_grace
-        self.notifier.stopping("stopping: finishing the current step")
-        logger.info("stopping: finishing running polls, then up to %.0fs for due deliveries", grace)
-        self._drain_jobs()
-        components = self._components
         deadline = self._clock() + grace
+        self.notifier.stopping("stopping: finishing the current step")
+        logger.info("stopping: up to %.0fs for running jobs and due deliveries", grace)
+        components = self._components
+        for part in [components, self._dispatch_components, *self._retired]:
+            if part is not None:
+                stop_dispatcher(part.dispatcher, grace)
+        left_behind = self._drain_jobs(deadline)
         self._refresh_summary(force=True)
-        while components is not None and self._summary.due and self._clock() < deadline:
+        while (
+            components is not None
+            and not left_behind
+            and self._summary.due
+            and self._clock() < deadline
+        ):
             due_before = self._summary.due
             try:
                 stats = components.dispatcher.dispatch_due(limit=GRACE_BATCH)
@@ -837,24 +890,35 @@ class Daemon:
                 "stopped with %d pending deliveries kept in the outbox for the next start",
                 self._summary.pending,
             )
-        self._executor.shutdown(wait=True)
-        for retired in self._retired:
-            retired.close()
-        self._retired.clear()
-        if components is not None:
-            components.close()
+        self._executor.shutdown(wait=not left_behind)
+        if not left_behind:  # a job left running may still use them; the exit ends it
+            for retired in self._retired:
+                retired.close()
+            self._retired.clear()
+            if components is not None:
+                components.close()
         self.notifier.status(f"stopped; {self._summary.pending} deliveries pending")
 
-    def _drain_jobs(self) -> None:
+    def _drain_jobs(self, deadline: float) -> list[str]:
+        """Wait for running jobs until ``deadline``; the names of those still running then."""
         while True:
             self._collect()
-            running = [s.job for s in self._schedules.values() if s.job is not None]
+            running = {name: s.job for name, s in self._schedules.items() if s.job is not None}
             if self._dispatch_job is not None:
-                running.append(self._dispatch_job)
+                running["the delivery"] = self._dispatch_job
             if not running:
-                return
+                return []
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                names = sorted(running)
+                logger.warning(
+                    "stop grace over: leaving %s running; what it had not recorded stays due "
+                    "for the next start",
+                    ", ".join(names),
+                )
+                return names
             self._ping_during_stop()
-            self._wait(min(1.0, self.options.watchdog_interval or 1.0))
+            self._wait(min(remaining, 1.0, self.options.watchdog_interval or 1.0))
 
     def _ping_during_stop(self) -> None:
         if self.options.watchdog_interval and not self._hung_sources():

@@ -1,0 +1,127 @@
+"""The delivery fast path: webhooks over httpx with our User-Agent, results committed in
+batches by the writer thread (also while the next send hangs), and the dispatcher's stop:
+no row taken after it, a send cut short by it is not an attempt."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from delivery_support import insert_group, make_config, record, status_event
+from net_support import http_receiver
+from sqlalchemy import Engine, create_engine, select
+
+from notifier import __version__
+from notifier.config import ChannelConfig
+from notifier.errors import StoreError
+from notifier.outbox import Dispatcher
+from notifier.store.outbox_writes import ResultWriter
+from notifier.store.schema import outbox
+
+WAIT = 30.0
+
+
+def _rows(engine: Engine) -> list[tuple[str, int, list[str]]]:
+    with engine.connect() as connection:
+        return [
+            (row.state, row.attempts, json.loads(row.done_targets))
+            for row in connection.execute(select(outbox).order_by(outbox.c.id))
+        ]
+
+
+def _fill(engine: Engine, count: int, channel: str = "hook") -> None:
+    now_ms = int(time.time() * 1000)
+    for number in range(count):
+        rec = record(operation_id=f"BCSSVC01-99-17000000000000003{number:02d}", status="failed")
+        insert_group(
+            engine, [status_event(rec, "processing", "failed")], rec, [channel], now_ms=now_ms
+        )
+
+
+def _hook(base: str) -> ChannelConfig:
+    return ChannelConfig(name="hook", urls=(f"webhook://{base}/hook",))
+
+
+def test_webhooks_identify_as_bcs_notifier(engine: Engine) -> None:
+    _fill(engine, 2)
+    with http_receiver() as receiver:
+        stats = Dispatcher(make_config([_hook(receiver.base)]), engine).dispatch_due()
+        requests = receiver.accepted
+    assert stats.sent == 2
+    assert {request.headers["user-agent"] for request in requests} == {
+        f"bcs-notifier/{__version__}"
+    }
+    assert all("apprise" not in str(request.headers).lower() for request in requests)
+
+
+def test_a_success_is_committed_while_the_next_send_hangs(engine: Engine) -> None:
+    _fill(engine, 3)
+    with http_receiver() as receiver:
+        receiver.hold_next(skip=1)
+        dispatcher = Dispatcher(make_config([_hook(receiver.base)]), engine)
+        worker = threading.Thread(target=dispatcher.dispatch_due, daemon=True)
+        worker.start()
+        assert receiver.wait_held(WAIT)
+        deadline = time.monotonic() + WAIT
+        while not _rows(engine)[0][2]:  # the first row's success, recorded mid-dispatch
+            assert time.monotonic() < deadline, "the first success was not committed"
+            time.sleep(0.02)
+        assert [state for state, _, _ in _rows(engine)] == ["sent", "pending", "pending"]
+        receiver.release()
+        worker.join(WAIT)
+    assert not worker.is_alive()
+    assert [state for state, _, _ in _rows(engine)] == ["sent"] * 3
+
+
+def test_the_writer_commits_in_batches(engine: Engine) -> None:
+    _fill(engine, 120)
+    with engine.connect() as connection:
+        ids = list(connection.execute(select(outbox.c.id)).scalars())
+    writer = ResultWriter(engine)
+    try:
+        for row_id in ids:
+            writer.write(row_id, {"done_targets": json.dumps([f"k{row_id}"])})
+        writer.flush()
+    finally:
+        writer.close()
+    assert writer.commits < len(ids) / 2  # batches, not one transaction per result
+    assert [done for _, _, done in _rows(engine)] == [[f"k{row_id}"] for row_id in ids]
+
+
+def test_a_failed_commit_is_a_store_error(tmp_path: Path) -> None:
+    unmigrated = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    writer = ResultWriter(unmigrated)
+    try:
+        writer.write(1, {"done_targets": "[]"})
+        with pytest.raises(StoreError, match="cannot record a delivery"):
+            writer.flush()
+        with pytest.raises(StoreError):
+            writer.write(2, {"done_targets": "[]"})  # nothing more is accepted
+    finally:
+        writer.close()
+        unmigrated.dispose()
+
+
+def test_a_stopped_dispatcher_takes_no_row(engine: Engine) -> None:
+    _fill(engine, 3)
+    with http_receiver() as receiver:
+        dispatcher = Dispatcher(make_config([_hook(receiver.base)]), engine)
+        dispatcher.stop_within(0)
+        stats = dispatcher.dispatch_due()
+        assert receiver.snapshot() == []
+    assert stats.handled == 0
+    assert _rows(engine) == [("pending", 0, [])] * 3
+
+
+def test_a_send_cut_short_by_the_stop_is_not_an_attempt(engine: Engine) -> None:
+    _fill(engine, 2)
+    with http_receiver(delay=10) as receiver:  # answers far later than the stop allows
+        dispatcher = Dispatcher(make_config([_hook(receiver.base)], timeout=30), engine)
+        dispatcher.stop_within(1.0)
+        stats = dispatcher.dispatch_due()
+        receiver.release()
+    assert (stats.failed, stats.dead, stats.sent) == (0, 0, 0)
+    assert _rows(engine) == [("pending", 0, [])] * 2  # due as before, for the next start
