@@ -244,7 +244,7 @@ def _big_failed_record(finished_subs: int) -> tuple[list, object]:
 @pytest.mark.parametrize("fmt", ["markdown", "html", "text"], ids=["markdown", "html", "text"])
 @pytest.mark.parametrize("budget", [4000, 2000, 1200, 700, 400], ids=lambda b: f"budget-{b}")
 def test_truncation_fits_keeps_failures_and_never_cuts_markup(fmt: str, budget: int) -> None:
-    events, rec = _big_failed_record(17)
+    events, rec = _big_failed_record(25)  # the stacked HTML is lean: more sub-steps to cut
     full = render_message(events, rec, RenderOptions(format=fmt)).body
     assert len(full) > 4000 or fmt != "html"
     body = render_message(events, rec, RenderOptions(format=fmt, budget=budget)).body

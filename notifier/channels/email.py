@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 #: Seconds between two mails to the same target (server + login + sender).
 INTERVAL: Final = 1.0
 AUTO_SUBMITTED: Final = "auto-generated"
+#: ``email.policy.SMTP`` folds encoded words up to 76 characters; RFC 2047 allows 75. With
+#: lines of at most 76 characters every encoded word stays within the limit.
+POLICY: Final = SMTP.clone(max_line_length=76)
 
 
 def _address(pair: tuple[Any, str]) -> Address | str:
@@ -69,7 +72,7 @@ def build_mail(
     now: datetime | None = None,
 ) -> EmailMessage:
     """One mail: text part (and HTML alternative), folded subject, ``Auto-Submitted``."""
-    mail = EmailMessage(policy=SMTP)
+    mail = EmailMessage(policy=POLICY)
     mail["Subject"] = " ".join(subject.split())
     mail["From"] = _address(sender)
     mail["To"] = _address(to)

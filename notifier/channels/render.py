@@ -813,10 +813,10 @@ def _code(value: str) -> str:
     return one_line(value).replace("`", "'")
 
 
-_CELL: Final = 'align="left"'
-_TABLE: Final = (
-    '<table border="1" cellpadding="4" cellspacing="0" style="border-collapse:collapse">'
-)
+#: The HTML layout stacks (no wide table): at most 640 px wide, and at a phone's 375 px
+#: every line wraps, long ids included, so nothing is off-screen. Markup stays lean: it
+#: counts against the channel's budget.
+_HTML_WRAPPER: Final = '<div style="max-width:640px;overflow-wrap:anywhere">'
 
 
 class _HtmlRenderer(_Renderer):
@@ -828,60 +828,53 @@ class _HtmlRenderer(_Renderer):
         return f"<b>{inner}</b>" if inner else inner
 
     def render(self, doc: _Document) -> str:
-        parts: list[str] = []
+        parts: list[str] = [_HTML_WRAPPER]
         if doc.headline:
             parts.append(f"<p>{self.headline(doc)}</p>")
         if doc.transitions:
             items = "".join(f"<li>{self.transition_line(t, doc)}</li>" for t in doc.transitions)
             parts.append(f"<ul>{items}</ul>")
         if doc.show_tree and doc.steps:
-            parts.append(self.table(doc))
+            parts.append(self.steps(doc))
         for note in self.notes(doc):
             parts.append(f"<p><i>{self.text(note)}</i></p>")
         if doc.facts:
-            rows = "".join(
-                f"<tr><th {_CELL}>{self.text(label)}</th>"
-                f"<td {_CELL}><code>{self.text(value)}</code></td></tr>"
-                for label, value in doc.facts
+            facts = "<br>".join(
+                f"{self.text(label)}: <code>{self.text(value)}</code>" for label, value in doc.facts
             )
-            parts.append(f"<table>{rows}</table>")
+            parts.append(f"<p>{facts}</p>")
+        parts.append("</div>")
         return "\n".join(parts)
 
-    def table(self, doc: _Document) -> str:
-        head = "".join(
-            f"<th {_CELL}>{name}</th>"
-            for name in ("#", "Step / sub-step", "Status", "Started", "Ended", "Duration", "Detail")
-        )
-        rows = [f"<tr>{head}</tr>"]
+    def steps(self, doc: _Document) -> str:
+        """The step tree, stacked: a line per step, its sub-steps listed under it, each with
+        its status, then timing and detail on lines of their own."""
+        blocks = ["<p><b>Steps</b></p>"]
         for step in doc.steps:
-            detail = self.text(step.detail, 120) if step.detail else ""
-            if step.collapsed:
-                detail = (detail + " " if detail else "") + _plural(step.collapsed, "sub-step")
-            rows.append(
-                f"<tr><td {_CELL}>{step.number}</td><td {_CELL}><b>{self.text(step.name)}</b></td>"
-                f"<td {_CELL}>{step.symbol} {self.text(status_label(step.status))}</td>"
-                f"<td {_CELL}></td><td {_CELL}></td><td {_CELL}></td><td {_CELL}>{detail}</td></tr>"
+            head = (
+                f"{step.number}. {step.symbol} <b>{self.text(step.name)}</b>"
+                f" — {self.text(status_label(step.status))}"
             )
+            if step.detail:
+                head += f"<br>{self.text(step.detail, 120)}"
+            if step.collapsed:
+                head += f" · {_plural(step.collapsed, 'sub-step')}"
+            items: list[str] = []
             for sub in step.sub_lines:
-                notes = [self.text(sub.detail, doc.message_limit)] if sub.detail else []
-                notes += [self.text(message, doc.message_limit) for message in sub.messages]
-                if sub.mentioned:
-                    notes = []
-                rows.append(
-                    f"<tr><td {_CELL}></td><td {_CELL}>&nbsp;&nbsp;{self.text(sub.name)}</td>"
-                    f"<td {_CELL}>{sub.symbol} {self.text(status_label(sub.status))}</td>"
-                    f"<td {_CELL}>{self.text(sub.started or '')}</td>"
-                    f"<td {_CELL}>{self.text(sub.ended or '')}</td>"
-                    f"<td {_CELL}>{self.text(sub.duration or '')}</td>"
-                    f"<td {_CELL}>{'<br>'.join(notes)}</td></tr>"
-                )
+                item = f"{sub.symbol} {self.text(sub.name)} — {self.text(status_label(sub.status))}"
+                timing = _timing(sub.started, sub.ended, sub.duration)
+                if timing:
+                    item += f"<br><small>{self.text(timing)}</small>"
+                if not sub.mentioned:
+                    notes = [self.text(sub.detail, doc.message_limit)] if sub.detail else []
+                    notes += [self.text(message, doc.message_limit) for message in sub.messages]
+                    item += "".join(f"<br>{note}" for note in notes)
+                items.append(f"<li>{item}</li>")
             if step.omitted:
-                rows.append(
-                    f"<tr><td {_CELL}></td>"
-                    f'<td colspan="6" {_CELL}><i>{self.text(_omitted_text(step.omitted))}</i></td>'
-                    "</tr>"
-                )
-        return _TABLE + "".join(rows) + "</table>"
+                items.append(f"<li><i>{self.text(_omitted_text(step.omitted))}</i></li>")
+            listed = f"<ul>{''.join(items)}</ul>" if items else ""
+            blocks.append(f"<p>{head}</p>{listed}")
+        return "".join(blocks)
 
 
 _RENDERERS: Final[Mapping[str, Callable[[], _Renderer]]] = {

@@ -208,7 +208,12 @@ class SlackSender:
                 answer = {}
             if not isinstance(answer, dict) or not answer.get("ok"):
                 error = answer.get("error") if isinstance(answer, dict) else None
-                return SendResult(False, self.scrub(f"Slack refused the message: {error}"))
+                reason = (
+                    f"Slack refused the message: {error}"
+                    if error
+                    else ('Slack did not confirm the message (no {"ok": true} in its answer)')
+                )
+                return SendResult(False, self.scrub(reason))
         return SendResult(True)
 
     def close(self) -> None:
