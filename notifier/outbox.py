@@ -486,6 +486,8 @@ class Dispatcher:
             return True
         if self._waited + wait > self.pacing_budget:
             return False
+        if self._stop_at is not None and self.clock() + wait >= self._stop_at:
+            return False  # stopping: the wait would outlast the grace
         self._waited += wait
         self.sleep(wait)
         return True

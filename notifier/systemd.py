@@ -274,8 +274,8 @@ def unit_text(options: UnitOptions) -> str:
     )
     stop_timeout = int(options.stop_grace) + 60
     add(
-        "SIGTERM finishes the current poll, gives due deliveries a grace period and exits 0;\n"
-        "allow that, plus a poll's own timeout, before systemd sends SIGKILL.",
+        "SIGTERM stops within --stop-grace (polls and sends included) and exits 0; the\n"
+        "margin beyond the grace only covers start-up of the stop and the journal.",
         f"TimeoutStopSec={stop_timeout}",
     )
     add(
