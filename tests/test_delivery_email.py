@@ -5,8 +5,10 @@ subjects, ``Auto-Submitted``, paced per target once (no second throttle)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from email.header import decode_header, make_header
+from typing import Any
 
 import pytest
 from delivery_support import (
@@ -20,7 +22,7 @@ from delivery_support import (
     sub,
     substep_failed,
 )
-from net_support import Inbox, smtp_inbox
+from net_support import Inbox, free_port, smtp_inbox
 from sqlalchemy import Engine
 
 from notifier.channels import email as email_channel
@@ -164,3 +166,45 @@ def test_mail_is_paced_once_per_target(engine: Engine, smtp: tuple[Inbox, int]) 
     assert (stats.sent, stats.deferred) == (4, 0)  # 3 waits of INTERVAL fit the 5 s budget
     assert len(inbox.messages) == 4
     assert clock.sleeps == pytest.approx([email_channel.INTERVAL] * 3)
+
+
+class _RefuseOnce(Inbox):
+    """Refuses ``refused`` as a recipient the first time it is named."""
+
+    def __init__(self, port: int, refused: str) -> None:
+        super().__init__(port)
+        self.refused = refused
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address == self.refused:
+            self.refused = ""
+            return "550 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_a_retry_mails_only_the_recipients_that_did_not_get_it(engine: Engine) -> None:
+    from aiosmtpd.controller import Controller
+
+    inbox = _RefuseOnce(free_port(), "b@example.test")
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
+    controller.start()
+    try:
+        rec = record(status="failed")
+        now_ms = int(time.time() * 1000)
+        found = [status_event(rec, "processing", "failed")]
+        insert_group(engine, found, rec, ["mail"], now_ms=now_ms)
+        url = (
+            f"mailto://127.0.0.1:{inbox.port}?from=bcs@example.test"
+            "&to=a@example.test,b@example.test"
+        )
+        channel = ChannelConfig(name="mail", urls=(url,))
+        dispatcher = Dispatcher(make_config([channel], backoff_initial=0), engine)
+        first = dispatcher.dispatch_due()
+        second = dispatcher.dispatch_due()
+    finally:
+        controller.stop()
+    assert (first.sent, second.sent) == (0, 1)
+    assert inbox.recipients == [["a@example.test"], ["b@example.test"]]

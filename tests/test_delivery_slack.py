@@ -6,6 +6,7 @@ top-level ``text`` for notifications; no "Apprise" branding."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -201,3 +202,22 @@ def test_sections(body: str, expected: list[str] | None) -> None:
     assert "".join(parts).replace("\n", "").replace(" ", "") == body.replace("\n", "").replace(
         " ", ""
     )
+
+
+def test_a_retry_posts_only_to_the_channels_that_did_not_get_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = record(status="failed")
+    now_ms = int(time.time() * 1000)
+    insert_group(engine, [status_event(rec, "processing", "failed")], rec, ["two"], now_ms=now_ms)
+    url = "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#first/#second"
+    dispatcher = Dispatcher(
+        make_config([ChannelConfig(name="two", urls=(url,))], backoff_initial=0), engine
+    )
+    with http_receiver(statuses=[200, 500]) as receiver:  # #second is refused once
+        point_slack_at(monkeypatch, receiver)
+        first = dispatcher.dispatch_due()
+        second = dispatcher.dispatch_due()
+        channels = [request.json()["channel"] for request in receiver.snapshot()]
+    assert (first.sent, second.sent) == (0, 1)
+    assert channels == ["#first", "#second", "#second"]

@@ -30,6 +30,7 @@ from typing import Any, Final
 from notifier.channels.privacy import Scrubber
 from notifier.channels.senders import (
     AppriseSender,
+    Delivered,
     Outgoing,
     Sender,
     SenderKind,
@@ -103,6 +104,7 @@ class EmailSender:
         self.scrub = scrub
         self.describe = describe
         self._connect, self._read = plugin_timeouts(plugin)
+        self._delivered = Delivered()  # recipients of a partly delivered message
 
     def _session(self, timeout: float) -> smtplib.SMTP:
         plugin = self.plugin
@@ -127,8 +129,8 @@ class EmailSender:
             raise
         return session
 
-    def mails(self, message: Outgoing) -> list[tuple[list[str], EmailMessage]]:
-        """``(envelope recipients, mail)`` for every ``To`` address of the URL."""
+    def mails(self, message: Outgoing) -> list[tuple[str, list[str], EmailMessage]]:
+        """``(To address, envelope recipients, mail)`` for every ``To`` address of the URL."""
         plugin = self.plugin
         html = message.body if message.body_format == "html" else None
         text = message.alternatives.get("text", message.body if html is None else "")
@@ -148,22 +150,29 @@ class EmailSender:
                 headers=headers,
                 domain=plugin.smtp_host,
             )
-            result.append(([to[1], *cc, *bcc], mail))
+            result.append((to[1], [to[1], *cc, *bcc], mail))
         return result
 
     def send(self, message: Outgoing, *, timeout: float) -> SendResult:
-        mails = self.mails(message)
-        if not mails:
+        if not self.plugin.targets:
             return SendResult(False, "the URL names no recipient")
+        mails = [
+            (self._delivered.key(to, message), recipients, mail)
+            for to, recipients, mail in self.mails(message)
+        ]
+        mails = [item for item in mails if item[0] not in self._delivered]  # a retry: the rest
+        if not mails:
+            return SendResult(True)
         try:
             session = self._session(min(self._connect, self._read, timeout))
             try:
-                for recipients, mail in mails:
+                for done, recipients, mail in mails:
                     refused = session.send_message(
                         mail, from_addr=self.plugin.from_addr[1], to_addrs=recipients
                     )
                     if refused:
                         return SendResult(False, self.scrub(f"refused recipients: {refused}"))
+                    self._delivered.add(done)
             finally:
                 try:
                     session.quit()

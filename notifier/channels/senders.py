@@ -15,7 +15,9 @@ while the service stops (what is left of ``--stop-grace``), so no send outlives 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -61,6 +63,35 @@ class Sender(Protocol):
     def send(self, message: Outgoing, *, timeout: float) -> SendResult: ...
 
     def close(self) -> None: ...
+
+
+class Delivered:
+    """The parts of a message that already went out (Slack channels, mail recipients), so
+    retrying a partly delivered message sends only the rest. Kept in memory for the life of
+    the sender (the last :data:`DELIVERED_KEPT` parts): after a restart the whole message
+    goes again, which at-least-once allows."""
+
+    def __init__(self) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    @staticmethod
+    def key(part: str, message: Outgoing) -> str:
+        digest = hashlib.sha256()
+        for value in (part, message.title, message.body):
+            digest.update(value.encode("utf-8", "surrogatepass") + b"\0")
+        return digest.hexdigest()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > DELIVERED_KEPT:
+            self._keys.popitem(last=False)
+
+
+DELIVERED_KEPT: Final = 4096
 
 
 def plugin_timeouts(plugin: Any) -> tuple[float, float]:

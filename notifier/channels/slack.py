@@ -29,6 +29,7 @@ from apprise.plugins.slack import NotifySlack, SlackMode
 from notifier.channels.privacy import Scrubber
 from notifier.channels.senders import (
     AppriseSender,
+    Delivered,
     Outgoing,
     Sender,
     SenderKind,
@@ -149,6 +150,7 @@ class SlackSender:
         self.describe = describe
         self._connect, self._read = plugin_timeouts(plugin)
         self._client: httpx.Client | None = None
+        self._delivered = Delivered()  # channels of a partly delivered message
 
     def _url(self) -> str:
         if self.plugin.mode is SlackMode.BOT:
@@ -172,12 +174,16 @@ class SlackSender:
         channels = list(self.plugin.channels) or [None]
         limit = httpx.Timeout(min(self._read, timeout), connect=min(self._connect, timeout))
         for name in channels:
+            done = self._delivered.key(name or "", message)
+            if done in self._delivered:
+                continue  # a retry: this channel has it already
             payload = build_payload(message.title, body, channel=_channel(name))
             if self.plugin.user:
                 payload["username"] = self.plugin.user
             result = self._post(payload, limit)
             if not result.ok:
                 return result
+            self._delivered.add(done)
         return SendResult(True)
 
     def _post(self, payload: dict[str, Any], limit: httpx.Timeout) -> SendResult:
