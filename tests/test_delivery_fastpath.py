@@ -1,27 +1,60 @@
 """The delivery fast path: webhooks over httpx with our User-Agent, results committed in
 batches by the writer thread (also while the next send hangs), and the dispatcher's stop:
-no row taken after it, a send cut short by it is not an attempt."""
+no row taken after it, a send cut short by it is not an attempt. The store tests run on
+SQLite and on a real PostgreSQL (pgserver, a unix socket in a temporary directory)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from delivery_support import insert_group, make_config, record, status_event
 from net_support import http_receiver
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, select, text
 
 from notifier import __version__
 from notifier.config import ChannelConfig
 from notifier.errors import StoreError
 from notifier.outbox import Dispatcher
+from notifier.store import db
 from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import outbox
 
 WAIT = 30.0
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
+    """A migrated store: the SQLite file of ``engine``, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield engine
+        return
+    server = request.getfixturevalue("postgres")
+    uri = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    name = f"fastpath_{next(_databases)}"
+    admin = create_engine(uri, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    pg = db.make_engine(uri.replace("/postgres?", f"/{name}?", 1))
+    db.upgrade(pg)
+    yield pg
+    pg.dispose()
 
 
 def _rows(engine: Engine) -> list[tuple[str, int, list[str]]]:
@@ -57,30 +90,30 @@ def test_webhooks_identify_as_bcs_notifier(engine: Engine) -> None:
     assert all("apprise" not in str(request.headers).lower() for request in requests)
 
 
-def test_a_success_is_committed_while_the_next_send_hangs(engine: Engine) -> None:
-    _fill(engine, 3)
+def test_a_success_is_committed_while_the_next_send_hangs(store: Engine) -> None:
+    _fill(store, 3)
     with http_receiver() as receiver:
         receiver.hold_next(skip=1)
-        dispatcher = Dispatcher(make_config([_hook(receiver.base)]), engine)
+        dispatcher = Dispatcher(make_config([_hook(receiver.base)]), store)
         worker = threading.Thread(target=dispatcher.dispatch_due, daemon=True)
         worker.start()
         assert receiver.wait_held(WAIT)
         deadline = time.monotonic() + WAIT
-        while not _rows(engine)[0][2]:  # the first row's success, recorded mid-dispatch
+        while not _rows(store)[0][2]:  # the first row's success, recorded mid-dispatch
             assert time.monotonic() < deadline, "the first success was not committed"
             time.sleep(0.02)
-        assert [state for state, _, _ in _rows(engine)] == ["sent", "pending", "pending"]
+        assert [state for state, _, _ in _rows(store)] == ["sent", "pending", "pending"]
         receiver.release()
         worker.join(WAIT)
     assert not worker.is_alive()
-    assert [state for state, _, _ in _rows(engine)] == ["sent"] * 3
+    assert [state for state, _, _ in _rows(store)] == ["sent"] * 3
 
 
-def test_the_writer_commits_in_batches(engine: Engine) -> None:
-    _fill(engine, 120)
-    with engine.connect() as connection:
+def test_the_writer_commits_in_batches(store: Engine) -> None:
+    _fill(store, 120)
+    with store.connect() as connection:
         ids = list(connection.execute(select(outbox.c.id)).scalars())
-    writer = ResultWriter(engine)
+    writer = ResultWriter(store)
     try:
         for row_id in ids:
             writer.write(row_id, {"done_targets": json.dumps([f"k{row_id}"])})
@@ -88,7 +121,7 @@ def test_the_writer_commits_in_batches(engine: Engine) -> None:
     finally:
         writer.close()
     assert writer.commits < len(ids) / 2  # batches, not one transaction per result
-    assert [done for _, _, done in _rows(engine)] == [[f"k{row_id}"] for row_id in ids]
+    assert [done for _, _, done in _rows(store)] == [[f"k{row_id}"] for row_id in ids]
 
 
 def test_a_failed_commit_is_a_store_error(tmp_path: Path) -> None:
@@ -105,23 +138,23 @@ def test_a_failed_commit_is_a_store_error(tmp_path: Path) -> None:
         unmigrated.dispose()
 
 
-def test_a_stopped_dispatcher_takes_no_row(engine: Engine) -> None:
-    _fill(engine, 3)
+def test_a_stopped_dispatcher_takes_no_row(store: Engine) -> None:
+    _fill(store, 3)
     with http_receiver() as receiver:
-        dispatcher = Dispatcher(make_config([_hook(receiver.base)]), engine)
+        dispatcher = Dispatcher(make_config([_hook(receiver.base)]), store)
         dispatcher.stop_within(0)
         stats = dispatcher.dispatch_due()
         assert receiver.snapshot() == []
     assert stats.handled == 0
-    assert _rows(engine) == [("pending", 0, [])] * 3
+    assert _rows(store) == [("pending", 0, [])] * 3
 
 
-def test_a_send_cut_short_by_the_stop_is_not_an_attempt(engine: Engine) -> None:
-    _fill(engine, 2)
+def test_a_send_cut_short_by_the_stop_is_not_an_attempt(store: Engine) -> None:
+    _fill(store, 2)
     with http_receiver(delay=10) as receiver:  # answers far later than the stop allows
-        dispatcher = Dispatcher(make_config([_hook(receiver.base)], timeout=30), engine)
+        dispatcher = Dispatcher(make_config([_hook(receiver.base)], timeout=30), store)
         dispatcher.stop_within(1.0)
         stats = dispatcher.dispatch_due()
         receiver.release()
     assert (stats.failed, stats.dead, stats.sent) == (0, 0, 0)
-    assert _rows(engine) == [("pending", 0, [])] * 2  # due as before, for the next start
+    assert _rows(store) == [("pending", 0, [])] * 2  # due as before, for the next start

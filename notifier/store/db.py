@@ -70,7 +70,9 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _alembic_config(engine: Engine) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_path()))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    url = engine.url.render_as_string(hide_password=False)
+    # configparser interpolates "%": a percent-encoded password or socket path needs "%%"
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
