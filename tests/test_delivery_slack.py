@@ -21,6 +21,8 @@ from delivery_support import (
     sub,
     substep_failed,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from net_support import Receiver, http_receiver, point_slack_at
 from sqlalchemy import Engine
 
@@ -221,3 +223,19 @@ def test_a_retry_posts_only_to_the_channels_that_did_not_get_it(
         channels = [request.json()["channel"] for request in receiver.snapshot()]
     assert (first.sent, second.sent) == (0, 1)
     assert channels == ["#first", "#second", "#second"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    title=st.text(max_size=400),
+    body=st.text(alphabet=st.sampled_from("ab c\n*_~<>&é🙂"), max_size=20_000),
+)
+def test_any_title_and_body_make_a_payload_within_the_limits(title: str, body: str) -> None:
+    payload = slack.build_payload(title, body, channel="#ops")
+    blocks = payload["blocks"]
+    assert len(blocks) <= slack.MAX_BLOCKS
+    assert 0 < len(blocks[0]["text"]["text"]) <= slack.HEADER_MAX
+    assert all(0 < len(block["text"]["text"]) <= slack.SECTION_MAX for block in blocks[1:])
+    assert 0 < len(payload["text"]) <= slack.TEXT_MAX
+    kept = "".join(block["text"]["text"] for block in blocks[1:])
+    assert "".join(kept.split()) == "".join(body.split())  # nothing lost but whitespace
