@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import cli_env
@@ -68,6 +69,34 @@ def test_the_demo_plays_the_story_and_leaves_nothing_behind(
     # the simulator's server and the service's workers are gone (apprise keeps its own pool)
     leftover = set(threading.enumerate()) - threads_before
     assert [t.name for t in leftover if t.name.startswith("bcs-")] == []
+
+
+def test_a_slow_first_poll_never_moves_a_new_operation_into_the_baseline(
+    scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The story waits for the baseline: a first poll that takes half a real second (a
+    busy machine, a slow IAM login) is 200 simulated seconds at this speed, long enough
+    for the story's next operations to start; none of them may be stored silently."""
+    from notifier.pipeline import Poller
+
+    real_poll = Poller.poll_source
+    polls: list[int] = []
+
+    def slow_first_poll(self: Poller, source: Any, *, dry_run: bool = False) -> Any:
+        if not polls:
+            threading.Event().wait(0.5)  # the slow machine itself, not a wait for a result
+        polls.append(1)
+        return real_poll(self, source, dry_run=dry_run)
+
+    monkeypatch.setattr(Poller, "poll_source", slow_first_poll)
+    said: list[str] = []
+
+    report = Demo(DemoOptions(**FAST), say=said.append).run()
+
+    assert report.completed, report.errors
+    assert "First poll: 4 operation(s) already there" in said[1]
+    outcomes = {(o.operation, o.blockchain) for o in report.operations}
+    assert ("OpCreate", "bcs-supply") in outcomes
 
 
 def test_summary_lines_tell_what_happened(scratch_tmp: Path) -> None:
@@ -169,3 +198,24 @@ def test_a_stop_signal_ends_the_demo_cleanly(tmp_path: Path, sig: signal.Signals
                 stream.close()
     assert "Demo interrupted after" in "".join(lines)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_before_the_demo_has_started_exits_130_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the command still imports and builds the demo (before its own signal
+    handlers are in place) is the same interruption as a moment later: 130, no "Aborted!"."""
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+    from notifier.simulator import demo
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo.Demo, "__init__", interrupted)
+
+    result = CliRunner().invoke(main, ["demo"])
+
+    assert result.exit_code == 130, result.output
+    assert "Aborted" not in result.output
