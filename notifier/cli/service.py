@@ -48,11 +48,11 @@ def _explicit_log_level() -> str | None:
 @click.option(
     "--log-format",
     type=click.Choice(LOG_FORMAT_CHOICES),
-    default="journal",
-    show_default=True,
+    default=None,
     envvar="BCS_NOTIFIER_LOG_FORMAT",
     help="journal: <N> level prefixes for journald (timestamps only outside the journal); "
     "text: for a terminal; json: one object a line for log shippers. "
+    "[default: text when stderr is a terminal and not the journal, else journal] "
     "[env: BCS_NOTIFIER_LOG_FORMAT]",
 )
 @click.option(
@@ -63,15 +63,19 @@ def _explicit_log_level() -> str | None:
     help="Seconds given to due deliveries after SIGTERM before exiting.",
 )
 @pass_context
-def run(context: Context, log_format: str, stop_grace: float) -> None:
+def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     """The service: poll, diff, store, deliver, until SIGTERM/SIGINT (SIGHUP reloads)."""
     from notifier import logsetup
     from notifier.config import load_config
     from notifier.daemon import ServeOptions, serve
 
+    log_format = log_format or logsetup.default_format()
+    explicit_level = _explicit_log_level()
+    # the chosen format from the first line on: what loading the config logs (apprise
+    # loading its plugins, a URL it warns about) must not come out in another format
+    logsetup.configure(log_format, explicit_level or "warning", redactor=context.redactor)
     _register_channel_checks()
     config = context.config()
-    explicit_level = _explicit_log_level()
     redactor = logsetup.Redactor(logsetup.config_secrets(config))
     logsetup.configure(log_format, explicit_level or config.service.log_level, redactor=redactor)
 
