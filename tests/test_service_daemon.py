@@ -319,12 +319,12 @@ def test_a_hanging_source_never_delays_another(engine: Engine, database_url: str
         def poll_source(self, source: SourceConfig, /) -> Result:
             polled[source.name] += 1
             if source.name == "slow":
-                release.wait(10)
+                release.wait(120)
             return Result(source.name, active=True)
 
     daemon, thread = start_in_thread(config, engine, Poller(), workers=4)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while polled["fast"] < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert polled["fast"] >= 5
@@ -431,20 +431,26 @@ def test_stop_keeps_undeliverable_rows_in_the_outbox(engine: Engine, database_ur
 
 def test_stop_waits_for_the_poll_in_progress(engine: Engine, database_url: str) -> None:
     started = threading.Event()
+    proceed = threading.Event()
     finished = threading.Event()
     config = make_config(database_url, poll_interval=1, active_poll_interval=0.2)
 
     class Poller:
         def poll_source(self, source: SourceConfig, /) -> Result:
             started.set()
-            time.sleep(0.3)
+            proceed.wait(120)
             finished.set()
             return Result(source.name)
 
     daemon, thread = start_in_thread(config, engine, Poller(), workers=2)
-    assert started.wait(5)
-    daemon.request_stop()
-    thread.join(10)
+    try:
+        assert started.wait(60)
+        daemon.request_stop()
+        thread.join(0.5)
+        assert thread.is_alive()  # still waiting for the poll, however long it takes
+    finally:
+        proceed.set()
+    thread.join(60)
     assert finished.is_set()
     assert not thread.is_alive()
 

@@ -106,7 +106,7 @@ def write_config(tmp_path: Path, simulator: Simulator, receiver: Receiver, http_
             "http": {"listen": "127.0.0.1", "port": http_port},
         },
         delivery={"backoff_initial": 0.2, "backoff_max": 0.5, "max_attempts": 100},
-        sources=[config_support.sim_source(simulator, "token", "sim", max_retries=0, timeout=2)],
+        sources=[config_support.sim_source(simulator, "token", "sim", max_retries=0, timeout=10)],
         channels=[config_support.channel("hook", f"webhook://{receiver.base}/hook")],
     )
 
