@@ -219,3 +219,50 @@ def test_ctrl_c_before_the_demo_has_started_exits_130_quietly(
 
     assert result.exit_code == 130, result.output
     assert "Aborted" not in result.output
+
+
+def test_a_terminal_that_cannot_show_the_symbols_gets_plain_ones(tmp_path: Path) -> None:
+    """A latin-1 stdout: every message is still delivered, with plain stand-ins."""
+    env = {**cli_env(), "TMPDIR": str(tmp_path), "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "notifier", "demo", "--speed", "400", "--interval", "0.2"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout.decode("latin-1")
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    assert "[x] failed · OpAddOrg · bcs-finance" in out
+    assert "[stop] stop · OpScaleOrg · bcs-ledger" in out
+    assert "dead: 0" in out
+    assert done.stderr == b""
+
+
+def test_the_demo_exits_1_when_a_notification_could_not_be_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+    from notifier.simulator import demo
+
+    def run(self: Demo) -> demo.DemoReport:
+        return demo.DemoReport(completed=True, notifications=3, dead=2)
+
+    monkeypatch.setattr(demo.Demo, "run", run)
+
+    result = CliRunner().invoke(main, ["demo"])
+
+    assert result.exit_code == 1, result.output
+    assert "dead: 2" in result.output
+
+
+def test_printable_keeps_what_the_encoding_can_show() -> None:
+    from notifier.channels.console import printable
+
+    title = "⏹️ stop · OpScaleOrg · bcs-ledger → 区块链"
+    assert printable(title, "utf-8") == title
+    assert printable(title, "latin-1") == "[stop] stop · OpScaleOrg · bcs-ledger -> ???"
+    assert printable(title, "ascii") == "[stop] stop - OpScaleOrg - bcs-ledger -> ???"
+    assert printable(title, "no-such-codec") == title

@@ -438,6 +438,10 @@ class Demo:
         report.notifications = counts["sent"]
         report.pending = counts["pending"]
         report.dead = counts["dead"]
+        if report.dead:
+            report.errors.append(
+                f"{report.dead} notification(s) could not be delivered (see the warnings above)"
+            )
         simulator = self._simulator
         baseline_ns = simulator.scenario.origin_ns if simulator is not None else 0
         for record in sorted(records.values(), key=lambda record: record.operation_id):
