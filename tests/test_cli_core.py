@@ -186,7 +186,6 @@ def test_dry_run_on_a_new_database_leaves_nothing_behind(
     assert result.exit_code == 0
     assert "would be stored as the baseline" in result.stderr
     assert not (tmp_path / "state.db").exists()
-    assert run(config_path, "events").stdout == ""
 
 
 def test_dry_run_reports_without_storing(
@@ -237,9 +236,31 @@ def test_check_config_ok(config_path: Path) -> None:
 
 
 def test_db_commands(config_path: Path) -> None:
-    assert "current: none" in run(config_path, "db", "current").stdout
     assert run(config_path, "db", "upgrade").exit_code == 0
     assert "up to date" in run(config_path, "db", "current").stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["db", "current"], ["events"], ["outbox", "list"], ["outbox"], ["status"]],
+    ids=" ".join,
+)
+def test_a_command_that_only_reads_never_creates_a_database(
+    config_path: Path, tmp_path: Path, command: list[str]
+) -> None:
+    before = sorted(tmp_path.iterdir())
+
+    result = run(config_path, *command)
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: no database yet at {tmp_path / 'state.db'}"), line
+    assert "bcs-notifier poll" in line
+    assert sorted(tmp_path.iterdir()) == before
+    # and afterwards the service starts on a fresh database as usual
+    assert run(config_path, "db", "upgrade").exit_code == 0
+    assert run(config_path, "db", "current").exit_code == 0
 
 
 def test_two_sources_with_different_auth_side_by_side(

@@ -24,7 +24,7 @@ from notifier.cli.base import (
     pass_context,
 )
 from notifier.config import Config
-from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreError
+from notifier.errors import AlreadyRunning, ConfigError, NotifierError
 
 logger = logging.getLogger("notifier.cli")
 
@@ -140,11 +140,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     from notifier.store.status import outbox_summary, source_statuses
 
     redactor = Redactor(config_secrets(config))
-    if not db.database_exists(config.service.database):
-        raise StoreError(
-            "no database yet (nothing was polled): start `bcs-notifier run` or run "
-            "`bcs-notifier poll` once"
-        )
+    db.require_database(config.service.database)
     engine = db.make_engine(config.service.database)
     try:
         db.require_current(engine)

@@ -58,6 +58,18 @@ def database_exists(url: str) -> bool:
     return Path(parsed.database).expanduser().exists()
 
 
+def require_database(url: str) -> None:
+    """Refuse to read a database that does not exist yet: opening it would create it, and a
+    command that only reads never creates anything."""
+    if database_exists(url):
+        return
+    where = Path(str(make_url(url).database)).expanduser()
+    raise StoreError(
+        f"no database yet at {where} (nothing was polled): start `bcs-notifier run` or run "
+        "`bcs-notifier poll` once"
+    )
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
