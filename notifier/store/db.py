@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from notifier.errors import StoreError
 
@@ -48,6 +48,28 @@ def make_engine(url: str) -> Engine:
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def database_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being opened, before anything connects: not a URL, an
+    unknown database kind, or a driver that is not installed. None when it can be."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database kind {parsed.drivername!r} (sqlite:/// or postgresql://...)"
+    except ArgumentError as exc:
+        return f"not a database URL: {exc}"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        hint = " (pip install 'psycopg[binary]')" if missing == "psycopg" else ""
+        return (
+            f"the {parsed.get_backend_name()} driver {parsed.get_driver_name()!r} is not "
+            f"installed: no module {missing!r}{hint}"
+        )
+    return None
 
 
 def database_exists(url: str) -> bool:
