@@ -373,3 +373,44 @@ def test_a_refused_signature_rests_the_key_across_poll_invocations(
         assert "no request before" in again.stderr
     assert route.call_count == 1  # no further signed request while the key rests
     assert "wrong-secret" not in first.output + again.output
+
+
+def test_status_shows_a_credential_rest_and_clear_rest_ends_it(
+    tmp_path: Path, router: respx.MockRouter, example_body: dict[str, Any]
+) -> None:
+    signed = source(
+        "signed",
+        endpoint=ENDPOINT,
+        project_id=PROJECT,
+        max_retries=0,
+        auth=aksk_auth("HPUAEXAMPLEAK0000001", "wrong-secret"),
+    )
+    path = write_config(tmp_path, sources=[signed])
+    assert run(path, "source", "clear-rest", "signed").exit_code == 1  # no database yet
+    route = router.get(RECORD_URL)
+    route.return_value = httpx.Response(
+        401,
+        json={"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information"},
+    )
+    assert run(path, "poll").exit_code == 69
+
+    text = run(path, "status").stdout
+    assert "credentials resting until " in text
+    assert "APIGW.0301" in text
+    assert "`bcs-notifier source clear-rest signed` ends the rest" in text
+    (state,) = json.loads(run(path, "status", "--json").stdout)["sources"]
+    assert state["resting_until"] is not None
+    assert "APIGW.0301" in state["rest_reason"]
+
+    cleared = run(path, "source", "clear-rest", "signed")
+    assert cleared.exit_code == 0
+    assert f"signed: credential rest until {state['resting_until']} cleared" in cleared.stdout
+    route.return_value = httpx.Response(200, json=example_body)  # the key works again
+    assert run(path, "poll").exit_code == 0
+    assert route.call_count == 2  # tried again at once, not 5 minutes later
+    assert "resting" not in run(path, "status").stdout
+    assert "not resting" in run(path, "source", "clear-rest", "signed").stdout
+    unknown = run(path, "source", "clear-rest", "nope")
+    assert unknown.exit_code == 2
+    assert "no source named nope" in unknown.output
+    assert "wrong-secret" not in text + cleared.output

@@ -159,6 +159,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     for name in names:
         state = states.get(name)
         error = state.last_error if state else None
+        resting = state is not None and (state.rest_until or 0) > now * 1000
         sources.append(
             {
                 "source": name,
@@ -170,6 +171,9 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
                 "failing_since": _when(state.failing_since) if state else None,
                 "unreachable_reported": state.unreachable_reported if state else False,
                 "last_error": redactor.redact(error) if error else None,
+                # refused credentials: no request before this time (`source clear-rest`)
+                "resting_until": _when(state.rest_until) if state and resting else None,
+                "rest_reason": redactor.redact(error) if resting and error else None,
             }
         )
     return {
@@ -224,7 +228,13 @@ def status(context: Context, as_json: bool) -> None:
             f"  {source['source']}: {health}; last successful poll {last} "
             f"({_human_age(source['last_success_age'])})"
         )
-        if source["last_error"] and failures:
+        if source["resting_until"]:
+            click.echo(
+                f"    credentials resting until {source['resting_until']} "
+                f"(refused: {source['rest_reason'] or 'no detail'}); once they are fixed, "
+                f"`bcs-notifier source clear-rest {source['source']}` ends the rest"
+            )
+        elif source["last_error"] and failures:
             click.echo(f"    last error: {source['last_error']}")
     outbox = report["outbox"]
     oldest = (
