@@ -72,8 +72,9 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     log_format = log_format or logsetup.default_format()
     explicit_level = _explicit_log_level()
     # the chosen format from the first line on: what loading the config logs (apprise
-    # loading its plugins, a URL it warns about) must not come out in another format
-    logsetup.configure(log_format, explicit_level or "warning", redactor=context.redactor)
+    # loading its plugins) must not come out in another format; the level stays that of
+    # the one-shot commands until the config (and with it every secret to mask) is known
+    logsetup.configure(log_format, explicit_level or "error", redactor=context.redactor)
     _register_channel_checks()
     config = context.config()
     redactor = logsetup.Redactor(logsetup.config_secrets(config))
