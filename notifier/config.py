@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.errors import ConfigError, ConfigProblem
+from notifier.model import KNOWN_STATUSES
 
 CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
 DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
@@ -525,6 +526,13 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         section.key_path("poll_jitter"),
         "must be below 1 (a fraction of the interval)",
     )
+    if section.has("database"):
+        # checked here, not at the first connection: a missing driver is a config error
+        from notifier.store.db import database_url_problem
+
+        problem = database_url_problem(service.database)
+        if problem is not None:
+            reader.problem(section.key_path("database"), problem)
     section.finish()
     return service
 
@@ -629,7 +637,11 @@ def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
     name = section.string("name", required=True)
     _check_name(reader, name, section.key_path("name"))
     urls = section.strings("urls")
-    if not urls:
+    given = section.raw("urls")
+    given = [given] if isinstance(given, str) else given
+    # a URL dropped for its own error (an unset ${VAR}) was reported already, at its index
+    dropped = isinstance(given, list) and len(urls) != len(given)
+    if not urls and not dropped:
         reader.problem(section.key_path("urls"), "at least one apprise URL is required")
     events = section.strings("events", ("*",))
     for index, pattern in enumerate(events):
@@ -639,6 +651,15 @@ def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
                 f"{pattern!r} matches no event type ({', '.join(EVENT_TYPE_NAMES)})",
             )
     statuses = tuple(status.strip().lower() for status in section.strings("statuses"))
+    # a typo ("faild") would silently filter out everything: unknown statuses only on request
+    if not section.boolean("allow_unknown_statuses", False):
+        for index, status in enumerate(statuses):
+            if status not in KNOWN_STATUSES:
+                reader.problem(
+                    f"{section.key_path('statuses')}[{index}]",
+                    f"unknown status {status!r} (known: {', '.join(sorted(KNOWN_STATUSES))}; "
+                    "allow_unknown_statuses = true accepts others)",
+                )
     channel = ChannelConfig(
         name=name or "",
         urls=urls,
@@ -654,7 +675,7 @@ def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
         max_length=section.number("max_length", 0, minimum=0, integer=True),
     )
     section.finish()
-    if name is None or not urls:
+    if name is None or not urls or dropped:
         return None
     _check_timezone(reader, channel.timezone, section.key_path("timezone"))
     for key, message in _run_channel_validators(channel):

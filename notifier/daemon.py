@@ -46,7 +46,13 @@ from typing import Any, Final, Protocol
 from sqlalchemy import Engine
 
 from notifier.config import Config, SourceConfig
-from notifier.errors import ConfigError, NotifierError, SignatureRejected, SourceError
+from notifier.errors import (
+    AuthError,
+    ConfigError,
+    NotifierError,
+    SignatureRejected,
+    SourceError,
+)
 from notifier.health import HealthReport, Metrics
 from notifier.model import Event, describe
 from notifier.store.status import (
@@ -225,6 +231,10 @@ class SourceSchedule:
     last_error: str | None = None
     last_error_kind: str | None = None
     stuck_reported: bool = False
+    #: the stored credential rest (wall clock seconds) after a refused login or signature,
+    #: and why; ``source clear-rest`` ends it early
+    rest_until: float | None = None
+    rest_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -480,6 +490,7 @@ class Daemon:
             schedule.failures = 0
             schedule.last_error = None
             schedule.last_error_kind = None
+            schedule.rest_until = schedule.rest_reason = None
             schedule.last_success_at = now_wall
             schedule.active = bool(result.active)
             self.metrics.set("source_up", 1, source=name)
@@ -520,6 +531,8 @@ class Daemon:
                 )
             schedule.last_error = text
             schedule.last_error_kind = kind
+            if isinstance(error, AuthError):
+                self._note_rest(schedule)
         self.metrics.set("source_consecutive_failures", schedule.failures, source=name)
         schedule.next_at = self._clock() + interval
 
@@ -566,9 +579,37 @@ class Daemon:
         self._dispatch_at = math.inf  # set again when the dispatch reports (or fails)
         self._dispatch_job = self._submit(components.dispatcher.dispatch_due)
 
+    def _note_rest(self, schedule: SourceSchedule) -> None:
+        """After a refused login or signature: the rest the poll stored, if any."""
+        state = self._known_states().get(schedule.name)
+        rest_ms = getattr(state, "rest_until", None)
+        if isinstance(rest_ms, int) and rest_ms > self._wall() * 1000:
+            schedule.rest_until = rest_ms / 1000
+            schedule.rest_reason = getattr(state, "last_error", None) or schedule.last_error
+        else:
+            schedule.rest_until = schedule.rest_reason = None
+
+    def _recheck_rests(self, now: float) -> None:
+        """Poll a resting source at once when its stored rest was cleared (``source
+        clear-rest``: the credentials were fixed) or ended."""
+        resting = [s for s in self._schedules.values() if s.rest_until is not None]
+        if not resting:
+            return
+        states = self._known_states()
+        wall_ms = self._wall() * 1000
+        for schedule in resting:
+            stored = getattr(states.get(schedule.name), "rest_until", None)
+            if isinstance(stored, int) and stored > wall_ms:
+                continue
+            logger.info("%s: the credential rest is over; polling it now", schedule.name)
+            schedule.rest_until = schedule.rest_reason = None
+            if schedule.job is None:
+                schedule.next_at = min(schedule.next_at, now)
+
     def _recheck_outbox(self, now: float) -> None:
         """Notice rows others made due (``outbox retry``): one cheap indexed query."""
         self._recheck_at = now + OUTBOX_RECHECK
+        self._recheck_rests(now)
         try:
             earliest = next_attempt_at(self.engine, self._channel_names())
         except NotifierError as exc:
@@ -749,6 +790,8 @@ class Daemon:
                 "last_success": _iso(schedule.last_success_at),
                 "consecutive_failures": schedule.failures,
                 "last_error": schedule.last_error,
+                "resting_until": _iso(schedule.rest_until),
+                "rest_reason": schedule.rest_reason,
             }
             if age > stale_after:
                 reasons.append(f"source {schedule.name}: no successful poll for {age:.0f}s")

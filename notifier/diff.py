@@ -150,11 +150,15 @@ class _EventFactory:
 
 
 def _step_times(step: Step) -> tuple[int, int]:
-    """A step's start and end: the earliest sub-step start, the latest end once all ended."""
+    """A step's start and end: the earliest sub-step start, the latest end once all ended;
+    a failed or stopped step ends with the latest sub-step that ended (those after the
+    failure never run, so they never end)."""
     starts = [sub.start_time for sub in step.sub_steps if sub.start_time > 0]
     ends = [sub.end_time for sub in step.sub_steps]
     started = min(starts) if starts else 0
     ended = max(ends) if ends and all(end > 0 for end in ends) else 0
+    if not ended and step.status in TERMINAL_STATUSES:
+        ended = max((end for end in ends if end > 0), default=0)
     return started, ended
 
 

@@ -235,6 +235,19 @@ def journal_stream_is_stderr(
     return stat.st_dev == device and stat.st_ino == inode
 
 
+def default_format(stream: IO[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """``run``'s format when none is chosen: ``text`` on a terminal that is not the journal,
+    ``journal`` otherwise (systemd, a pipe, a file: the unit's usual places)."""
+    target = stream or sys.stderr
+    if journal_stream_is_stderr(target, environ):
+        return "journal"
+    try:
+        on_terminal = target.isatty()
+    except (AttributeError, ValueError, OSError):
+        on_terminal = False
+    return "text" if on_terminal else "journal"
+
+
 def make_formatter(
     log_format: str,
     redactor: Redactor,

@@ -132,6 +132,12 @@ class Poller:
             )
             return replace(result, duration=self.timer() - started)
         client = self._client(source)
+        if state.rest_until is None and getattr(client, "retry_not_before", None) is not None:
+            # every rest is stored; none stored means `source clear-rest` ended it
+            logger.info("%s: the credential rest was cleared; trying again", source.name)
+            clear_rest = getattr(client, "clear_rest", None)
+            if callable(clear_rest):
+                clear_rest()
         try:
             fetched = client.fetch()
             parsed = parse_response(fetched.body, request_id=fetched.request_id)

@@ -183,6 +183,12 @@ def credentials_in(config_path: Path) -> list[str]:
     return names
 
 
+def credentials_source_dir(config_path: Path) -> Path:
+    """Where ``LoadCredential=`` takes the secrets from: ``credentials/`` next to the config
+    (``/etc/bcs-notifier/credentials`` for the default config)."""
+    return config_path.parent / "credentials"
+
+
 def _walk(data: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict):
         for key, value in data.items():
@@ -318,21 +324,24 @@ def unit_text(options: UnitOptions) -> str:
         )
     lines.append("")
     add("-- secrets --")
+    # the credentials/ folder next to the config: where the config's *_file keys are found
+    # outside the service too (`status`, `check-config` run by root)
+    credentials_dir = credentials_source_dir(options.config_path)
     add(
         "Secrets never sit in the unit or the config: the config names them as *_file and\n"
         "systemd copies each from a root-only file into $CREDENTIALS_DIRECTORY, readable by\n"
-        f"this service alone. Put each file in {CREDENTIALS_SOURCE_DIR}/ (mode 0600, root)."
+        f"this service alone. Put each file in {credentials_dir}/ (mode 0600, root)."
     )
     if options.credentials:
         for name in options.credentials:
             add(
                 f"Credential {name!r}, referenced by a *_file key in the config.",
-                f"LoadCredential={name}:{CREDENTIALS_SOURCE_DIR / name}",
+                f"LoadCredential={name}:{credentials_dir / name}",
             )
     else:
         add(
             'No *_file key found in the config. Example, for password_file = "bcs-password":\n'
-            f"LoadCredential=bcs-password:{CREDENTIALS_SOURCE_DIR / 'bcs-password'}"
+            f"LoadCredential=bcs-password:{credentials_dir / 'bcs-password'}"
         )
     add(
         "Values for ${VAR} references in notifier.toml (e.g. a Slack token or SMTP password\n"
@@ -351,6 +360,15 @@ def unit_text(options: UnitOptions) -> str:
     else:
         add("No access to /home, /root and /run/user.", "ProtectHome=yes")
     add("A private /tmp and /var/tmp, removed when the service stops.", "PrivateTmp=yes")
+    add(
+        "Its own mount namespace: no mount it could make is seen by the host.",
+        "PrivateMounts=yes",
+    )
+    add(
+        "Its own user namespace: only root and the service user exist in it, so it has no\n"
+        "access to other users' processes or files beyond what everyone may read.",
+        "PrivateUsers=yes",
+    )
     add("No physical devices (only /dev/null, /dev/urandom and the like).", "PrivateDevices=yes")
     add(
         "Neither the service nor its children can gain privileges (setuid, file caps).",

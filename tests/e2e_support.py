@@ -2,7 +2,7 @@
 the events that must follow, a signed-webhook receiver, and the real CLI as a subprocess.
 
 The oracle does not use ``notifier.diff``: it re-derives, from the raw API records the
-simulator served, which transitions a reader must be told about (DESIGN.md, "Events").
+simulator served, which transitions a reader must be told about (README.md, "Events").
 """
 
 from __future__ import annotations

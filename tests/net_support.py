@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-WAIT = 20.0  # seconds any single wait may take before the test fails
+WAIT = 60.0  # seconds any single wait may take before the test fails (a busy machine)
 
 
 # -- a real local HTTP receiver ---------------------------------------------------------------

@@ -186,7 +186,6 @@ def test_dry_run_on_a_new_database_leaves_nothing_behind(
     assert result.exit_code == 0
     assert "would be stored as the baseline" in result.stderr
     assert not (tmp_path / "state.db").exists()
-    assert run(config_path, "events").stdout == ""
 
 
 def test_dry_run_reports_without_storing(
@@ -237,9 +236,31 @@ def test_check_config_ok(config_path: Path) -> None:
 
 
 def test_db_commands(config_path: Path) -> None:
-    assert "current: none" in run(config_path, "db", "current").stdout
     assert run(config_path, "db", "upgrade").exit_code == 0
     assert "up to date" in run(config_path, "db", "current").stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["db", "current"], ["events"], ["outbox", "list"], ["outbox"], ["status"]],
+    ids=" ".join,
+)
+def test_a_command_that_only_reads_never_creates_a_database(
+    config_path: Path, tmp_path: Path, command: list[str]
+) -> None:
+    before = sorted(tmp_path.iterdir())
+
+    result = run(config_path, *command)
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: no database yet at {tmp_path / 'state.db'}"), line
+    assert "bcs-notifier poll" in line
+    assert sorted(tmp_path.iterdir()) == before
+    # and afterwards the service starts on a fresh database as usual
+    assert run(config_path, "db", "upgrade").exit_code == 0
+    assert run(config_path, "db", "current").exit_code == 0
 
 
 def test_two_sources_with_different_auth_side_by_side(
@@ -352,3 +373,44 @@ def test_a_refused_signature_rests_the_key_across_poll_invocations(
         assert "no request before" in again.stderr
     assert route.call_count == 1  # no further signed request while the key rests
     assert "wrong-secret" not in first.output + again.output
+
+
+def test_status_shows_a_credential_rest_and_clear_rest_ends_it(
+    tmp_path: Path, router: respx.MockRouter, example_body: dict[str, Any]
+) -> None:
+    signed = source(
+        "signed",
+        endpoint=ENDPOINT,
+        project_id=PROJECT,
+        max_retries=0,
+        auth=aksk_auth("HPUAEXAMPLEAK0000001", "wrong-secret"),
+    )
+    path = write_config(tmp_path, sources=[signed])
+    assert run(path, "source", "clear-rest", "signed").exit_code == 1  # no database yet
+    route = router.get(RECORD_URL)
+    route.return_value = httpx.Response(
+        401,
+        json={"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information"},
+    )
+    assert run(path, "poll").exit_code == 69
+
+    text = run(path, "status").stdout
+    assert "credentials resting until " in text
+    assert "APIGW.0301" in text
+    assert "`bcs-notifier source clear-rest signed` ends the rest" in text
+    (state,) = json.loads(run(path, "status", "--json").stdout)["sources"]
+    assert state["resting_until"] is not None
+    assert "APIGW.0301" in state["rest_reason"]
+
+    cleared = run(path, "source", "clear-rest", "signed")
+    assert cleared.exit_code == 0
+    assert f"signed: credential rest until {state['resting_until']} cleared" in cleared.stdout
+    route.return_value = httpx.Response(200, json=example_body)  # the key works again
+    assert run(path, "poll").exit_code == 0
+    assert route.call_count == 2  # tried again at once, not 5 minutes later
+    assert "resting" not in run(path, "status").stdout
+    assert "not resting" in run(path, "source", "clear-rest", "signed").stdout
+    unknown = run(path, "source", "clear-rest", "nope")
+    assert unknown.exit_code == 2
+    assert "no source named nope" in unknown.output
+    assert "wrong-secret" not in text + cleared.output

@@ -215,3 +215,81 @@ def test_a_bad_url_error_does_not_echo_its_password() -> None:
     )
     found = problems(text, BCS_TOKEN="x")
     assert found == ["sources[0].endpoint: must be an http(s) URL, not 'ftp://user:********@host'"]
+
+
+def test_an_unset_variable_in_a_url_gives_only_that_error() -> None:
+    text = MINIMAL + '[[channels]]\nname = "ops"\nurls = ["slack://${SLACK_TOKENS}/#bcs"]\n'
+    assert problems(text, BCS_TOKEN="x") == [
+        "channels[0].urls[0]: environment variable not set: ${SLACK_TOKENS}"
+    ]
+    # among others, the rest keep their own index (none is checked under a wrong one)
+    text = MINIMAL + (
+        '[[channels]]\nname = "ops"\nurls = ["json://${HOOK_HOST}/", "console://stdout"]\n'
+    )
+    assert problems(text, BCS_TOKEN="x") == [
+        "channels[0].urls[0]: environment variable not set: ${HOOK_HOST}"
+    ]
+    assert problems(MINIMAL + '[[channels]]\nname = "ops"\nurls = []\n', BCS_TOKEN="x") == [
+        "channels[0].urls: at least one apprise URL is required"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        ('["failed", "stop", "finished", "waiting", "processing"]', []),
+        (
+            '["failed", "faild"]',
+            [
+                "channels[0].statuses[1]: unknown status 'faild' (known: failed, finished, "
+                "processing, stop, waiting; allow_unknown_statuses = true accepts others)"
+            ],
+        ),
+        ('["failed", "rolled_back"]\nallow_unknown_statuses = true', []),
+    ],
+    ids=["known", "typo", "opted-in"],
+)
+def test_channel_statuses_are_known_ones_unless_opted_in(
+    statuses: str, expected: list[str]
+) -> None:
+    text = MINIMAL + f'[[channels]]\nname = "ops"\nurls = ["console://"]\nstatuses = {statuses}\n'
+    if expected:
+        assert problems(text, BCS_TOKEN="x") == expected
+    else:
+        (channel,) = parse_config(text, environ={"BCS_TOKEN": "x"}).channels
+        assert "failed" in channel.statuses
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("postgresql+pg8000://bcs:DbPw123@db.example.test/bcs", "driver 'pg8000' is not installed"),
+        ("oracle+nosuchdriver://db.example.test/x", "unknown database kind"),
+        ("not a url", "not a database URL"),
+    ],
+    ids=["driver-missing", "unknown-kind", "not-a-url"],
+)
+def test_a_database_that_cannot_be_opened_is_a_config_error(url: str, fragment: str) -> None:
+    import importlib.util
+
+    assert importlib.util.find_spec("pg8000") is None  # the driver this case needs missing
+    text = f'[service]\ndatabase = "{url}"\n' + MINIMAL
+    (problem,) = problems(text, BCS_TOKEN="x")
+    assert problem.startswith("service.database: "), problem
+    assert fragment in problem
+    assert "DbPw123" not in problem
+
+
+def test_check_config_exits_78_for_a_database_driver_that_is_not_installed(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+
+    path = tmp_path / "notifier.toml"
+    database = 'database = "postgresql+pg8000://bcs@db.example.test/bcs"\n'
+    path.write_text("[service]\n" + database + MINIMAL.replace("${BCS_TOKEN}", "t"))
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 78
+    assert "service.database: the postgresql driver 'pg8000' is not installed" in result.stderr

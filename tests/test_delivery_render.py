@@ -202,6 +202,44 @@ def test_body_has_transitions_tree_in_serial_order_times_and_ids() -> None:
     assert "23604f57-eac9-3777-e9f5-ae87457f2338" in body
 
 
+@pytest.mark.parametrize("to_status", ["failed", "stop"])
+def test_a_step_that_failed_or_stopped_shows_when_it_ended_not_when_it_started(
+    to_status: str,
+) -> None:
+    ended = T0_NS + 38 * S
+    rec = record(
+        status=to_status,
+        record_time=T0_NS + 40 * S,
+        steps=[
+            step(
+                "Deploy Organization",
+                to_status,
+                1,
+                [
+                    sub("peers", to_status, 1, start=T0_NS, end=ended),
+                    sub("orderers", "waiting", 2),  # never ran
+                ],
+            )
+        ],
+    )
+    transition = {
+        "step_name": "Deploy Organization",
+        "from_status": "processing",
+        "to_status": to_status,
+    }
+    with_end = event_for(
+        rec, EventType.STEP_STATUS_CHANGED, started_at=T0_NS, ended_at=ended, **transition
+    )
+    without_end = event_for(rec, EventType.STEP_STATUS_CHANGED, started_at=T0_NS, **transition)
+    options = RenderOptions(format="text", timezone="UTC")
+
+    for event, when in ((with_end, "22:13:58Z"), (without_end, "22:14:00Z")):
+        body = render_message([event], rec, options).body
+        (line,) = [line for line in body.splitlines() if "Step Deploy Organization" in line]
+        assert when in line, line
+        assert "22:13:20Z" not in line, line  # the step's start
+
+
 def test_coalesced_events_render_in_order_with_the_latest_tree() -> None:
     early = record(status="processing", record_time=T0_NS)
     late = record(status="finished", record_time=T0_NS + 60 * S)

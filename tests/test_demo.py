@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import cli_env
@@ -68,6 +69,34 @@ def test_the_demo_plays_the_story_and_leaves_nothing_behind(
     # the simulator's server and the service's workers are gone (apprise keeps its own pool)
     leftover = set(threading.enumerate()) - threads_before
     assert [t.name for t in leftover if t.name.startswith("bcs-")] == []
+
+
+def test_a_slow_first_poll_never_moves_a_new_operation_into_the_baseline(
+    scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The story waits for the baseline: a first poll that takes half a real second (a
+    busy machine, a slow IAM login) is 200 simulated seconds at this speed, long enough
+    for the story's next operations to start; none of them may be stored silently."""
+    from notifier.pipeline import Poller
+
+    real_poll = Poller.poll_source
+    polls: list[int] = []
+
+    def slow_first_poll(self: Poller, source: Any, *, dry_run: bool = False) -> Any:
+        if not polls:
+            threading.Event().wait(0.5)  # the slow machine itself, not a wait for a result
+        polls.append(1)
+        return real_poll(self, source, dry_run=dry_run)
+
+    monkeypatch.setattr(Poller, "poll_source", slow_first_poll)
+    said: list[str] = []
+
+    report = Demo(DemoOptions(**FAST), say=said.append).run()
+
+    assert report.completed, report.errors
+    assert "First poll: 4 operation(s) already there" in said[1]
+    outcomes = {(o.operation, o.blockchain) for o in report.operations}
+    assert ("OpCreate", "bcs-supply") in outcomes
 
 
 def test_summary_lines_tell_what_happened(scratch_tmp: Path) -> None:
@@ -169,3 +198,71 @@ def test_a_stop_signal_ends_the_demo_cleanly(tmp_path: Path, sig: signal.Signals
                 stream.close()
     assert "Demo interrupted after" in "".join(lines)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_before_the_demo_has_started_exits_130_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the command still imports and builds the demo (before its own signal
+    handlers are in place) is the same interruption as a moment later: 130, no "Aborted!"."""
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+    from notifier.simulator import demo
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo.Demo, "__init__", interrupted)
+
+    result = CliRunner().invoke(main, ["demo"])
+
+    assert result.exit_code == 130, result.output
+    assert "Aborted" not in result.output
+
+
+def test_a_terminal_that_cannot_show_the_symbols_gets_plain_ones(tmp_path: Path) -> None:
+    """A latin-1 stdout: every message is still delivered, with plain stand-ins."""
+    env = {**cli_env(), "TMPDIR": str(tmp_path), "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "notifier", "demo", "--speed", "400", "--interval", "0.2"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout.decode("latin-1")
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    assert "[x] failed · OpAddOrg · bcs-finance" in out
+    assert "[stop] stop · OpScaleOrg · bcs-ledger" in out
+    assert "dead: 0" in out
+    assert done.stderr == b""
+
+
+def test_the_demo_exits_1_when_a_notification_could_not_be_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+    from notifier.simulator import demo
+
+    def run(self: Demo) -> demo.DemoReport:
+        return demo.DemoReport(completed=True, notifications=3, dead=2)
+
+    monkeypatch.setattr(demo.Demo, "run", run)
+
+    result = CliRunner().invoke(main, ["demo"])
+
+    assert result.exit_code == 1, result.output
+    assert "dead: 2" in result.output
+
+
+def test_printable_keeps_what_the_encoding_can_show() -> None:
+    from notifier.channels.console import printable
+
+    title = "⏹️ stop · OpScaleOrg · bcs-ledger → 区块链"
+    assert printable(title, "utf-8") == title
+    assert printable(title, "latin-1") == "[stop] stop · OpScaleOrg · bcs-ledger -> ???"
+    assert printable(title, "ascii") == "[stop] stop - OpScaleOrg - bcs-ledger -> ???"
+    assert printable(title, "no-such-codec") == title

@@ -191,6 +191,32 @@ def test_substep_event_carries_times_message_and_step(example_body: dict[str, An
     assert operation_event.message == ("create blockchain failed",)
 
 
+def test_a_failed_step_ends_when_its_last_sub_step_ended(example_body: dict[str, Any]) -> None:
+    """The sub-steps after the failure never run (no end time): the step still ended, when
+    the failing one did."""
+    failed_at = 1618219200000000000
+
+    def storage_fails_before_the_last_sub_step(raw: dict[str, Any]) -> None:
+        storage_fails_and_operation_fails(raw)
+        _sub(raw, DEPENDENT, "Create network storage").update(
+            start_time=1618219100000000000, end_time=failed_at
+        )
+        raw["operation_process"][DEPENDENT]["sub_steps"]["Attach storage"] = {
+            "substep_name": "Attach storage",
+            "status": "waiting",
+            "start_time": 0,
+            "end_time": 0,
+            "serial_num": 3,
+        }
+
+    events = diff_record(
+        "prod", _record(example_body), _record(example_body, storage_fails_before_the_last_sub_step)
+    )
+
+    step_event = next(e for e in events if e.type is EventType.STEP_STATUS_CHANGED)
+    assert (step_event.to_status, step_event.ended_at) == ("failed", failed_at)
+
+
 def test_operation_start_event_comes_before_step_events(example_body: dict[str, Any]) -> None:
     def waiting(raw: dict[str, Any]) -> None:
         raw["operation_status"] = "waiting"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from e2e_support import (
     webhook_receiver,
     write_config,
 )
+from net_support import WAIT
 
 from notifier.simulator import OperationSpec
 
@@ -51,8 +53,16 @@ FAULTS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
 def _wait_delivered(
-    receiver: WebhookReceiver, expected: dict[Transition, int], timeout: float = 20
+    receiver: WebhookReceiver, expected: dict[Transition, int], timeout: float = WAIT
 ) -> None:
     receiver.wait_for(
         lambda got: len({d.webhook_id for d in operation_deliveries(got)}) >= len(expected),
@@ -140,7 +150,8 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
             # SIGTERM with a send in flight: the send completes, the service exits 0
             graceful_id = step_in_flight(steps[2])
             service.send(signal.SIGTERM)
-            time.sleep(0.3)  # the stop request arrives while the webhook is held
+            # the stop request arrives while the webhook is held
+            wait_until(lambda: "stopping: finishing" in service.stderr(), "the stop request")
             receiver.http.release()
             assert service.wait() == 0
             assert "Traceback" not in service.stderr()

@@ -344,3 +344,37 @@ def test_refused_credentials_rest_until_the_client_says_then_polling_resumes(
     resumed = make_poller(config, engine, ScriptedClient([example_body]), clock)
     assert resumed.poll_source(config.sources[0]).ok
     assert resumed.repository.source_state("prod").rest_until is None
+
+
+def test_a_cleared_rest_makes_the_same_client_try_again(
+    engine: Engine, router: Any, example_body: dict[str, Any]
+) -> None:
+    """The running service keeps its client (and the rest it remembers) across polls: once
+    the stored rest is cleared (``source clear-rest``), the client forgets its own too."""
+    import httpx
+    from bcs_support import ENDPOINT, PROJECT, RECORD_URL
+    from config_support import aksk_auth
+
+    from notifier.errors import SignatureRejected
+    from notifier.store.repository import Repository
+
+    signed = source(
+        "signed",
+        endpoint=ENDPOINT,
+        project_id=PROJECT,
+        max_retries=0,
+        auth=aksk_auth("HPUAEXAMPLEAK0000001", "secret-key-0001"),
+    )
+    config = parse_config(config_toml(sources=[signed]))
+    route = router.get(RECORD_URL)
+    route.return_value = httpx.Response(401, json={"error_code": "APIGW.0301", "error_msg": "x"})
+    with Poller(config, engine) as poller:
+        assert isinstance(poller.poll_source(config.sources[0]).error, SignatureRejected)
+        assert isinstance(poller.poll_source(config.sources[0]).error, SignatureRejected)
+        assert route.call_count == 1  # resting
+
+        Repository(engine).clear_rest("signed")
+        route.return_value = httpx.Response(200, json=example_body)
+        assert poller.poll_source(config.sources[0]).ok
+
+    assert route.call_count == 2

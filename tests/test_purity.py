@@ -1,4 +1,5 @@
-"""The pure core imports no I/O library (STYLE.md): checked in a fresh interpreter."""
+"""The pure core imports no I/O library, so its tests need no fixtures: checked in a fresh
+interpreter."""
 
 from __future__ import annotations
 

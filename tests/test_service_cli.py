@@ -125,6 +125,71 @@ def test_run_refuses_a_database_in_use(engine: Engine, database_url: str, tmp_pa
     assert result.exit_code == 69
 
 
+def _run_beside_a_running_service(
+    engine: Engine, config: Path, *arguments: str, terminal: bool
+) -> tuple[int, str]:
+    """``run`` refused by the instance lock, its stderr a terminal or a pipe."""
+    import os
+    import pty
+
+    env = {**os.environ, "NOTIFY_SOCKET": "", "JOURNAL_STREAM": ""}
+    env.pop("BCS_NOTIFIER_LOG_FORMAT", None)
+    command = [sys.executable, "-m", "notifier", "--config", str(config), *arguments]
+    with InstanceLock(engine):
+        if not terminal:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=60, env=env, check=False
+            )
+            return done.returncode, done.stderr
+        leader, follower = pty.openpty()
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, env=env
+        )
+        os.close(follower)
+        output = b""
+        try:
+            while chunk := os.read(leader, 4096):
+                output += chunk
+        except OSError:  # EIO: the process closed the terminal
+            pass
+        finally:
+            os.close(leader)
+        return process.wait(60), output.decode()
+
+
+def test_run_on_a_terminal_logs_text_and_journal_prefixes_elsewhere(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, database_url)
+
+    code, terminal = _run_beside_a_running_service(engine, config, "run", terminal=True)
+    assert code == 69, terminal
+    (line,) = [line for line in terminal.splitlines() if "not starting" in line]
+    assert not line.startswith("<"), line
+    assert " ERROR notifier.cli: not starting: " in line
+
+    code, piped = _run_beside_a_running_service(engine, config, "run", terminal=False)
+    assert code == 69, piped
+    assert piped.startswith("<3>"), piped
+
+
+def test_run_logs_the_config_loading_in_the_chosen_format(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    """apprise logs while the config is read (its plugins load for the URL checks): those
+    lines come out as JSON like the rest, not in the one-shot commands' text format."""
+    config = write_config(tmp_path, database_url)
+
+    code, output = _run_beside_a_running_service(
+        engine, config, "--log-level", "debug", "run", "--log-format", "json", terminal=False
+    )
+
+    assert code == 69, output
+    records = [json.loads(line) for line in output.splitlines()]
+    assert any(record["logger"].startswith("apprise") for record in records), output
+    assert records[-1]["message"].startswith("not starting: ")
+
+
 def test_run_with_an_invalid_config_exits_78(tmp_path: Path) -> None:
     config = tmp_path / "notifier.toml"
     config.write_text("[service]\npoll_interval = 0\n")

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from notifier.config import Config, SourceConfig, parse_config
 from notifier.daemon import (
+    OUTBOX_RECHECK,
     Components,
     Daemon,
     DaemonOptions,
@@ -308,6 +309,44 @@ def test_a_refused_signature_pauses_the_source_for_the_lock_out(
     assert gaps(times)[1] == 5  # active rate again after the pause
 
 
+def test_clearing_a_stored_rest_polls_the_source_again_at_once(
+    engine: Engine, database_url: str
+) -> None:
+    """The rest a refused signature stored shows in /healthz; ``source clear-rest`` (the
+    stored rest cleared) ends it: the loop polls the source within OUTBOX_RECHECK."""
+    from notifier.store.repository import Repository
+
+    repository = Repository(engine)
+    seen: list[dict[str, Any]] = []
+
+    class Clock(FakeClock):
+        def wait(self, seconds: float) -> None:
+            super().wait(seconds)
+            if self.now >= 30 and not seen and self.daemon is not None:
+                seen.append(dict(self.daemon.health().details["sources"]["a"]))
+                repository.clear_rest("a")
+
+    clock = Clock()
+
+    def script(name: str, now: float, count: int) -> Result:
+        if count == 0:  # what the pipeline does on a refusal: store the rest, then fail
+            repository.save_rest(name, int((clock.wall() + 300) * 1000))
+            error = SignatureRejected(status=401, code="APIGW.0301", message="bad signature")
+            return Result(name, error=error)
+        return Result(name, active=True)
+
+    daemon, poller, _ = build(make_config(database_url), engine, clock, script)
+    run_for(daemon, clock, 100)
+
+    (health,) = seen
+    assert health["resting_until"] == "2023-11-14T22:18:20Z"  # 300 s after the refusal
+    assert "APIGW.0301" in health["rest_reason"]
+    times = poller.times("a")
+    assert times[0] == 0
+    assert 30 <= times[1] <= 30 + OUTBOX_RECHECK + 1  # not 300 s later
+    assert daemon.health().details["sources"]["a"]["resting_until"] is None
+
+
 def test_a_hanging_source_never_delays_another(engine: Engine, database_url: str) -> None:
     release = threading.Event()
     polled: dict[str, int] = {"fast": 0, "slow": 0}
@@ -319,12 +358,12 @@ def test_a_hanging_source_never_delays_another(engine: Engine, database_url: str
         def poll_source(self, source: SourceConfig, /) -> Result:
             polled[source.name] += 1
             if source.name == "slow":
-                release.wait(10)
+                release.wait(120)
             return Result(source.name, active=True)
 
     daemon, thread = start_in_thread(config, engine, Poller(), workers=4)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while polled["fast"] < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert polled["fast"] >= 5
@@ -431,20 +470,26 @@ def test_stop_keeps_undeliverable_rows_in_the_outbox(engine: Engine, database_ur
 
 def test_stop_waits_for_the_poll_in_progress(engine: Engine, database_url: str) -> None:
     started = threading.Event()
+    proceed = threading.Event()
     finished = threading.Event()
     config = make_config(database_url, poll_interval=1, active_poll_interval=0.2)
 
     class Poller:
         def poll_source(self, source: SourceConfig, /) -> Result:
             started.set()
-            time.sleep(0.3)
+            proceed.wait(120)
             finished.set()
             return Result(source.name)
 
     daemon, thread = start_in_thread(config, engine, Poller(), workers=2)
-    assert started.wait(5)
-    daemon.request_stop()
-    thread.join(10)
+    try:
+        assert started.wait(60)
+        daemon.request_stop()
+        thread.join(0.5)
+        assert thread.is_alive()  # still waiting for the poll, however long it takes
+    finally:
+        proceed.set()
+    thread.join(60)
     assert finished.is_set()
     assert not thread.is_alive()
 

@@ -194,3 +194,23 @@ def test_configure_replaces_handlers_and_redacts(restore_root_logger: None) -> N
     assert "topsecret-value" not in output
     assert "not shown" not in output
     assert "request line" not in output  # chatty libraries only at debug level
+
+
+def test_run_chooses_text_on_a_terminal_and_journal_elsewhere() -> None:
+    import pty
+
+    from notifier.logsetup import default_format
+
+    leader, follower = pty.openpty()
+    read_end, write_end = os.pipe()
+    with (
+        os.fdopen(leader) as _leader,
+        os.fdopen(follower, "w") as terminal,
+        os.fdopen(write_end, "w") as pipe,
+        os.fdopen(read_end) as _reader,
+    ):
+        assert default_format(terminal, {}) == "text"
+        stat = os.fstat(terminal.fileno())
+        journal = {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        assert default_format(terminal, journal) == "journal"  # the journal, on a tty
+        assert default_format(pipe, {}) == "journal"

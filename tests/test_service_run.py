@@ -10,11 +10,10 @@ SIGTERM with nothing lost.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -50,10 +49,22 @@ class TimedSimulator(Simulator):
             self.poll_times.append(time.monotonic())
         return super().handle(request)
 
-    def intervals(self, since: float, until: float | None = None) -> list[float]:
-        end = until if until is not None else time.monotonic()
-        times = [t for t in self.poll_times if since <= t <= end]
-        return [b - a for a, b in itertools.pairwise(times)]
+
+POLL_DECISION = re.compile(r"polled sim: .*, (?P<mode>active|idle), next in (?P<next>[0-9.]+)s$")
+
+
+def not_sent(tmp_path: Path) -> int:
+    """Outbox rows not sent yet (pending or dead)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.state != "sent")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
 
 
 def delivered(receiver: Receiver) -> dict[str, dict[str, Any]]:
@@ -95,7 +106,7 @@ def write_config(tmp_path: Path, simulator: Simulator, receiver: Receiver, http_
             "http": {"listen": "127.0.0.1", "port": http_port},
         },
         delivery={"backoff_initial": 0.2, "backoff_max": 0.5, "max_attempts": 100},
-        sources=[config_support.sim_source(simulator, "token", "sim", max_retries=0, timeout=2)],
+        sources=[config_support.sim_source(simulator, "token", "sim", max_retries=0, timeout=10)],
         channels=[config_support.channel("hook", f"webhook://{receiver.base}/hook")],
     )
 
@@ -125,14 +136,49 @@ def test_run_under_a_harness(
     }
     env.pop("WATCHDOG_PID", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifier", "--config", str(config), "run", "--log-format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "notifier",
+            "--config",
+            str(config),
+            "--log-level",
+            "debug",
+            "run",
+            "--log-format",
+            "json",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env,
     )
+    run_log = tmp_path / "run.log"
+
+    def log_offset() -> int:
+        return len(run_log.read_text())
+
+    def decisions(offset: int) -> list[str]:
+        """The scheduler's choice after each successful poll logged past ``offset``:
+        "active" or "idle", from its "polled ..., next in Ns" debug lines."""
+        found = []
+        for line in run_log.read_text()[offset:].splitlines():
+            try:
+                message = json.loads(line)["message"]
+            except (ValueError, KeyError):
+                continue  # a line still being written
+            match = POLL_DECISION.match(message)
+            if match:
+                expected = ACTIVE if match["mode"] == "active" else IDLE
+                assert float(match["next"]) == pytest.approx(expected), message
+                found.append(match["mode"])
+        return found
+
+    def polls_since(count: int) -> int:
+        return len(simulator.poll_times) - count
+
     try:
-        wait_for(lambda: "READY=1" in systemd.lines(), 30, "READY=1")
-        wait_for(lambda: "WATCHDOG=1" in systemd.lines(), 5, "WATCHDOG=1")
+        wait_for(lambda: "READY=1" in systemd.lines(), 60, "READY=1")
+        wait_for(lambda: "WATCHDOG=1" in systemd.lines(), 60, "WATCHDOG=1")
 
         # a second instance on the same database refuses to start, with a clear message
         second = subprocess.run(
@@ -146,23 +192,21 @@ def test_run_under_a_harness(
         assert second.returncode == 69
         assert f"another bcs-notifier run (pid {process.pid})" in second.stderr
 
-        # idle: nothing in progress
-        start = time.monotonic()
-        time.sleep(4.5)
-        idle = simulator.intervals(start)
-        assert idle, "no polls while idle"
-        assert 1.8 <= statistics.median(idle) <= 2.6, idle
+        # idle: nothing in progress, so the scheduler picks the idle interval, poll after poll
+        wait_for(lambda: polls_since(0) >= 2, 60, "two polls")
+        mark = log_offset()
+        wait_for(lambda: decisions(mark).count("idle") >= 2, 60, "two idle polls")
+        assert "active" not in decisions(mark)
 
-        # an operation starts: the active rate
+        # an operation starts: the active interval
         simulator.schedule("create", "bcs-harness")
-        wait_for(lambda: "operation.created" in " ".join(types(receiver)), 15, "created")
-        start = time.monotonic()
-        time.sleep(2.5)
-        active = simulator.intervals(start)
-        assert len(active) >= 4, active
-        assert 0.25 <= statistics.median(active) <= 0.6, active
+        wait_for(lambda: "operation.created" in " ".join(types(receiver)), 60, "created")
+        mark = log_offset()
+        seen = len(simulator.poll_times)
+        wait_for(lambda: decisions(mark).count("active") >= 3, 60, "three active polls")
+        assert polls_since(seen) >= 3
 
-        # it finishes: back to the idle rate
+        # it finishes: back to the idle interval
         simulator.advance(simulator.story_remaining() + 60)
         wait_for(
             lambda: (
@@ -172,15 +216,11 @@ def test_run_under_a_harness(
                     for d in delivered(receiver).values()
                 )
             ),
-            15,
+            60,
             "the finished operation",
         )
-        time.sleep(0.5)
-        start = time.monotonic()
-        time.sleep(4.5)
-        after = simulator.intervals(start)
-        assert after
-        assert 1.8 <= statistics.median(after) <= 2.6, after
+        mark = log_offset()
+        wait_for(lambda: decisions(mark)[-2:] == ["idle", "idle"], 60, "idle polls again")
         failed = [request for request in receiver.snapshot() if request.status == 500]
         assert len(failed) == 3  # the channel failures were retried
 
@@ -193,11 +233,12 @@ def test_run_under_a_harness(
 
         # the API fails: unreachable once, then recovered once
         simulator.inject("500", count=10_000)
-        wait_for(lambda: "bcs_notifier.source.unreachable" in types(receiver), 15, "unreachable")
-        time.sleep(1.5)  # more failed polls: no second report
+        wait_for(lambda: "bcs_notifier.source.unreachable" in types(receiver), 60, "unreachable")
+        seen = len(simulator.poll_times)
+        wait_for(lambda: polls_since(seen) >= 3, 60, "more failed polls")  # no second report
         simulator.clear_faults()
-        wait_for(lambda: "bcs_notifier.source.recovered" in types(receiver), 15, "recovered")
-        time.sleep(1.0)
+        wait_for(lambda: "bcs_notifier.source.recovered" in types(receiver), 60, "recovered")
+        wait_for(lambda: not_sent(tmp_path) == 0, 60, "every delivery sent")
         assert types(receiver).count("bcs_notifier.source.unreachable") == 1
         assert types(receiver).count("bcs_notifier.source.recovered") == 1
         assert any(line.startswith("STATUS=last poll") for line in systemd.lines())
@@ -208,16 +249,17 @@ def test_run_under_a_harness(
         process.send_signal(signal.SIGHUP)
         wait_for(
             lambda: "the new configuration is invalid" in (tmp_path / "run.log").read_text(),
-            10,
+            60,
             "the refused reload",
         )
         assert "service.poll_interval: must be at least 1" in (tmp_path / "run.log").read_text()
         config.write_text(good.replace('name = "hook"', 'name = "hook2"'))
         process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reloaded" in (tmp_path / "run.log").read_text(), 10, "the reload")
+        # start, and after each reload (the daemon logs "reloaded" before it tells systemd)
+        wait_for(lambda: systemd.lines().count("READY=1") == 3, 60, "READY=1 after the reload")
+        assert "reloaded" in (tmp_path / "run.log").read_text()
         assert process.poll() is None
         assert "RELOADING=1" in systemd.lines()
-        assert systemd.lines().count("READY=1") == 3  # start, and after each reload
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

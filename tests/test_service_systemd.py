@@ -130,6 +130,8 @@ REQUIRED = [
     "ExecReload=/bin/kill -HUP $MAINPID",
     "LoadCredential=bcs-password:/etc/bcs-notifier/credentials/bcs-password",
     "LoadCredential=ak:/etc/bcs-notifier/credentials/ak",
+    "PrivateMounts=yes",
+    "PrivateUsers=yes",
 ]
 
 
@@ -267,3 +269,48 @@ def test_systemd_analyze_verify_accepts_the_printed_unit(tmp_path: Path) -> None
     assert verify.returncode == 0, verify.stderr
     # unknown or misspelled directives are only warnings: there must be none
     assert verify.stderr.strip() == "", verify.stderr
+
+
+def test_credentials_come_from_the_folder_next_to_the_config(tmp_path: Path) -> None:
+    """Where the config's *_file keys are found outside the service, so the unit and a
+    root shell (`status`, `check-config`) read the same files."""
+    (tmp_path / "srv" / "bcs").mkdir(parents=True)
+    config = write_config(tmp_path / "srv" / "bcs" / "notifier.toml")
+    printed = subprocess.run(
+        [sys.executable, "-m", "notifier", "--config", str(config), "print-unit"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    lines = directives(printed)
+    folder = config.resolve().parent / "credentials"
+    assert f"LoadCredential=bcs-password:{folder / 'bcs-password'}" in lines
+    assert f"LoadCredential=ak:{folder / 'ak'}" in lines
+    assert f"Put each file in {folder}/ (mode 0600, root)." in printed.replace("\n# ", " ")
+    assert "/etc/bcs-notifier/credentials" not in printed
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_analyze_security_finds_the_namespaces_private(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "notifier.toml")
+    unit = tmp_path / "bcs-notifier.service"
+    printed = subprocess.run(
+        [sys.executable, "-m", "notifier", "--config", str(config), "print-unit"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    unit.write_text(printed.stdout)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Overall exposure level" in security.stdout, security.stderr
+    exposed = [line for line in security.stdout.splitlines() if line.startswith("✗")]
+    for setting in ("PrivateUsers=", "PrivateMounts=", "ProtectSystem=", "PrivateTmp="):
+        assert not any(line.split()[1] == setting for line in exposed), exposed

@@ -74,6 +74,9 @@ class BcsAuth(httpx.Auth):
         """Epoch seconds before which this auth will not contact the server, or None."""
         return None
 
+    def clear_rest(self) -> None:
+        """Forget a refusal that made it rest (the credentials were fixed)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -147,6 +150,10 @@ class PasswordAuth(BcsAuth):
     @property
     def retry_not_before(self) -> float | None:
         return self._failure_until if self._failure is not None else None
+
+    def clear_rest(self) -> None:
+        self._failure = None
+        self._failure_until = 0.0
 
     def secrets(self) -> tuple[str, ...]:
         values = [self._password.reveal()]

@@ -201,6 +201,13 @@ class BcsClient:
         latest = max(candidates)
         return latest if latest > now else None
 
+    def clear_rest(self) -> None:
+        """Forget a refused signature or IAM login: the next fetch tries again (the operator
+        fixed the credentials and ended the rest)."""
+        self._signature_rejection = None
+        self._signature_rest_until = 0.0
+        self.auth.clear_rest()
+
     # -- fetching ----------------------------------------------------------------------------
 
     def fetch(self) -> Fetched:

@@ -10,13 +10,59 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import Any, Final, TextIO
 
 from apprise import NotifyFormat, NotifyType
 from apprise.plugins.base import NotifyBase
 
 _LOCK = threading.Lock()
 _STREAMS = ("stdout", "stderr")
+
+#: Plain stand-ins for what the messages use, on a stream whose encoding cannot show it
+#: (``PYTHONIOENCODING=latin-1``, an ASCII terminal); anything else becomes ``?``.
+PLAIN_SYMBOLS: Final[Mapping[str, str]] = {
+    "✅": "[ok]",
+    "❌": "[x]",
+    "⏹": "[stop]",
+    "🔄": "[..]",
+    "⏳": "[wait]",
+    "⚪": "[ ]",
+    "⚠": "[!]",
+    "❔": "[?]",
+    "\ufe0f": "",  # the variation selector after ⏹ and ⚠
+    "→": "->",
+    "›": ">",
+    "·": "-",
+    "…": "...",
+    "—": "-",
+    "–": "-",
+    "•": "*",
+}
+
+
+def printable(text: str, encoding: str | None) -> str:
+    """``text`` as ``encoding`` can write it: unchanged when it can, else every character
+    it cannot show replaced by its plain stand-in (so a delivery never dies on a symbol)."""
+    if not encoding:
+        return text
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        pass
+    except LookupError:  # an encoding Python does not know: let the stream decide
+        return text
+    else:
+        return text
+    plain = []
+    for character in text:
+        try:
+            character.encode(encoding)
+        except UnicodeEncodeError:
+            plain.append(PLAIN_SYMBOLS.get(character, "?"))
+        else:
+            plain.append(character)
+    return "".join(plain)
 
 
 class NotifyConsole(NotifyBase):
@@ -54,6 +100,7 @@ class NotifyConsole(NotifyBase):
             heading = f"{title}\n{'=' * min(len(title), 72)}" if title else ""
         text = "\n".join(part for part in (heading, body) if part)
         stream = self._stream()
+        text = printable(text, getattr(stream, "encoding", None))
         with _LOCK:
             stream.write(text.rstrip("\n") + "\n\n")
             stream.flush()

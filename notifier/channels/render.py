@@ -35,6 +35,7 @@ import jinja2.sandbox
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.model import (
+    TERMINAL_STATUSES,
     Event,
     EventType,
     OperationRecord,
@@ -358,7 +359,10 @@ def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) 
     elif event.type is EventType.OPERATION_CREATED:
         change = f"created, {status_label(to_status)}"
     started, ended = event.started_at, event.ended_at
-    when_ns = ended or started or event.record_time
+    # a change to an end state happened when it ended, or else when the API recorded it:
+    # never at the start of what failed or stopped
+    ended_state = to_status in TERMINAL_STATUSES
+    when_ns = ended or (event.record_time if ended_state else started) or event.record_time
     duration = format_duration(started, ended)
     detail = event.detail if event.detail and event.detail.strip().lower() != to_status else None
     if event.error:

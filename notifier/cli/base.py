@@ -66,8 +66,23 @@ def fail(exc: NotifierError, code: int = 1) -> NoReturn:
 
 pass_context = click.make_pass_decorator(Context)
 
+#: The exit status of a command ended by Ctrl-C (128 + SIGINT), as a shell reports it.
+EX_INTERRUPTED = 130
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Group(click.Group):
+    """The ``main`` group: Ctrl-C before a command has installed its own signal handling
+    (while it imports, reads the config, starts up) exits 130 quietly, as the same key
+    does a moment later, instead of click's "Aborted!" with status 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EX_INTERRUPTED) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",

@@ -58,11 +58,13 @@ def db_current(context: Context) -> None:
     from notifier.store import db as store_db
 
     try:
-        engine = store_db.make_engine(context.config().service.database)
+        engine = open_existing_store(context, current=False)
         current = store_db.current_revision(engine)
         head = store_db.head_revision()
     except NotifierError as exc:
         fail(exc)
+    finally:
+        context.close()
     state = "up to date" if current == head else "needs `bcs-notifier db upgrade`"
     click.echo(f"current: {current or 'none'}\nhead: {head}\n{state}")
 
@@ -86,6 +88,21 @@ def open_store(context: Context, *, dry_run: bool = False) -> Engine:
         engine = store_db.make_engine(config.service.database)
         store_db.upgrade(engine)
     context.on_close(engine.dispose)
+    return engine
+
+
+def open_existing_store(context: Context, *, current: bool = True) -> Engine:
+    """The store for a command that only reads: never created (nor migrated) here; a
+    database that does not exist yet is a one-line error. ``current``: its schema must be
+    this version's."""
+    from notifier.store import db as store_db
+
+    url = context.config().service.database
+    store_db.require_database(url)
+    engine = store_db.make_engine(url)
+    context.on_close(engine.dispose)
+    if current:
+        store_db.require_current(engine)
     return engine
 
 
@@ -189,16 +206,11 @@ def events(
     context: Context, operation_id: str | None, source_name: str | None, as_json: bool
 ) -> None:
     """The recorded events, oldest first."""
-    from notifier.store import db as store_db
     from notifier.store.repository import Repository
 
-    config = context.config()
+    context.config()
     try:
-        if not store_db.database_exists(config.service.database):
-            return
-        engine = store_db.make_engine(config.service.database)
-        context.on_close(engine.dispose)
-        store_db.require_current(engine)
+        engine = open_existing_store(context)
         for stored in Repository(engine).iter_events(operation_id=operation_id, source=source_name):
             click.echo(_event_text(stored.event, as_json=as_json))
     except NotifierError as exc:

@@ -62,13 +62,13 @@ def outbox_list(
 ) -> None:
     """List deliveries: id, state, attempts, channel, operation, next attempt, last error."""
     from notifier import outbox as outbox_module
-    from notifier.cli.core import open_store
+    from notifier.cli.core import open_existing_store
 
     config = context.config()
     configured = {item.name for item in config.channels}
     wanted = list(outbox_module.STATES) if "all" in states else list(states or ("pending", "dead"))
     try:
-        engine = open_store(context)
+        engine = open_existing_store(context)  # a listing never creates nor migrates
         entries = outbox_module.list_entries(engine, states=wanted, channel=channel, limit=limit)
         counts = outbox_module.counts_by_state(engine)
         orphans = outbox_module.unconfigured_counts(engine, configured)

@@ -24,7 +24,7 @@ from notifier.cli.base import (
     pass_context,
 )
 from notifier.config import Config
-from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreError
+from notifier.errors import AlreadyRunning, ConfigError, NotifierError
 
 logger = logging.getLogger("notifier.cli")
 
@@ -48,11 +48,11 @@ def _explicit_log_level() -> str | None:
 @click.option(
     "--log-format",
     type=click.Choice(LOG_FORMAT_CHOICES),
-    default="journal",
-    show_default=True,
+    default=None,
     envvar="BCS_NOTIFIER_LOG_FORMAT",
     help="journal: <N> level prefixes for journald (timestamps only outside the journal); "
     "text: for a terminal; json: one object a line for log shippers. "
+    "[default: text when stderr is a terminal and not the journal, else journal] "
     "[env: BCS_NOTIFIER_LOG_FORMAT]",
 )
 @click.option(
@@ -63,15 +63,20 @@ def _explicit_log_level() -> str | None:
     help="Seconds given to due deliveries after SIGTERM before exiting.",
 )
 @pass_context
-def run(context: Context, log_format: str, stop_grace: float) -> None:
+def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     """The service: poll, diff, store, deliver, until SIGTERM/SIGINT (SIGHUP reloads)."""
     from notifier import logsetup
     from notifier.config import load_config
     from notifier.daemon import ServeOptions, serve
 
+    log_format = log_format or logsetup.default_format()
+    explicit_level = _explicit_log_level()
+    # the chosen format from the first line on: what loading the config logs (apprise
+    # loading its plugins) must not come out in another format; the level stays that of
+    # the one-shot commands until the config (and with it every secret to mask) is known
+    logsetup.configure(log_format, explicit_level or "error", redactor=context.redactor)
     _register_channel_checks()
     config = context.config()
-    explicit_level = _explicit_log_level()
     redactor = logsetup.Redactor(logsetup.config_secrets(config))
     logsetup.configure(log_format, explicit_level or config.service.log_level, redactor=redactor)
 
@@ -136,11 +141,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     from notifier.store.status import outbox_summary, source_statuses
 
     redactor = Redactor(config_secrets(config))
-    if not db.database_exists(config.service.database):
-        raise StoreError(
-            "no database yet (nothing was polled): start `bcs-notifier run` or run "
-            "`bcs-notifier poll` once"
-        )
+    db.require_database(config.service.database)
     engine = db.make_engine(config.service.database)
     try:
         db.require_current(engine)
@@ -159,6 +160,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     for name in names:
         state = states.get(name)
         error = state.last_error if state else None
+        resting = state is not None and (state.rest_until or 0) > now * 1000
         sources.append(
             {
                 "source": name,
@@ -170,6 +172,9 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
                 "failing_since": _when(state.failing_since) if state else None,
                 "unreachable_reported": state.unreachable_reported if state else False,
                 "last_error": redactor.redact(error) if error else None,
+                # refused credentials: no request before this time (`source clear-rest`)
+                "resting_until": _when(state.rest_until) if state and resting else None,
+                "rest_reason": redactor.redact(error) if resting and error else None,
             }
         )
     return {
@@ -224,7 +229,13 @@ def status(context: Context, as_json: bool) -> None:
             f"  {source['source']}: {health}; last successful poll {last} "
             f"({_human_age(source['last_success_age'])})"
         )
-        if source["last_error"] and failures:
+        if source["resting_until"]:
+            click.echo(
+                f"    credentials resting until {source['resting_until']} "
+                f"(refused: {source['rest_reason'] or 'no detail'}); once they are fixed, "
+                f"`bcs-notifier source clear-rest {source['source']}` ends the rest"
+            )
+        elif source["last_error"] and failures:
             click.echo(f"    last error: {source['last_error']}")
     outbox = report["outbox"]
     oldest = (

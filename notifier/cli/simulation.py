@@ -196,5 +196,5 @@ def demo(speed: float, seed: int, auth_type: str, interval: float) -> None:
     click.echo("\n".join(summary_lines(report)))
     if report.interrupted:
         sys.exit(130)
-    if not report.completed:
-        sys.exit(1)
+    if not report.completed or report.dead:
+        sys.exit(1)  # the story did not end, or some of it never reached the console

@@ -185,9 +185,13 @@ class _ObservedPoller:
         self._demo = demo
 
     def poll_source(self, source: SourceConfig, /) -> Any:
-        self._demo.start_story()
         settled = self._demo.simulator_settled()
         result = self._poller.poll_source(source)
+        if result.error is None:
+            # the baseline is stored: only now may the story move on, so however long
+            # the first poll took (imports, the IAM login, a busy machine) no operation
+            # can start inside it and be stored silently
+            self._demo.start_story()
         self._demo.observe_poll(result, story_settled=settled)
         return result
 
@@ -234,7 +238,8 @@ class Demo:
     # -- callbacks from the pipeline --
 
     def start_story(self) -> None:
-        """Let the story's clock run: called as the first poll begins (then a no-op)."""
+        """Let the story's clock run: called once the first poll has stored the baseline
+        (then a no-op)."""
         self._hold.release()
 
     def simulator_settled(self) -> bool:
@@ -271,8 +276,9 @@ class Demo:
         started = time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-demo-"))
         engine: Engine | None = None
-        # the story's clock stands still until the first poll begins: however long the
-        # set-up takes, that poll sees the story's start as the baseline
+        # the story's clock stands still until the first poll has stored the baseline:
+        # however long the set-up and that poll take, at any speed, the baseline is the
+        # story's start and every later change is a notification
         hold = _HeldClock()
         simulator = Simulator(
             seed=self.options.seed,
@@ -432,6 +438,10 @@ class Demo:
         report.notifications = counts["sent"]
         report.pending = counts["pending"]
         report.dead = counts["dead"]
+        if report.dead:
+            report.errors.append(
+                f"{report.dead} notification(s) could not be delivered (see the warnings above)"
+            )
         simulator = self._simulator
         baseline_ns = simulator.scenario.origin_ns if simulator is not None else 0
         for record in sorted(records.values(), key=lambda record: record.operation_id):

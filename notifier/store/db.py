@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from notifier.errors import StoreError
 
@@ -50,12 +50,46 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def database_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being opened, before anything connects: not a URL, an
+    unknown database kind, or a driver that is not installed. None when it can be."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database kind {parsed.drivername!r} (sqlite:/// or postgresql://...)"
+    except ArgumentError as exc:
+        return f"not a database URL: {exc}"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        hint = " (pip install 'psycopg[binary]')" if missing == "psycopg" else ""
+        return (
+            f"the {parsed.get_backend_name()} driver {parsed.get_driver_name()!r} is not "
+            f"installed: no module {missing!r}{hint}"
+        )
+    return None
+
+
 def database_exists(url: str) -> bool:
     """False for a SQLite file that does not exist yet (opening it would create it)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return True
     return Path(parsed.database).expanduser().exists()
+
+
+def require_database(url: str) -> None:
+    """Refuse to read a database that does not exist yet: opening it would create it, and a
+    command that only reads never creates anything."""
+    if database_exists(url):
+        return
+    where = Path(str(make_url(url).database)).expanduser()
+    raise StoreError(
+        f"no database yet at {where} (nothing was polled): start `bcs-notifier run` or run "
+        "`bcs-notifier poll` once"
+    )
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

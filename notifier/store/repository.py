@@ -140,6 +140,21 @@ class Repository:
         except SQLAlchemyError as exc:
             raise StoreError(f"could not store the rest of {source}: {exc}") from exc
 
+    def clear_rest(self, source: str) -> SourceState:
+        """End the credential rest of ``source`` (its credentials were fixed); returns its
+        state as it was. The running service notices and polls it again."""
+        before = self.source_state(source)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(source_state)
+                    .where(source_state.c.source == source)
+                    .values(rest_until=None)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not clear the rest of {source}: {exc}") from exc
+        return before
+
     # -- the cycle ------------------------------------------------------------------------
 
     def write_cycle(self, write: CycleWrite) -> list[EventGroup]:
