@@ -151,7 +151,7 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
             graceful_id = step_in_flight(steps[2])
             service.send(signal.SIGTERM)
             # the stop request arrives while the webhook is held
-            wait_until(lambda: "stopping: finishing" in service.stderr(), "the stop request")
+            wait_until(lambda: "stopping: up to" in service.stderr(), "the stop request")
             receiver.http.release()
             assert service.wait() == 0
             assert "Traceback" not in service.stderr()
