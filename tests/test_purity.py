@@ -10,6 +10,7 @@ import pytest
 PURE = [
     "notifier.model",
     "notifier.diff",
+    "notifier.stalls",
     "notifier.routing",
     "notifier.bcs.parse",
     "notifier.bcs.signing",

@@ -35,6 +35,7 @@ import jinja2.sandbox
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.model import (
+    STALL_EVENT_TYPES,
     Event,
     EventType,
     OperationRecord,
@@ -65,6 +66,7 @@ STATUS_SYMBOLS: Final[Mapping[str, str]] = {
     "": "⚪",
     "unreachable": "⚠️",
     "recovered": "✅",
+    "stalled": "⏰",
 }
 UNKNOWN_SYMBOL: Final = "❔"
 
@@ -75,6 +77,7 @@ NOTIFY_TYPES: Final[Mapping[str, str]] = {
     "finished": "success",
     "unreachable": "warning",
     "recovered": "success",
+    "stalled": "warning",
 }
 
 #: Smallest body budget honoured; below it a body cannot say anything useful.
@@ -101,6 +104,7 @@ _HEADLINE_STATUS: Final = {
     "stop": ("was", "stopped"),
     "processing": ("is", "processing"),
     "waiting": ("is", "waiting"),
+    "stalled": ("is", "stalled"),
 }
 
 
@@ -327,7 +331,7 @@ def _operation_of(events: Sequence[Event], record: OperationRecord | None) -> Ma
 
 def _current_status(events: Sequence[Event], record: OperationRecord | None) -> str:
     if record is not None:
-        return record.status
+        return "stalled" if _stalled_now(events, record) else record.status
     for event in reversed(events):
         if event.type is EventType.SOURCE_UNREACHABLE:
             return "unreachable"
@@ -337,6 +341,50 @@ def _current_status(events: Sequence[Event], record: OperationRecord | None) -> 
         if status is not None:
             return str(status)
     return ""
+
+
+def _stalled_now(events: Sequence[Event], record: OperationRecord) -> bool:
+    """A stall among ``events`` is still going on in ``record`` (same step, same start)."""
+    if not record.is_active:
+        return False
+    for event in events:
+        if event.stall is None or event.step is None:
+            continue
+        step = record.step(event.step)
+        if step is None:
+            continue
+        if event.substep is None:
+            item_status, started = (
+                step.status,
+                min((sub.start_time for sub in step.sub_steps if sub.start_time > 0), default=0),
+            )
+        else:
+            sub = step.sub_step(event.substep)
+            if sub is None:
+                continue
+            item_status, started = sub.status, sub.start_time
+        if item_status == "processing" and started == event.started_at:
+            return True
+    return False
+
+
+def _seconds_text(seconds: float) -> str:
+    nanoseconds = max(round(seconds * 1_000_000_000), 1)
+    return format_duration(1, 1 + nanoseconds) or f"{seconds:g} s"
+
+
+def stall_change(event: Event) -> str:
+    """What a ``*.stalled`` event says: how long, and how long it usually takes."""
+    stall = event.stall
+    if stall is None:
+        return ""
+    runs = "run" if stall.samples == 1 else "runs"
+    lead = "still stalled" if stall.reminder else "stalled"
+    return (
+        f"{lead}, processing for {_seconds_text(stall.elapsed_seconds)}; usually up to "
+        f"{_seconds_text(stall.p95_seconds)} (p95 of {stall.samples} {runs}), alert after "
+        f"{_seconds_text(stall.threshold_seconds)}"
+    )
 
 
 def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) -> _Transition:
@@ -358,6 +406,11 @@ def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) 
         change = to_status
     elif event.type is EventType.OPERATION_CREATED:
         change = f"created, {status_label(to_status)}"
+    if event.type in STALL_EVENT_TYPES:
+        kind, subject = "Step", event.step or ""
+        if event.substep is not None:
+            kind, subject = "Sub-step", f"{event.step or ''} › {event.substep}"
+        to_status, change = "stalled", stall_change(event)
     started, ended = event.started_at, event.ended_at
     when_ns = ended or started or event.record_time
     duration = format_duration(started, ended)
@@ -379,9 +432,9 @@ def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) 
         duration=duration,
         detail=detail,
         messages=tuple(event.message),
-        problem=to_status in _PROBLEM or to_status == "unreachable",
+        problem=to_status in _PROBLEM or to_status in ("unreachable", "stalled"),
         important=to_status in _PROBLEM
-        or to_status == "unreachable"
+        or to_status in ("unreachable", "stalled")
         or kind == "Operation"
         or (record is not None and kind == "Step" and to_status in _FINISHED_LIKE),
     )
