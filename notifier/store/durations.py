@@ -241,7 +241,16 @@ def _write_samples(connection: Connection, source: str, samples: Sequence[Sample
             step_durations.c.operation_id, step_durations.c.step, step_durations.c.substep
         ).where(step_durations.c.operation_id.in_(chunk))
         known.update((row.operation_id, row.step, row.substep) for row in connection.execute(query))
-    fresh = [sample for item, sample in unique.items() if item not in known]
+    by_key: dict[DurationKey, list[Sample]] = {}
+    for item, sample in unique.items():
+        if item not in known:
+            by_key.setdefault(sample.key, []).append(sample)
+    # only the newest MAX_SAMPLES of a key can stay (a first poll may bring thousands)
+    fresh = [
+        sample
+        for samples in by_key.values()
+        for sample in sorted(samples, key=lambda sample: sample.ended_at)[-MAX_SAMPLES:]
+    ]
     if not fresh:
         return
     connection.execute(
@@ -260,7 +269,7 @@ def _write_samples(connection: Connection, source: str, samples: Sequence[Sample
             for sample in fresh
         ],
     )
-    for key in sorted({sample.key for sample in fresh}):
+    for key in sorted(by_key):
         _prune(connection, key)
 
 
