@@ -37,6 +37,13 @@ ALERT_FACTORS: Final = (1, 2, 4)
 #: A duration longer than this is not a plausible sample (a bad API value): not learned.
 MAX_DURATION_NS: Final = 30 * 86_400 * NS
 PROCESSING: Final = "processing"
+#: Steps and sub-steps with longer names (a bad API value) are neither learned nor watched:
+#: the store indexes the names, and PostgreSQL's index entries are bounded.
+MAX_NAME_LENGTH: Final = 512
+#: Stored alerts are dropped this long after their step moved (or after their last alert):
+#: only open stalls and the episode count of running operations need them. A stall seen
+#: again after that has the ids it had, which the events table still knows.
+ALERT_RETENTION_NS: Final = 30 * 86_400 * NS
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -115,6 +122,15 @@ def key_of(record: OperationRecord, step: str, substep: str = "") -> DurationKey
     return DurationKey(record.resource_type, record.operation_type, step, substep)
 
 
+def _watchable(*names: str) -> bool:
+    return all(len(name) <= MAX_NAME_LENGTH for name in names)
+
+
+def _typed(record: OperationRecord) -> bool:
+    """Resource and operation types fit the store's columns (64 characters)."""
+    return len(record.resource_type) <= 64 and len(record.operation_type) <= 64
+
+
 def step_span(step: Step) -> tuple[int, int]:
     """(start, end) of a step from its sub-steps; 0 where not known (yet)."""
     starts = [sub.start_time for sub in step.sub_steps if sub.start_time > 0]
@@ -129,7 +145,8 @@ def finished_samples(record: OperationRecord) -> list[Sample]:
     found: list[Sample] = []
 
     def add(step: str, substep: str, started: int, ended: int) -> None:
-        if 0 < started <= ended and ended - started <= MAX_DURATION_NS:
+        plausible = 0 < started <= ended and ended - started <= MAX_DURATION_NS
+        if plausible and _watchable(step, substep) and _typed(record):
             key = key_of(record, step, substep)
             found.append(Sample(key, record.operation_id, ended - started, ended))
 
@@ -182,12 +199,14 @@ class Running:
 
 def running_items(record: OperationRecord) -> list[Running]:
     """The processing steps and sub-steps of an active operation (with a known start)."""
-    if not record.is_active:
+    if not record.is_active or not _typed(record):
         return []
     found: list[Running] = []
     for step in record.steps:
+        if not _watchable(step.name):
+            continue
         for sub in step.sub_steps:
-            if sub.status == PROCESSING and sub.start_time > 0:
+            if sub.status == PROCESSING and sub.start_time > 0 and _watchable(sub.name):
                 key = key_of(record, step.name, sub.name)
                 found.append(Running(record.operation_id, key, sub.start_time))
         started, _ended = step_span(step)

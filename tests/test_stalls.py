@@ -340,3 +340,13 @@ def test_a_step_stall_is_a_step_event() -> None:
     event = stall_event("prod", STALLING, notice, at(17))
     assert event.type is EventType.STEP_STALLED
     assert event.substep is None
+
+
+def test_names_too_long_for_the_store_are_neither_learned_nor_watched() -> None:
+    long_name = "x" * 513
+    done = record(sub("finished", 1, 2, name=long_name), status="finished")
+    assert [s.key.substep for s in finished_samples(done)] == [""]  # the step still counts
+    running = record(sub("processing", 1, name=long_name))
+    assert [item.key.substep for item in running_items(running)] == [""]
+    odd = replace(record(sub("processing", 1)), resource_type="R" * 65)
+    assert running_items(odd) == []

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord
 from notifier.stalls import (
+    ALERT_RETENTION_NS,
     MAX_SAMPLES,
     Alert,
     DurationKey,
@@ -57,6 +58,8 @@ class StallWrite:
     source: str
     samples: Sequence[Sample] = ()
     plan: StallPlan = field(default_factory=StallPlan)
+    #: the API's time of the cycle (0: unknown); alerts older than ALERT_RETENTION_NS go
+    now_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,7 @@ class StallWatch:
             logger.info(
                 "%s: %s %s stalled: %s", source, event.operation_id, event.step, event.stall
             )
-        return StallCycle(events, StallWrite(source, samples, plan))
+        return StallCycle(events, StallWrite(source, samples, plan, now_ns))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -224,6 +227,14 @@ def write_stalls(connection: Connection, write: StallWrite) -> None:
             update(stall_alerts)
             .where(_alert_clause(write.source, alert))
             .values(ended_at=alert.ended_at)
+        )
+    if write.now_ns > ALERT_RETENTION_NS:
+        horizon = write.now_ns - ALERT_RETENTION_NS
+        connection.execute(
+            delete(stall_alerts).where(
+                stall_alerts.c.source == write.source,
+                func.coalesce(stall_alerts.c.ended_at, stall_alerts.c.alerted_at) < horizon,
+            )
         )
 
 
