@@ -389,3 +389,44 @@ def test_samples_are_bounded_per_key(watch: Callable[..., Watch]) -> None:
         if sub.end_ns is not None
     )
     assert oldest == ends[5]  # the five oldest went
+
+
+def test_the_client_reads_the_apis_clock_from_the_date_header() -> None:
+    with simulator(stall_story()) as sim:
+        sim.advance(12.7)
+        with BcsClient(sim.source_config("token"), clock=sim.clock.time) as client:
+            fetched = client.fetch()
+    assert fetched.server_time_ns == (START + 12) * NS  # whole seconds, as HTTP dates are
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("Mon, 15 Jan 2024 08:30:00 GMT", START * NS),
+        (None, None),
+        ("yesterday", None),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", None),
+    ],
+    ids=["date", "absent", "unreadable", "epoch"],
+)
+def test_an_absent_or_odd_date_header_is_no_clock(
+    router: Any, header: str | None, expected: int | None
+) -> None:
+    import httpx
+
+    from notifier.config import AuthConfig, Secret
+
+    source = SourceConfig(
+        name="s",
+        endpoint="https://bcs.example.test",
+        project_id="p",
+        auth=AuthConfig(type="token", token=Secret("t")),
+    )
+    headers = {"Date": header} if header is not None else {}
+    router.get("https://bcs.example.test/v2/p/operation/record").mock(
+        return_value=httpx.Response(
+            200, json={"count": 0, "operation_records": []}, headers=headers
+        )
+    )
+    with BcsClient(source, clock=lambda: START) as client:
+        assert client.fetch().server_time_ns == expected
