@@ -44,6 +44,7 @@ from notifier.model import (
     ns_to_datetime,
     operation_type_name,
 )
+from notifier.stalls import step_span
 
 Format = Literal["markdown", "html", "text"]
 FORMATS: Final = ("markdown", "html", "text")
@@ -354,10 +355,7 @@ def _stalled_now(events: Sequence[Event], record: OperationRecord) -> bool:
         if step is None:
             continue
         if event.substep is None:
-            item_status, started = (
-                step.status,
-                min((sub.start_time for sub in step.sub_steps if sub.start_time > 0), default=0),
-            )
+            item_status, started = step.status, step_span(step)[0]
         else:
             sub = step.sub_step(event.substep)
             if sub is None:
