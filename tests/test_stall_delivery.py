@@ -8,14 +8,23 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from delivery_support import T0_NS, FakeClock, insert_group, make_config, record, step, sub
+from delivery_support import (
+    T0_NS,
+    FakeClock,
+    event_for,
+    insert_group,
+    make_config,
+    record,
+    step,
+    sub,
+)
 from net_support import http_receiver, verify_standard_webhook
 from sqlalchemy import Engine
 
 import notifier
 from notifier.channels.render import RenderOptions, render_message
 from notifier.config import ChannelConfig
-from notifier.model import Event, OperationRecord, describe
+from notifier.model import Event, EventType, OperationRecord, describe
 from notifier.outbox import Dispatcher
 from notifier.routing import channels_for
 from notifier.stalls import NS, StallSettings, Usual, key_of, plan_stalls, stall_event
@@ -146,3 +155,17 @@ def test_a_stall_is_delivered_as_a_signed_cloudevent_and_a_chat_message(engine: 
     payload = message.json()
     assert payload["title"] == "⏰ stalled · OpCreate · bcs-prod"
     assert "usually up to 7m 00s (p95 of 12 runs)" in payload["message"]
+
+
+def test_templates_see_the_stall_and_other_events_see_none() -> None:
+    from notifier.channels.render import Templates
+
+    rec = stalled_record()
+    templates = Templates(
+        title="{{ events[0].symbol }} {{ events[0].stall.elapsed_seconds }}",
+        body="{% for e in events %}{{ e.type }}={{ e.stall is none }};{% endfor %}",
+    )
+    other = event_for(rec, EventType.STEP_STATUS_CHANGED, step_name=STEP, to_status="processing")
+    message = render_message([stall(rec), other], rec, RenderOptions(format="text"), templates)
+    assert message.title == "⏰ 1500.0"
+    assert message.body == "substep.stalled=False;step.status_changed=True;"

@@ -1278,6 +1278,10 @@ def template_context(
         view["started"] = format_time(event.started_at, timezone)
         view["ended"] = format_time(event.ended_at, timezone)
         view["duration"] = format_duration(event.started_at, event.ended_at)
+        # *.stalled: elapsed_seconds, threshold_seconds, p95_seconds, samples, reminder
+        view["stall"] = event.stall.to_dict() if event.stall is not None else None
+        if event.stall is not None:
+            view["symbol"] = status_symbol("stalled")
         return view
 
     steps: list[dict[str, Any]] = []
