@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from config_support import channel, config_toml, sim_source
 from sim_support import START
 from sqlalchemy import Engine, func, select
+from stall_pg_support import fresh_database
 
 import notifier
 from notifier.bcs.client import BcsClient
@@ -54,10 +55,13 @@ def make_config(sim: Simulator, database: str, **service: Any) -> Config:
 class Watch:
     """Polls ``sim`` through the real client and poller; collects what each poll wrote."""
 
-    def __init__(self, sim: Simulator, config: Config, engine: Engine, **poller: Any) -> None:
+    def __init__(
+        self, sim: Simulator, config: Config, open_engine: Callable[[], Engine], **poller: Any
+    ) -> None:
         self.sim = sim
         self.config = config
-        self.engine = engine
+        self.open_engine = open_engine
+        self.engine = open_engine()
         self.poller_options = poller
         self.poller = self._poller()
         self.events: list[tuple[int, Event, tuple[str, ...]]] = []  # (sim time, event, channels)
@@ -72,9 +76,8 @@ class Watch:
     def restart(self) -> None:
         """A new process: a new engine on the same file and a new poller."""
         self.poller.close()
-        url = self.engine.url
         self.engine.dispose()
-        self.engine = db.make_engine(url.render_as_string(hide_password=False))
+        self.engine = self.open_engine()
         self.poller = self._poller()
 
     def poll(self) -> PollResult:
@@ -119,13 +122,21 @@ def stuck_sub_step(sim: Simulator) -> tuple[OperationPlan, SubStepPlan]:
 
 @pytest.fixture
 def watch(database: str) -> Iterator[Callable[..., Watch]]:
+    """Starts a simulator with a story and a watch on a SQLite file (or ``open_engine``)."""
     opened: list[tuple[Simulator, Watch]] = []
 
-    def start(story: tuple[OperationSpec, ...] | None = None, **service: Any) -> Watch:
+    def start(
+        story: tuple[OperationSpec, ...] | None = None,
+        *,
+        open_engine: Callable[[], Engine] | None = None,
+        **service: Any,
+    ) -> Watch:
         sim = simulator(story or stall_story()).start()
-        engine = db.make_engine(database)
+        factory = open_engine or (lambda: db.make_engine(database))
+        engine = factory()
         db.upgrade(engine, backup=False)
-        result = Watch(sim, make_config(sim, database, **service), engine)
+        engine.dispose()
+        result = Watch(sim, make_config(sim, database, **service), factory)
         opened.append((sim, result))
         return result
 
@@ -136,10 +147,18 @@ def watch(database: str) -> Iterator[Callable[..., Watch]]:
         sim.stop()
 
 
+BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+
+
+def engines(backend: str) -> Callable[[], Engine] | None:
+    return fresh_database() if backend == "postgresql" else None
+
+
+@BACKENDS
 def test_a_sub_step_running_far_longer_than_usual_is_one_stall_then_its_status_change(
-    watch: Callable[..., Watch],
+    watch: Callable[..., Watch], backend: str
 ) -> None:
-    w = watch()
+    w = watch(open_engine=engines(backend))
     baseline = w.poll()
     assert baseline.baseline
     assert baseline.events == ()
@@ -242,10 +261,11 @@ def test_an_operation_type_with_three_samples_gives_no_stall(
     assert rows[KEY].threshold_ns is None
 
 
+@BACKENDS
 def test_a_restart_in_the_middle_of_a_stall_sends_nothing_again(
-    watch: Callable[..., Watch],
+    watch: Callable[..., Watch], backend: str
 ) -> None:
-    w = watch(stall_story(stalled_for=60.0), stall_reminders=True)
+    w = watch(stall_story(stalled_for=60.0), open_engine=engines(backend), stall_reminders=True)
     w.poll()
     plan, stuck = stuck_sub_step(w.sim)
     assert stuck.start_ns is not None
