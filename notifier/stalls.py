@@ -173,12 +173,23 @@ def learned_samples(before: OperationRecord | None, current: OperationRecord) ->
 # -- the API's clock ----------------------------------------------------------------------------
 
 
+#: A ``record_time`` later than the response's ``Date`` by more than this is a bad value
+#: (or another clock) and does not move the API's clock.
+MAX_RECORD_AHEAD_NS: Final = 600 * NS
+
+
 def api_now_ns(server_time_ns: int | None, records: Iterable[OperationRecord]) -> int:
     """The API's time of a response: its ``Date`` header, or the latest ``record_time`` it
     holds when that is later (the server's clock is at least there; ``Date`` has whole
-    seconds); 0 when neither is known. The host's clock is never used."""
-    latest = max((record.record_time for record in records), default=0)
-    return max(server_time_ns or 0, latest)
+    seconds) but not by more than :data:`MAX_RECORD_AHEAD_NS`; without a ``Date``, the
+    latest ``record_time``; 0 when neither is known. The host's clock is never used."""
+    times = (record.record_time for record in records)
+    if server_time_ns:
+        limit = server_time_ns + MAX_RECORD_AHEAD_NS
+        return max(
+            (time for time in times if server_time_ns < time <= limit), default=server_time_ns
+        )
+    return max(times, default=0)
 
 
 # -- running steps and alerts -------------------------------------------------------------------

@@ -175,6 +175,13 @@ def test_running_items_are_processing_steps_and_sub_steps_with_a_start() -> None
     assert running_items(record(sub("processing"))) == []  # no start time: cannot measure
 
 
+def test_a_record_time_far_ahead_of_the_date_does_not_move_the_clock() -> None:
+    bogus = replace(record(sub("processing", 7)), record_time=T0 + 86_400 * NS)
+    assert api_now_ns(T0 + 5 * NS, [bogus, record(sub("processing", 7))]) == T0 + 7 * NS
+    assert api_now_ns(T0 + 5 * NS, [bogus]) == T0 + 5 * NS
+    assert api_now_ns(T0, [record(sub("processing", 600))]) == T0 + 600 * NS  # within 10 min
+
+
 @pytest.mark.parametrize(
     ("server", "expected"),
     [(None, T0 + 7 * NS), (T0 + 9 * NS, T0 + 9 * NS), (T0 + 5 * NS, T0 + 7 * NS)],
