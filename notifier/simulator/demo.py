@@ -197,9 +197,11 @@ class _ObservedPoller:
         self._demo = demo
 
     def poll_source(self, source: SourceConfig, /) -> Any:
-        self._demo.start_story()
         settled = self._demo.simulator_settled()
         result = self._poller.poll_source(source)
+        # the clock runs from the end of the first poll: however long that poll takes to
+        # reach the simulator on a busy machine, it sees exactly the story's start
+        self._demo.start_story()
         self._demo.observe_poll(result, story_settled=settled)
         return result
 
@@ -246,7 +248,7 @@ class Demo:
     # -- callbacks from the pipeline --
 
     def start_story(self) -> None:
-        """Let the story's clock run: called as the first poll begins (then a no-op)."""
+        """Let the story's clock run: called as the first poll ends (then a no-op)."""
         self._hold.release()
 
     def simulator_settled(self) -> bool:
@@ -283,8 +285,8 @@ class Demo:
         started = time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-demo-"))
         engine: Engine | None = None
-        # the story's clock stands still until the first poll begins: however long the
-        # set-up takes, that poll sees the story's start as the baseline
+        # the story's clock stands still until the first poll is done: however long the
+        # set-up and that poll take, it sees the story's start as the baseline
         hold = _HeldClock()
         simulator = Simulator(
             seed=self.options.seed,
