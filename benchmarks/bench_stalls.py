@@ -2,8 +2,9 @@
 
 Records come from the simulator's scenario engine: N finished creates (history, 14 timed
 sub-steps and 4 steps each, so about 18 samples per operation) and A creates in progress.
-Each cycle is timed on a real SQLite file, in the same run, best of five (interleaved), with
-the real ``StallWatch`` and with one that learns and checks nothing (the baseline):
+Each cycle is timed on a real SQLite file, in the same run, best of seven (interleaved in
+alternating order), with the real ``StallWatch`` and with one that learns and checks
+nothing (the baseline):
 
 - the first poll (the baseline: every snapshot stored, every sample learned);
 - an unchanged re-poll (no snapshot written; every running step checked for a stall);
@@ -14,6 +15,7 @@ Run: ``python benchmarks/bench_stalls.py [N] [A]`` (default 2000 and 50).
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import tempfile
@@ -118,8 +120,11 @@ token = "t"
 """
     )
     best: dict[str, list[float]] = {}
-    for _ in range(5):  # interleaved, so a busy machine slows both alike
-        for name, watch in (("off", NoStalls), ("on", StallWatch)):
+    variants = [("off", NoStalls), ("on", StallWatch)]
+    for round_number in range(7):
+        # alternate the order (a run pays for the garbage of the one before) and collect first
+        for name, watch in variants if round_number % 2 else variants[::-1]:
+            gc.collect()
             timings = run(config, responses, watch)
             previous = best.get(name)
             seconds = [timing for timing, _events in timings]
