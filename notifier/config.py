@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.errors import ConfigError, ConfigProblem
+from notifier.stalls import MAX_SAMPLES
 
 CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
 DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
@@ -537,6 +538,12 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         service.poll_jitter < 1,
         section.key_path("poll_jitter"),
         "must be below 1 (a fraction of the interval)",
+    )
+    _check(
+        reader,
+        service.stall_min_samples <= MAX_SAMPLES,
+        section.key_path("stall_min_samples"),
+        f"must be at most {MAX_SAMPLES} (the durations kept per step)",
     )
     section.finish()
     return service

@@ -39,11 +39,13 @@ def test_stall_settings_are_read() -> None:
         ("stall_factor", "2", "service.stall_factor: must be a number, not a string"),
         ("stall_min_samples", 0, "service.stall_min_samples: must be at least 1, not 0"),
         ("stall_min_samples", 2.5, "service.stall_min_samples: must be an integer, not a number"),
+        ("stall_min_samples", 201,
+         "service.stall_min_samples: must be at most 200 (the durations kept per step)"),
         ("stall_floor", -1, "service.stall_floor: must be at least 0, not -1"),
         ("stall_reminders", "yes", "service.stall_reminders: must be true or false, not a string"),
         ("stall_floors", 5, "service.stall_floors: unknown key"),
     ],
-    ids=["factor-small", "factor-string", "min-zero", "min-float", "floor-negative",
+    ids=["factor-small", "factor-string", "min-zero", "min-float", "min-too-many", "floor-negative",
          "reminders-string", "unknown"],
 )  # fmt: skip
 def test_bad_stall_settings_name_their_key_path(key: str, value: object, message: str) -> None:
