@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.errors import ConfigError, ConfigProblem
 from notifier.model import KNOWN_STATUSES
+from notifier.stalls import MAX_SAMPLES
 
 CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
 DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
@@ -43,6 +44,8 @@ EVENT_TYPE_NAMES: Final = (
     "substep.status_changed",
     "source.unreachable",
     "source.recovered",
+    "step.stalled",
+    "substep.stalled",
 )
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_RE: Final = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -93,6 +96,11 @@ class ServiceConfig:
     unreachable_after: float = 300.0
     log_level: str = "info"
     http: HttpConfig | None = None
+    #: stall detection: max(stall_floor, stall_factor x p95) of >= stall_min_samples
+    stall_factor: float = 2.0
+    stall_min_samples: int = 10
+    stall_floor: float = 600.0
+    stall_reminders: bool = False
 
 
 @dataclass(frozen=True)
@@ -519,6 +527,12 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         ),
         log_level=(log_level or defaults.log_level).lower(),
         http=http,
+        stall_factor=section.number("stall_factor", defaults.stall_factor, minimum=1),
+        stall_min_samples=section.number(
+            "stall_min_samples", defaults.stall_min_samples, minimum=1, integer=True
+        ),
+        stall_floor=section.number("stall_floor", defaults.stall_floor, minimum=0),
+        stall_reminders=section.boolean("stall_reminders", defaults.stall_reminders),
     )
     _check(
         reader,
@@ -533,6 +547,12 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         problem = database_url_problem(service.database)
         if problem is not None:
             reader.problem(section.key_path("database"), problem)
+    _check(
+        reader,
+        service.stall_min_samples <= MAX_SAMPLES,
+        section.key_path("stall_min_samples"),
+        f"must be at most {MAX_SAMPLES} (the durations kept per step)",
+    )
     section.finish()
     return service
 

@@ -49,6 +49,12 @@ class EventType(StrEnum):
     SUBSTEP_STATUS_CHANGED = "substep.status_changed"
     SOURCE_UNREACHABLE = "source.unreachable"
     SOURCE_RECOVERED = "source.recovered"
+    STEP_STALLED = "step.stalled"
+    SUBSTEP_STALLED = "substep.stalled"
+
+
+#: The event types of a step or sub-step processing far longer than it usually does.
+STALL_EVENT_TYPES = frozenset({EventType.STEP_STALLED, EventType.SUBSTEP_STALLED})
 
 
 def operation_type_name(operation_type: str) -> str:
@@ -268,6 +274,37 @@ def event_id(
 
 
 @dataclass(frozen=True, slots=True)
+class StallFacts:
+    """Why a ``*.stalled`` event fired (seconds on the API's clock)."""
+
+    elapsed_seconds: float
+    threshold_seconds: float
+    p95_seconds: float
+    samples: int
+    #: 0: the alert; 1, 2: the reminders at 2x and 4x the threshold
+    reminder: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "elapsed_seconds": self.elapsed_seconds,
+            "threshold_seconds": self.threshold_seconds,
+            "p95_seconds": self.p95_seconds,
+            "samples": self.samples,
+            "reminder": self.reminder,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StallFacts:
+        return cls(
+            elapsed_seconds=float(data["elapsed_seconds"]),
+            threshold_seconds=float(data["threshold_seconds"]),
+            p95_seconds=float(data["p95_seconds"]),
+            samples=int(data["samples"]),
+            reminder=int(data.get("reminder") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One change observed on a source (or a change of the source's health)."""
 
@@ -286,6 +323,7 @@ class Event:
     started_at: int = 0
     ended_at: int = 0
     error: str | None = None
+    stall: StallFacts | None = None
 
     def data(self) -> dict[str, Any]:
         """The ``data`` member of the CloudEvent for this event."""
@@ -302,6 +340,8 @@ class Event:
         }
         if self.error is not None:
             data["error"] = self.error
+        if self.stall is not None:
+            data.update(self.stall.to_dict())
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,7 +362,7 @@ class Event:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "error": self.error,
-        }
+        } | ({"stall": self.stall.to_dict()} if self.stall is not None else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -342,6 +382,7 @@ class Event:
             started_at=int(data.get("started_at") or 0),
             ended_at=int(data.get("ended_at") or 0),
             error=data.get("error"),
+            stall=StallFacts.from_dict(data["stall"]) if data.get("stall") else None,
         )
 
 
@@ -368,6 +409,12 @@ def describe(event: Event) -> str:
     where = " / ".join(part for part in (event.step, event.substep) if part)
     if event.type in (EventType.SOURCE_UNREACHABLE, EventType.SOURCE_RECOVERED):
         what = event.error or ""
+    elif event.stall is not None:
+        stall = event.stall
+        what = (
+            f"processing for {stall.elapsed_seconds:g} s (p95 {stall.p95_seconds:g} s of "
+            f"{stall.samples}, threshold {stall.threshold_seconds:g} s)"
+        )
     elif event.from_status is None:
         what = f"-> {event.to_status or '(none)'}"
     else:

@@ -24,6 +24,8 @@ from notifier.diff import diff_record
 from notifier.errors import AuthError, SignatureRejected, SourceError
 from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
 from notifier.routing import channels_for
+from notifier.stalls import StallSettings, api_now_ns
+from notifier.store.durations import StallWatch
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
@@ -96,6 +98,16 @@ class Poller:
         self.clock = clock
         self.timer = timer
         self._clients: dict[str, tuple[SourceConfig, SourceClient]] = {}
+        service = config.service
+        self.stalls = StallWatch(
+            engine,
+            StallSettings(
+                service.stall_factor,
+                service.stall_min_samples,
+                service.stall_floor,
+                service.stall_reminders,
+            ),
+        )
 
     def adopt_clients(self, previous: Poller) -> None:
         """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
@@ -158,6 +170,7 @@ class Poller:
             skipped=parsed.skipped,
             keep_absent=parsed.skipped_unidentified,
             dry_run=dry_run,
+            server_time_ns=getattr(fetched, "server_time_ns", None),
         )
         return replace(result, duration=self.timer() - started, skipped=parsed.skipped)
 
@@ -183,6 +196,7 @@ class Poller:
         skipped: Sequence[str],
         keep_absent: bool,
         dry_run: bool,
+        server_time_ns: int | None = None,
     ) -> PollResult:
         name = source.name
         index = self.repository.snapshot_index(name)
@@ -221,6 +235,15 @@ class Poller:
             found = diff_record(name, before, record)
             if found:
                 groups.append(self._group(name, record.operation_id, found, data))
+        # stall detection: learn what finished, alert what runs too long (API clock)
+        stalls = self.stalls.observe(
+            name,
+            records,
+            [(previous.get(record.operation_id), record) for record, _data, _hash in prepared],
+            api_now_ns(server_time_ns, records),
+            check=not (baseline and silent_new),
+        )
+        groups = self._with_stalls(name, groups, stalls.events, records)
 
         present = {record.operation_id for record in records} | set(skipped)
         gone = (
@@ -270,6 +293,7 @@ class Poller:
                 gone=gone,
                 returned=returned,
                 groups=groups,
+                stalls=stalls.write,
             )
         )
         written_events = tuple(event for group in written for event in group.events)
@@ -328,6 +352,33 @@ class Poller:
         return EventGroup(
             f"grp_{digest[:32]}", source, operation_id, tuple(found), channels, record
         )
+
+    def _with_stalls(
+        self,
+        source: str,
+        groups: list[EventGroup],
+        stall_events: Sequence[Event],
+        records: Sequence[OperationRecord],
+    ) -> list[EventGroup]:
+        """``groups`` with the stall events added: to the operation's group of this cycle,
+        or in a group of their own (one message per operation per cycle)."""
+        if not stall_events:
+            return groups
+        pending: dict[str, list[Event]] = {}
+        for event in stall_events:
+            pending.setdefault(event.operation_id, []).append(event)
+        merged: list[EventGroup] = []
+        for group in groups:
+            extra = pending.pop(group.operation_id, None)
+            if extra is not None:
+                found = [*group.events, *extra]
+                group = self._group(source, group.operation_id, found, group.record)  # noqa: PLW2901
+            merged.append(group)
+        by_id = {record.operation_id: record for record in records}
+        for operation_id, found in pending.items():
+            record = canonical_json(by_id[operation_id].to_dict())
+            merged.append(self._group(source, operation_id, found, record))
+        return merged
 
     def _health_group(
         self, source: SourceConfig, state: SourceState, now_ms: int, *, recovered: bool

@@ -77,7 +77,8 @@ timezone = "Mars/Olympus"
         "channels[0].urls: at least one apprise URL is required",
         "channels[0].events[1]: 'nothing.*' matches no event type (operation.created, "
         "operation.status_changed, step.created, step.status_changed, substep.created, "
-        "substep.status_changed, source.unreachable, source.recovered)",
+        "substep.status_changed, source.unreachable, source.recovered, step.stalled, "
+        "substep.stalled)",
     ]
 
 

@@ -65,6 +65,9 @@ def test_the_demo_plays_the_story_and_leaves_nothing_behind(
     assert "❌ failed · OpAddOrg · bcs-finance" in printed
     assert "⏹️ stop · OpScaleOrg · bcs-ledger" in printed
     assert "✅ finished · OpCreate · bcs-supply" in printed
+    # one stall: the new blockchain's security group hangs far beyond its history
+    assert printed.count("⏰ stalled · OpCreate · bcs-supply") == 1
+    assert "Sub-step Create Other Dependent Resource › Create security group: stalled" in printed
     assert list(scratch_tmp.iterdir()) == []
     # the simulator's server and the service's workers are gone (apprise keeps its own pool)
     leftover = set(threading.enumerate()) - threads_before
@@ -163,6 +166,7 @@ def test_the_demo_command_exits_zero_by_itself(tmp_path: Path) -> None:
     assert out.startswith("bcs-notifier demo\n")
     assert "Demo finished in" in out
     assert "❌ failed · OpAddOrg · bcs-finance" in out
+    assert out.count("⏰ stalled · OpCreate · bcs-supply") == 1
     assert err == ""
     assert list(tmp_path.iterdir()) == []
 

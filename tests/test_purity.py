@@ -11,6 +11,7 @@ import pytest
 PURE = [
     "notifier.model",
     "notifier.diff",
+    "notifier.stalls",
     "notifier.routing",
     "notifier.bcs.parse",
     "notifier.bcs.signing",

@@ -85,6 +85,8 @@ class Fetched:
     request_id: str | None
     size: int
     status: int
+    #: the response's ``Date`` header in nanoseconds (the API's clock), None without one
+    server_time_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +306,7 @@ class BcsClient:
                 request_id=request_id,
                 size=len(body),
                 status=status,
+                server_time_ns=_date_ns(response.headers.get("Date")),
             )
         body = self._read(response, ERROR_BODY_LIMIT, request_id, truncate=True)
         error = api_error(
@@ -518,6 +521,20 @@ def _caused_by_tls(exc: BaseException) -> bool:
             return True
         pending.extend(link for link in (current.__cause__, current.__context__) if link)
     return False
+
+
+def _date_ns(value: str | None) -> int | None:
+    """An HTTP ``Date`` header in nanoseconds since the epoch, None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = int(moment.timestamp())
+    return seconds * 1_000_000_000 if seconds > 0 else None
 
 
 def _retry_after(headers: Mapping[str, str], now: float) -> float | None:

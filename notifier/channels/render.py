@@ -35,6 +35,7 @@ import jinja2.sandbox
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifier.model import (
+    STALL_EVENT_TYPES,
     TERMINAL_STATUSES,
     Event,
     EventType,
@@ -44,6 +45,7 @@ from notifier.model import (
     ns_to_datetime,
     operation_type_name,
 )
+from notifier.stalls import step_span
 
 Format = Literal["markdown", "html", "text"]
 FORMATS: Final = ("markdown", "html", "text")
@@ -66,6 +68,7 @@ STATUS_SYMBOLS: Final[Mapping[str, str]] = {
     "": "⚪",
     "unreachable": "⚠️",
     "recovered": "✅",
+    "stalled": "⏰",
 }
 UNKNOWN_SYMBOL: Final = "❔"
 
@@ -76,6 +79,7 @@ NOTIFY_TYPES: Final[Mapping[str, str]] = {
     "finished": "success",
     "unreachable": "warning",
     "recovered": "success",
+    "stalled": "warning",
 }
 
 #: Smallest body budget honoured; below it a body cannot say anything useful.
@@ -102,6 +106,7 @@ _HEADLINE_STATUS: Final = {
     "stop": ("was", "stopped"),
     "processing": ("is", "processing"),
     "waiting": ("is", "waiting"),
+    "stalled": ("is", "stalled"),
 }
 
 
@@ -327,7 +332,7 @@ def _operation_of(events: Sequence[Event], record: OperationRecord | None) -> Ma
 
 def _current_status(events: Sequence[Event], record: OperationRecord | None) -> str:
     if record is not None:
-        return record.status
+        return "stalled" if _stalled_now(events, record) else record.status
     for event in reversed(events):
         if event.type is EventType.SOURCE_UNREACHABLE:
             return "unreachable"
@@ -337,6 +342,47 @@ def _current_status(events: Sequence[Event], record: OperationRecord | None) -> 
         if status is not None:
             return str(status)
     return ""
+
+
+def _stalled_now(events: Sequence[Event], record: OperationRecord) -> bool:
+    """A stall among ``events`` is still going on in ``record`` (same step, same start)."""
+    if not record.is_active:
+        return False
+    for event in events:
+        if event.stall is None or event.step is None:
+            continue
+        step = record.step(event.step)
+        if step is None:
+            continue
+        if event.substep is None:
+            item_status, started = step.status, step_span(step)[0]
+        else:
+            sub = step.sub_step(event.substep)
+            if sub is None:
+                continue
+            item_status, started = sub.status, sub.start_time
+        if item_status == "processing" and started == event.started_at:
+            return True
+    return False
+
+
+def _seconds_text(seconds: float) -> str:
+    nanoseconds = max(round(seconds * 1_000_000_000), 1)
+    return format_duration(1, 1 + nanoseconds) or f"{seconds:g} s"
+
+
+def stall_change(event: Event) -> str:
+    """What a ``*.stalled`` event says: how long, and how long it usually takes."""
+    stall = event.stall
+    if stall is None:
+        return ""
+    runs = "run" if stall.samples == 1 else "runs"
+    lead = "still stalled" if stall.reminder else "stalled"
+    return (
+        f"{lead}, processing for {_seconds_text(stall.elapsed_seconds)}; usually up to "
+        f"{_seconds_text(stall.p95_seconds)} (p95 of {stall.samples} {runs}), alert after "
+        f"{_seconds_text(stall.threshold_seconds)}"
+    )
 
 
 def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) -> _Transition:
@@ -358,6 +404,11 @@ def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) 
         change = to_status
     elif event.type is EventType.OPERATION_CREATED:
         change = f"created, {status_label(to_status)}"
+    if event.type in STALL_EVENT_TYPES:
+        kind, subject = "Step", event.step or ""
+        if event.substep is not None:
+            kind, subject = "Sub-step", f"{event.step or ''} › {event.substep}"
+        to_status, change = "stalled", stall_change(event)
     started, ended = event.started_at, event.ended_at
     # a change to an end state happened when it ended, or else when the API recorded it:
     # never at the start of what failed or stopped
@@ -382,9 +433,9 @@ def _transition(event: Event, record: OperationRecord | None, timezone: tzinfo) 
         duration=duration,
         detail=detail,
         messages=tuple(event.message),
-        problem=to_status in _PROBLEM or to_status == "unreachable",
+        problem=to_status in _PROBLEM or to_status in ("unreachable", "stalled"),
         important=to_status in _PROBLEM
-        or to_status == "unreachable"
+        or to_status in ("unreachable", "stalled")
         or kind == "Operation"
         or (record is not None and kind == "Step" and to_status in _FINISHED_LIKE),
     )
@@ -1223,6 +1274,10 @@ def template_context(
         view["started"] = format_time(event.started_at, timezone)
         view["ended"] = format_time(event.ended_at, timezone)
         view["duration"] = format_duration(event.started_at, event.ended_at)
+        # *.stalled: elapsed_seconds, threshold_seconds, p95_seconds, samples, reminder
+        view["stall"] = event.stall.to_dict() if event.stall is not None else None
+        if event.stall is not None:
+            view["symbol"] = status_symbol("stalled")
         return view
 
     steps: list[dict[str, Any]] = []

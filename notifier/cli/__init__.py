@@ -5,7 +5,7 @@ message and an exit code. click is imported only inside this package. Each modul
 adds its commands to the ``main`` group.
 """
 
-from notifier.cli import core, delivery, service, simulation, sources
+from notifier.cli import core, delivery, durations, service, simulation, sources
 from notifier.cli.base import main
 
-__all__ = ["core", "delivery", "main", "service", "simulation", "sources"]
+__all__ = ["core", "delivery", "durations", "main", "service", "simulation", "sources"]

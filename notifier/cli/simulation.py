@@ -80,6 +80,15 @@ def parse_start(value: str | None) -> datetime | float | None:
     is_flag=True,
     help="Stop after the scripted story (no generated operations every 10 minutes).",
 )
+@click.option(
+    "--story",
+    "story_name",
+    type=click.Choice(["default", "stall", "demo"]),
+    default="default",
+    show_default=True,
+    help="The scripted story: stall = twelve short deletions, then one whose sub-step hangs "
+    "for 20 s (try stall_floor = 5); demo = the default with the demo's stall.",
+)
 def simulate(
     port: int,
     seed: int,
@@ -88,6 +97,7 @@ def simulate(
     start: str | None,
     token_lifetime: float,
     story_only: bool,
+    story_name: str,
 ) -> None:
     """Serve the BCS/IAM simulator on 127.0.0.1 until Ctrl-C or SIGTERM.
 
@@ -96,10 +106,12 @@ def simulate(
     organisation" and a "join channel", all terminal about 8 simulated minutes after start.
     """
     from notifier.simulator import Simulator
+    from notifier.simulator.stories import STORIES
 
     try:
         simulator = Simulator(
             seed=seed,
+            story=STORIES[story_name],
             speed=speed or None,
             start=parse_start(start),
             episodes=not story_only,

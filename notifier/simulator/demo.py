@@ -18,6 +18,10 @@ the history instead (``notify_existing = true``) would open the demo with three 
 about operations that finished hours or days ago, which is exactly what a real install must
 never do.
 
+One sub-step of the new blockchain hangs far longer than the history says it takes, so the
+channel shows a ``substep.stalled`` alert (stall detection learns the durations from the
+baseline's finished operations) before the sub-step moves on.
+
 The demo ends by itself once every story operation is terminal, a poll has seen that, and
 the outbox is empty; :meth:`Demo.request_stop` (Ctrl-C) ends it early. Either way the
 simulator is stopped, the engine disposed of and the temporary directory removed.
@@ -44,6 +48,7 @@ from notifier.model import OPERATION_TYPE_NAMES, TERMINAL_STATUSES
 from notifier.simulator.clock import NS_PER_SECOND, ScaledClock
 from notifier.simulator.scenario import OperationPlan
 from notifier.simulator.server import AUTH_TYPES, Simulator
+from notifier.simulator.stories import DEMO_STALL, DEMO_STORY
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,10 @@ SOURCE_NAME: Final = "demo"
 CHANNEL_NAME: Final = "chat"
 #: What the console channel reports: an operation's life and its steps (sub-steps are
 #: recorded too, and shown inside each message's step tree).
-CHANNEL_EVENTS: Final = ("operation.*", "step.*")
+CHANNEL_EVENTS: Final = ("operation.*", "step.*", "*.stalled")
+#: Stall detection in the demo (simulated seconds): the history has two finished creates,
+#: so two samples are enough here; production keeps ``stall_min_samples = 10``.
+STALL_SETTINGS: Final = ("stall_factor = 2.0", "stall_min_samples = 2", "stall_floor = 30")
 WIDTH: Final = 88
 
 
@@ -118,6 +126,7 @@ def demo_config_text(simulator: Simulator, options: DemoOptions, database: str) 
             "poll_jitter = 0",
             "notify_existing = false",
             "unreachable_after = 30",
+            *STALL_SETTINGS,
             "",
             "[delivery]",
             "backoff_initial = 1",
@@ -150,7 +159,10 @@ def story_outline(simulator: Simulator, speed: float) -> list[str]:
             when = "running"
         else:
             when = f"~{(plan.created_ns - origin) / NS_PER_SECOND / speed:.0f} s"
-        lines.append(f"  {when:>8}  {name:<14} {plan.spec.blockchain}")
+        line = f"  {when:>8}  {name:<14} {plan.spec.blockchain}"
+        if DEMO_STALL in plan.spec.took:
+            line += f" ({DEMO_STALL[0].lower()} hangs: a stall alert)"
+        lines.append(line)
     return lines
 
 
@@ -284,6 +296,7 @@ class Demo:
             seed=self.options.seed,
             speed=self.options.speed,
             clock=ScaledClock(self.options.speed, monotonic=hold),
+            story=DEMO_STORY,
             episodes=False,
         )
         self._hold = hold

@@ -315,6 +315,10 @@ class OperationSpec:
     blockchain: str
     outcome: str = "finished"
     at_substep: str | None = None
+    #: sub-steps that take exactly this many seconds instead of their template's range,
+    #: ``(("Create security group", 600.0),)``: a stalling or an unusually fast step (not
+    #: in the repr, which seeds the story's randomness: other timings stay as they were)
+    took: tuple[tuple[str, float], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         template = TEMPLATES.get(self.kind)
@@ -324,6 +328,11 @@ class OperationSpec:
             raise ValueError(f"outcome must be one of {OUTCOMES}, not {self.outcome!r}")
         if self.at_substep is not None and self.at_substep not in template.sub_step_names():
             raise ValueError(f"{self.kind} has no sub-step {self.at_substep!r}")
+        for name, seconds in self.took:
+            if name not in template.sub_step_names():
+                raise ValueError(f"{self.kind} has no sub-step {name!r}")
+            if seconds < 0:
+                raise ValueError(f"took: {name!r} cannot take {seconds} s")
 
     @property
     def template(self) -> Template:
@@ -420,6 +429,7 @@ def plan_operation(seed: int, key: str, origin_ns: int, spec: OperationSpec) -> 
     created_ns = origin_ns + round(spec.at * NS) + rng.randrange(NS)
     operation_id = f"{template.resource_type}-{template.operation_type}-{created_ns:019d}"
     stop_at = spec.at_substep or template.fail_at
+    took = dict(spec.took)
     cursor = created_ns + _seconds(rng, 2, 6)  # queued ("waiting") first
     serial = 0
     ended_ns: int | None = None
@@ -434,6 +444,8 @@ def plan_operation(seed: int, key: str, origin_ns: int, spec: OperationSpec) -> 
                 continue
             start = cursor
             end = start + _seconds(rng, low, high)
+            if name in took:
+                end = start + round(took[name] * NS)
             if spec.outcome != "finished" and name == stop_at:
                 if spec.outcome == "failed":
                     subs.append(

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord
+from notifier.store.durations import StallWrite, write_stalls
 from notifier.store.schema import event_groups, events, outbox, snapshots, source_state
 
 _CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
@@ -67,6 +68,8 @@ class CycleWrite:
     gone: Sequence[str] = ()
     returned: Sequence[str] = ()  # marked gone before, present again with unchanged content
     groups: Sequence[EventGroup] = ()
+    #: learned durations and stall alert state (notifier.store.durations)
+    stalls: StallWrite | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,8 @@ class Repository:
             with self.engine.begin() as connection:
                 self._write_snapshots(connection, write)
                 self._write_state(connection, write.state)
+                if write.stalls is not None:
+                    write_stalls(connection, write.stalls)
                 return self._write_groups(connection, write.groups, write.now_ms)
         except SQLAlchemyError as exc:
             raise StoreError(f"could not store the cycle of {write.state.source}: {exc}") from exc

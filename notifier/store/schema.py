@@ -109,3 +109,40 @@ outbox = Table(
     UniqueConstraint("group_id", "channel", name="uq_outbox_group_channel"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
 )
+
+#: Durations of finished, successful steps (``substep`` "") and sub-steps, learned for
+#: stall detection; the newest ``notifier.stalls.MAX_SAMPLES`` per key are kept.
+step_durations = Table(
+    "step_durations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("operation_type", String(64), nullable=False),
+    Column("step", Text, nullable=False),
+    Column("substep", Text, nullable=False),
+    Column("operation_id", String(128), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("duration_ns", BigInteger, nullable=False),
+    Column("ended_at", BigInteger, nullable=False),  # API time (ns) the step ended
+    UniqueConstraint("operation_id", "step", "substep", name="uq_step_durations_sample"),
+    Index("ix_step_durations_key", "resource_type", "operation_type", "step", "substep"),
+)
+
+#: Stalls alerted (one row per episode of a step or sub-step), so a restart never re-sends.
+stall_alerts = Table(
+    "stall_alerts",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("operation_id", String(128), primary_key=True),
+    Column("step", Text, primary_key=True),
+    Column("substep", Text, primary_key=True),  # "" : the step
+    Column("episode", Integer, primary_key=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("level", Integer, nullable=False),  # 0 alert, 1 and 2 the reminders
+    Column("threshold_ns", BigInteger, nullable=False),
+    Column("p95_ns", BigInteger, nullable=False),
+    Column("samples", Integer, nullable=False),
+    Column("alerted_at", BigInteger, nullable=False),  # API time (ns) of the last alert
+    Column("ended_at", BigInteger, nullable=True),  # API time (ns) the step moved
+    Index("ix_stall_alerts_open", "source", "ended_at"),
+)
