@@ -31,7 +31,7 @@ from notifier.errors import InvalidResponse
 
 #: Bytes read before the ``operation_records`` array must have started (else: decoded whole).
 HEAD_LIMIT: Final = 1024 * 1024
-#: Bytes of the body's end kept to read members that follow the array.
+#: Bytes of members that may follow the array.
 TAIL_BYTES: Final = 64 * 1024
 #: Where the top-level array starts (the members before it are ``count`` and the like).
 _ARRAY_START: Final = re.compile(rb'"operation_records"\s*:\s*\[')
@@ -76,7 +76,11 @@ class RecordStream:
         self.request_id = request_id
         self._exact = exact_integers
         self._pending = b""
-        self._tail = b""
+        #: the chunks handed to ijson since the one it was reading at the last record, and
+        #: the body offset of the first: the end of the array is in there
+        self._recent: list[bytes] = []
+        self._recent_start = 0
+        self._array_start = 0
         self.size = 0
         self._since_record = 0
         self.envelope: dict[str, Any] = {}
@@ -92,12 +96,13 @@ class RecordStream:
             self.size += len(chunk)
             if self.size > self._max_body:
                 raise RecordTooLarge(self._max_body, what="the response")
-            self._tail = (self._tail + chunk)[-TAIL_BYTES:]
             return chunk
         return b""
 
     def read(self, size: int = -1) -> bytes:
         """File-like ``read`` for ijson: the pending head first, then the chunks."""
+        if size == 0:  # ijson probes the type of the data with read(0)
+            return b""
         if self._pending:
             data, self._pending = self._pending, b""
         else:
@@ -105,6 +110,8 @@ class RecordStream:
         if self._since_record > self._max_record:
             raise RecordTooLarge(self._max_record, what="a record")
         self._since_record += len(data)
+        if data:
+            self._recent.append(data)
         return data
 
     # -- records ---------------------------------------------------------------------------
@@ -128,19 +135,23 @@ class RecordStream:
         self.envelope = self._head_members(head[: match.start()])
         self.records_kind = "list"
         self._pending = head
-        self._since_record = 0
+        self._array_start = match.end()
+        self._since_record = -self._array_start  # the members before the array are no record
         backend = ijson.get_backend("python") if self._exact else ijson
         try:
             for item in backend.items(self, "operation_records.item", use_float=True):
                 self._since_record = 0
+                if len(self._recent) > 1:
+                    self._recent_start += sum(len(chunk) for chunk in self._recent[:-1])
+                    del self._recent[:-1]
                 self.returned += 1
                 yield item
         except ijson.JSONError as exc:
             if "integer overflow" in str(exc):
                 raise IntegerOverflow from exc
-            raise self._invalid(self._tail, f"{type(exc).__name__}: {exc}") from exc
-        if "count" not in self.envelope:
-            self.envelope.update(self._tail_members())
+            recent = b"".join(self._recent)[-4096:]
+            raise self._invalid(recent, f"{type(exc).__name__}: {exc}") from exc
+        self.envelope.update(self._tail_members())
 
     def _whole(self, body: bytes) -> Iterator[Any]:
         try:
@@ -178,21 +189,27 @@ class RecordStream:
         return members
 
     def _tail_members(self) -> dict[str, Any]:
-        """The members after the array, from the last bytes of the (valid) body."""
-        tail = self._tail
-        end = len(tail)
-        for _attempt in range(64):
-            end = tail.rfind(b"]", 0, end)
-            if end < 0:
-                break
+        """The members after the array, read from the bytes of the (valid) body since the
+        last record: the first ``]`` after which ``{"operation_records":null`` + the rest
+        is an object closes the array (one inside the last record, or before it, leaves
+        that record's closing brace unbalanced)."""
+        recent = b"".join(self._recent)
+        position = max(0, self._array_start - self._recent_start)
+        while (position := recent.find(b"]", position)) >= 0:
+            position += 1
+            rest = recent[position:]
+            if len(rest) > TAIL_BYTES:
+                continue
+            if rest.lstrip()[:1] not in (b",", b"}"):
+                continue
             try:
-                members = json.loads(b'{"operation_records":null' + tail[end + 1 :])
+                members = json.loads(b'{"operation_records":null' + rest)
             except (ValueError, RecursionError):
                 continue
             if isinstance(members, dict):
                 members.pop("operation_records", None)
                 return members
-        raise self._invalid(tail, "cannot read the members that follow operation_records")
+        raise self._invalid(recent[-4096:], "cannot read the members that follow operation_records")
 
     def _invalid(self, body: bytes, detail: str) -> InvalidResponse:
         excerpt = html_excerpt(body[:4096].decode("utf-8", errors="replace"), 80)
