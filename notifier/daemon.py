@@ -936,7 +936,9 @@ def default_components(config: Config, engine: Engine) -> Components:
     from notifier.outbox import Dispatcher
     from notifier.pipeline import Poller
 
-    return Components(poller=Poller(config, engine), dispatcher=Dispatcher(config, engine))
+    # the first cycle of each source in this process is a complete listing (reconcile)
+    poller = Poller(config, engine, reconcile_at_start=True)
+    return Components(poller=poller, dispatcher=Dispatcher(config, engine))
 
 
 @dataclass
