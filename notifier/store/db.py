@@ -76,7 +76,8 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
 
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_path()))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    url = engine.url.render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser syntax
     return config
 
 
