@@ -261,10 +261,24 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def env_for(tree: Path | None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-    return env
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def service_command(tree: Path | None, *args: str) -> list[str]:
+    """``python -m notifier ARGS``, from ``tree`` (a checkout: its ``notifier`` package and
+    its top-level ``migrations``) instead of the installed version when given."""
+    if tree is None:
+        return [sys.executable, "-m", "notifier", *args]
+    bootstrap = (
+        "import runpy, sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
+        f"sys.path.insert(0, {str(tree)!r})\n"
+        "import notifier\n"
+        f"notifier.__path__.append({str(tree)!r})  # notifier.migrations = the checkout's\n"
+        f"sys.argv = ['bcs-notifier', *{list(args)!r}]\n"
+        "runpy.run_module('notifier', run_name='__main__', alter_sys=True)\n"
+    )
+    return [sys.executable, "-c", bootstrap]
 
 
 # -- 1: CPU per cycle ------------------------------------------------------------------------
@@ -380,7 +394,7 @@ def run_service(
     path.write_text(config_text(api_port, hook.server_address[1], directory / "state.db", mode))
     log = (directory / "run.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifier", "--config", str(path), "run"],
+        service_command(tree, "--config", str(path), "run"),
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env_for(tree),

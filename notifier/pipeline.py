@@ -163,7 +163,9 @@ class Poller:
             if complete:
                 stored = self.repository.snapshot_index(source.name)
                 known = self._known(source.name, stored)
-                listing = fetch_listing(client, source.filters, known=known)
+                # a silent baseline diffs nothing: keep the JSON to store, not the records
+                slim = state.baseline_at is None and not self.config.service.notify_existing
+                listing = fetch_listing(client, source.filters, known=known, slim=slim)
             else:
                 watched = self.repository.active_operation_ids(source.name)
                 listing = fetch_active(client, source.filters, watched)
@@ -266,6 +268,7 @@ class Poller:
         pairs = listing.records if listing else ()
         raw_hashes = {record.operation_id: digest for record, digest in pairs}
         unchanged = listing.unchanged if listing else ()
+        canonical = listing.canonical if listing else {}
         if stored is not None:
             index = stored
         else:
@@ -293,8 +296,12 @@ class Poller:
         rehashed: dict[str, str] = {}  # content as stored, raw form new (or never hashed)
         remembered: dict[str, RawEntry] = {}
         for record in records:
-            data = canonical_json(record.to_dict())
-            digest = hashlib.sha256(data.encode()).hexdigest()
+            encoded = canonical.get(record.operation_id)
+            if encoded is not None:
+                data, digest = encoded
+            else:
+                data = canonical_json(record.to_dict())
+                digest = hashlib.sha256(data.encode()).hexdigest()
             snapshot = index.get(record.operation_id)
             raw_hash = raw_hashes.get(record.operation_id)
             if raw_hash is not None:

@@ -23,14 +23,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
 
 from notifier.bcs.parse import MalformedRecord, parse_record, select
 from notifier.errors import IncompleteResponse, InvalidResponse
-from notifier.model import OperationRecord, normalise_status
+from notifier.model import OperationRecord, canonical_json, normalise_status
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class Listing:
     #: every operation id the response listed, admitted by the filters or not
     listed: frozenset[str] = field(default_factory=frozenset)
     request_id: str | None = None
+    #: ``slim`` listings: operation id -> (canonical JSON, its hash) of the full record,
+    #: whose entry in ``records`` keeps only the operation's own fields (no steps)
+    canonical: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def skipped_unidentified(self) -> bool:
@@ -152,17 +155,20 @@ def fetch_listing(
     *,
     known: Mapping[str, RawEntry] | None = None,
     only: str | None = None,
+    slim: bool = False,
 ) -> Listing:
-    """One response of ``client`` (with ``params``) as a :class:`Listing`."""
+    """One response of ``client`` (with ``params``) as a :class:`Listing`; ``slim``: see
+    :func:`read_listing`."""
     fetch_records = getattr(client, "fetch_records", None)
     if not callable(fetch_records):
         if params:
             raise TypeError(f"{type(client).__name__} cannot send query parameters")
         fetched = client.fetch()
-        return read_listing(
-            BodyRecords(fetched.body, fetched.request_id), filters, known, only=only
-        )
-    streamed = fetch_records(lambda raw: read_listing(raw, filters, known, only=only), list(params))
+        body = BodyRecords(fetched.body, fetched.request_id)
+        return read_listing(body, filters, known, only=only, slim=slim)
+    streamed = fetch_records(
+        lambda raw: read_listing(raw, filters, known, only=only, slim=slim), list(params)
+    )
     listing: Listing = streamed.value
     return listing
 
@@ -192,10 +198,14 @@ def read_listing(
     known: Mapping[str, RawEntry] | None = None,
     *,
     only: str | None = None,
+    slim: bool = False,
 ) -> Listing:
     """Classify every record of one response (the ``consume`` of a streamed fetch);
-    ``only``: keep just this operation (a follow-up whose filter the API ignored)."""
+    ``only``: keep just this operation (a follow-up whose filter the API ignored); ``slim``:
+    encode each record at once and keep only its operation fields (a silent baseline, which
+    diffs nothing: memory holds the JSON to store, not 10,000 step trees)."""
     known = known or {}
+    canonical: dict[str, tuple[str, str]] = {}
     records: list[tuple[OperationRecord, str]] = []
     unchanged: list[str] = []
     skipped: list[str] = []
@@ -230,8 +240,13 @@ def read_listing(
             )
             skipped.append(operation_id)
             continue
-        if select([record], filters):
-            records.append((record, digest))
+        if not select([record], filters):
+            continue
+        if slim:
+            data = canonical_json(record.to_dict())
+            canonical[record.operation_id] = (data, hashlib.sha256(data.encode()).hexdigest())
+            record = replace(record, steps=(), message=(), cluster=None, desc=None)
+        records.append((record, digest))
     count = _checked_count(raw)
     return Listing(
         count=count,
@@ -240,6 +255,7 @@ def read_listing(
         skipped=tuple(skipped),
         listed=frozenset(listed),
         request_id=raw.request_id,
+        canonical=canonical,
     )
 
 
