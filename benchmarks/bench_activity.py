@@ -284,7 +284,7 @@ def service_command(tree: Path | None, *args: str) -> list[str]:
 # -- 1: CPU per cycle ------------------------------------------------------------------------
 
 
-def measure_cpu(api: Api, port: int, scratch: Path) -> None:
+def measure_cpu(api: Api, port: int, scratch: Path, old: Path | None) -> None:
     import httpx
 
     from notifier.config import parse_config
@@ -341,6 +341,16 @@ def measure_cpu(api: Api, port: int, scratch: Path) -> None:
     print(
         f"  bcs-notifier poll (incremental)             {idle:8.2f} s  = {idle / reference:4.2f} x"
     )
+    if old is not None:  # the old version's unchanged re-poll, on its own database
+        path = scratch / "old-poll.toml"
+        path.write_text(config_text(port, None, scratch / "old-poll.db", "old"))
+        command = service_command(old, "--config", str(path), "poll")
+        subprocess.run(command, check=True, capture_output=True, timeout=600)  # baseline
+        before = run_cpu(command, env_for(None))
+        print(
+            f"  old version: bcs-notifier poll (unchanged)  {before:8.2f} s"
+            f"  = {before / reference:4.2f} x"
+        )
 
 
 # -- 2: the service --------------------------------------------------------------------------
@@ -463,6 +473,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=12)
     parser.add_argument("--old", type=Path, help="a checkout of an older version to compare")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip-run", action="store_true", help="only the CPU measurements")
     args = parser.parse_args()
 
     origin = time.time_ns() - 86_400 * NS
@@ -485,8 +496,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-activity-") as scratch_name:
             scratch = Path(scratch_name)
             if not args.skip_cpu:
-                measure_cpu(api, port, scratch)
+                measure_cpu(api, port, scratch, args.old)
             runs = []
+            if args.skip_run:
+                return
             if args.old is not None:
                 runs.append(("old version", "old", args.old))
             runs += [

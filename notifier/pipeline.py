@@ -176,7 +176,7 @@ class Poller:
                 if dry_run:  # the one write a dry run makes: it protects the key
                     self.repository.save_rest(source.name, int(rest_until * 1000))
             result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
-            return replace(result, duration=self.timer() - started)
+            return replace(result, duration=self.timer() - started, complete=complete)
         records = [record for record, _digest in listing.records]
         result = self._success(
             source,
