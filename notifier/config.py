@@ -35,6 +35,7 @@ AUTH_TYPES: Final = ("token", "password", "aksk")
 #: ``operation_status`` is deliberately not a filter: an operation leaving the filtered status
 #: would vanish from the response and its transition would never be seen.
 FILTER_KEYS: Final = ("blockchain_id", "resource_type", "operation_type")
+POLL_MODES: Final = ("incremental", "full")
 EVENT_TYPE_NAMES: Final = (
     "operation.created",
     "operation.status_changed",
@@ -101,6 +102,10 @@ class ServiceConfig:
     stall_min_samples: int = 10
     stall_floor: float = 600.0
     stall_reminders: bool = False
+    #: "incremental": short status lists per cycle, a complete listing every
+    #: ``full_poll_interval`` seconds; "full": one complete listing every cycle
+    poll_mode: str = "incremental"
+    full_poll_interval: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -138,9 +143,12 @@ class SourceConfig:
     filters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     timeout: float = 10.0
     max_retries: int = 3
-    max_response_bytes: int = 32 * 1024 * 1024
+    #: a listing is decoded as a stream: this caps the whole body (time, not memory) ...
+    max_response_bytes: int = 1024 * 1024 * 1024
     verify_tls: bool = True
     ca_file: str | None = None
+    #: ... and this one record of it (memory: a record is decoded whole)
+    max_record_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -533,6 +541,16 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         ),
         stall_floor=section.number("stall_floor", defaults.stall_floor, minimum=0),
         stall_reminders=section.boolean("stall_reminders", defaults.stall_reminders),
+        poll_mode=section.string("poll_mode", defaults.poll_mode) or defaults.poll_mode,
+        full_poll_interval=section.number(
+            "full_poll_interval", defaults.full_poll_interval, minimum=1
+        ),
+    )
+    _check(
+        reader,
+        service.poll_mode in POLL_MODES,
+        section.key_path("poll_mode"),
+        f"must be one of {', '.join(POLL_MODES)}",
     )
     _check(
         reader,
@@ -630,6 +648,9 @@ def _build_source(reader: _Reader, section: _Section) -> SourceConfig | None:
     )
     verify_tls = section.boolean("verify_tls", True)
     ca_file = section.string("ca_file")
+    max_record_bytes = section.number(
+        "max_record_bytes", SourceConfig.max_record_bytes, minimum=1024, integer=True
+    )
     section.finish()
     if name is None or endpoint is None or project_id is None or auth is None:
         return None
@@ -644,6 +665,7 @@ def _build_source(reader: _Reader, section: _Section) -> SourceConfig | None:
         max_response_bytes=max_bytes,
         verify_tls=verify_tls,
         ca_file=ca_file,
+        max_record_bytes=max_record_bytes,
     )
 
 

@@ -9,7 +9,9 @@ next-poll time, the next due delivery, or the next watchdog ping.
 Per source: ``active_poll_interval`` after a poll that saw a watched operation waiting or
 processing, ``poll_interval`` otherwise, each with ``poll_jitter``; after a failure the delay
 backs off from the active interval up to the idle one; a refused AK/SK signature waits at
-least ``retry_after`` (300 s: five refusals lock the key).
+least ``retry_after`` (300 s: five refusals lock the key). In ``poll_mode = "incremental"``
+the poller makes a cycle a complete listing when ``full_poll_interval`` has passed (and the
+first cycle of each source after start); no poll waits longer than that interval.
 
 Delivery: right after a poll that found events, when the earliest pending row falls due, and
 within ``OUTBOX_RECHECK`` seconds of another process making a row due (``outbox retry``).
@@ -545,6 +547,8 @@ class Daemon:
     def _interval(self, source: SourceConfig, *, active: bool) -> float:
         service = self.config.service
         base = service.active_poll_interval if active else service.poll_interval
+        if service.poll_mode == "incremental":  # the complete listing is due by then
+            base = min(base, service.full_poll_interval)
         return self._jittered(base)
 
     def _failure_interval(self, source: SourceConfig, failures: int, error: BaseException) -> float:
@@ -1043,7 +1047,9 @@ def default_components(config: Config, engine: Engine) -> Components:
     from notifier.outbox import Dispatcher
     from notifier.pipeline import Poller
 
-    return Components(poller=Poller(config, engine), dispatcher=Dispatcher(config, engine))
+    # the first cycle of each source in this process is a complete listing (reconcile)
+    poller = Poller(config, engine, reconcile_at_start=True)
+    return Components(poller=poller, dispatcher=Dispatcher(config, engine))
 
 
 @dataclass

@@ -18,20 +18,29 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from notifier.bcs.parse import parse_response, select
+from notifier.bcs.source import Listing, fetch_active, fetch_listing, queries_supported
 from notifier.config import Config, SourceConfig
 from notifier.diff import diff_record
 from notifier.errors import AuthError, SignatureRejected, SourceError
-from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
+from notifier.model import (
+    ACTIVE_STATUSES,
+    Event,
+    EventType,
+    OperationRecord,
+    canonical_json,
+    event_id,
+)
 from notifier.routing import channels_for
 from notifier.stalls import StallSettings, api_now_ns
 from notifier.store.durations import StallWatch
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
+    RawEntry,
     Repository,
     SnapshotWrite,
     SourceState,
+    StoredSnapshot,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +83,8 @@ class PollResult:
     duration: float = 0.0
     #: operation ids of records skipped as malformed ("" where the id was unreadable)
     skipped: tuple[str, ...] = ()
+    #: this cycle read a complete listing (else: the short lists of incremental polling)
+    complete: bool = True
 
     @property
     def ok(self) -> bool:
@@ -91,6 +102,7 @@ class Poller:
         client_factory: ClientFactory = default_client_factory,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
+        reconcile_at_start: bool = False,
     ) -> None:
         self.config = config
         self.repository = Repository(engine)
@@ -108,6 +120,11 @@ class Poller:
                 service.stall_reminders,
             ),
         )
+        #: ``run``: the first cycle of each source in this process is a complete listing
+        self.reconcile_at_start = reconcile_at_start
+        self._listed: set[str] = set()
+        #: per source: operation id -> what its stored snapshot was made from (raw hash)
+        self._raw_index: dict[str, dict[str, RawEntry]] = {}
 
     def adopt_clients(self, previous: Poller) -> None:
         """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
@@ -116,6 +133,9 @@ class Poller:
             if any(current == source for current in self.config.sources):
                 self._clients.setdefault(name, (source, client))
                 del previous._clients[name]
+        self._listed |= previous._listed
+        for name, index in previous._raw_index.items():
+            self._raw_index.setdefault(name, index)
 
     def close(self) -> None:
         for _source, client in self._clients.values():
@@ -128,10 +148,15 @@ class Poller:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def poll_all(self, *, dry_run: bool = False) -> list[PollResult]:
-        return [self.poll_source(source, dry_run=dry_run) for source in self.config.sources]
+    def poll_all(self, *, dry_run: bool = False, full: bool = False) -> list[PollResult]:
+        return [
+            self.poll_source(source, dry_run=dry_run, full=full) for source in self.config.sources
+        ]
 
-    def poll_source(self, source: SourceConfig, *, dry_run: bool = False) -> PollResult:
+    def poll_source(
+        self, source: SourceConfig, *, dry_run: bool = False, full: bool = False
+    ) -> PollResult:
+        """One cycle; ``full`` forces a complete listing (else :meth:`wants_complete`)."""
         started = self.timer()
         now_ms = int(self.clock() * 1000)
         state = self.repository.source_state(source.name)
@@ -150,9 +175,18 @@ class Poller:
             clear_rest = getattr(client, "clear_rest", None)
             if callable(clear_rest):
                 clear_rest()
+        complete = full or self.wants_complete(source, state, now_ms, client)
+        stored: dict[str, StoredSnapshot] | None = None
         try:
-            fetched = client.fetch()
-            parsed = parse_response(fetched.body, request_id=fetched.request_id)
+            if complete:
+                stored = self.repository.snapshot_index(source.name)
+                known = self._known(source.name, stored)
+                # a silent baseline diffs nothing: keep the JSON to store, not the records
+                slim = state.baseline_at is None and not self.config.service.notify_existing
+                listing = fetch_listing(client, source.filters, known=known, slim=slim)
+            else:
+                watched = self.repository.active_operation_ids(source.name)
+                listing = fetch_active(client, source.filters, watched)
         except SourceError as exc:
             rest_until = getattr(client, "retry_not_before", None)
             if isinstance(rest_until, int | float):
@@ -160,21 +194,67 @@ class Poller:
                 if dry_run:  # the one write a dry run makes: it protects the key
                     self.repository.save_rest(source.name, int(rest_until * 1000))
             result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
-            return replace(result, duration=self.timer() - started)
-        records = select(parsed.records, source.filters)
+            return replace(result, duration=self.timer() - started, complete=complete)
+        records = [record for record, _digest in listing.records]
         result = self._success(
             source,
             state,
             records,
             now_ms,
-            skipped=parsed.skipped,
-            keep_absent=parsed.skipped_unidentified,
+            skipped=listing.skipped,
+            keep_absent=listing.skipped_unidentified or not complete,
             dry_run=dry_run,
-            server_time_ns=getattr(fetched, "server_time_ns", None),
+            server_time_ns=listing.server_time_ns,
+            listing=listing,
+            stored=stored,
+            complete=complete,
         )
-        return replace(result, duration=self.timer() - started, skipped=parsed.skipped)
+        return replace(
+            result,
+            duration=self.timer() - started,
+            skipped=listing.skipped,
+            complete=complete,
+        )
+
+    def wants_complete(
+        self, source: SourceConfig, state: SourceState, now_ms: int, client: object
+    ) -> bool:
+        """Whether this cycle reads a complete listing: always in ``poll_mode = "full"``;
+        in incremental mode at the baseline, after a change of scope, at the first cycle
+        of ``run`` (``reconcile_at_start``), every ``full_poll_interval`` seconds, and for a
+        client that cannot send query parameters."""
+        service = self.config.service
+        if service.poll_mode == "full" or not queries_supported(client):
+            return True
+        if state.baseline_at is None or state.last_full_at is None:
+            return True
+        if state.scope is not None and state.scope != source_scope(source):
+            return True
+        if self.reconcile_at_start and source.name not in self._listed:
+            return True
+        return now_ms - state.last_full_at >= service.full_poll_interval * 1000
 
     # -- internals ------------------------------------------------------------------------
+
+    def _known(self, name: str, stored: dict[str, StoredSnapshot]) -> dict[str, RawEntry]:
+        """The raw index of ``name``, entries whose snapshot changed since dropped."""
+        index = self._raw_index.get(name)
+        if index is None:
+            index = self._raw_index[name] = self.repository.raw_index(name)
+        for operation_id in [
+            operation_id
+            for operation_id, entry in index.items()
+            if (snapshot := stored.get(operation_id)) is None
+            or snapshot.content_hash != entry.content_hash
+        ]:
+            del index[operation_id]
+        return index
+
+    def _remember(self, name: str, entries: dict[str, RawEntry]) -> None:
+        """Put what a cycle stored into the raw index (when it is loaded)."""
+        index = self._raw_index.get(name)
+        if index is not None:
+            index.update(entries)
 
     def _client(self, source: SourceConfig) -> SourceClient:
         cached = self._clients.get(source.name)
@@ -197,9 +277,24 @@ class Poller:
         keep_absent: bool,
         dry_run: bool,
         server_time_ns: int | None = None,
+        listing: Listing | None = None,
+        stored: dict[str, StoredSnapshot] | None = None,
+        complete: bool = True,
     ) -> PollResult:
+        """Diff ``records`` against the store and write the cycle. ``listing``: where they
+        came from (raw hashes, records skipped unparsed); ``stored``: the snapshot index
+        when already loaded (a complete listing); ``keep_absent``: mark nothing gone."""
         name = source.name
-        index = self.repository.snapshot_index(name)
+        pairs = listing.records if listing else ()
+        raw_hashes = {record.operation_id: digest for record, digest in pairs}
+        unchanged = listing.unchanged if listing else ()
+        canonical = listing.canonical if listing else {}
+        if stored is not None:
+            index = stored
+        else:
+            index = self.repository.snapshot_index(
+                name, [record.operation_id for record in records]
+            )
         baseline = state.baseline_at is None
         scope = source_scope(source)
         rescoped = not baseline and state.scope is not None and state.scope != scope
@@ -212,17 +307,36 @@ class Poller:
             )
 
         writes: list[SnapshotWrite] = []
-        returned: list[str] = []
+        returned: list[str] = [
+            operation_id
+            for operation_id in unchanged
+            if (snapshot := index.get(operation_id)) is not None and snapshot.gone
+        ]
         prepared: list[tuple[OperationRecord, str, str]] = []
+        rehashed: dict[str, str] = {}  # content as stored, raw form new (or never hashed)
+        remembered: dict[str, RawEntry] = {}
         for record in records:
-            data = canonical_json(record.to_dict())
-            digest = hashlib.sha256(data.encode()).hexdigest()
-            stored = index.get(record.operation_id)
-            if stored is not None and stored.content_hash == digest:
-                if stored.gone:
+            encoded = canonical.get(record.operation_id)
+            if encoded is not None:
+                data, digest = encoded
+            else:
+                data = canonical_json(record.to_dict())
+                digest = hashlib.sha256(data.encode()).hexdigest()
+            snapshot = index.get(record.operation_id)
+            raw_hash = raw_hashes.get(record.operation_id)
+            if raw_hash is not None:
+                remembered[record.operation_id] = RawEntry(
+                    record.record_time, record.status, raw_hash, digest
+                )
+            if snapshot is not None and snapshot.content_hash == digest:
+                if snapshot.gone:
                     returned.append(record.operation_id)
+                if raw_hash is not None:
+                    rehashed[record.operation_id] = raw_hash
                 continue
-            writes.append(SnapshotWrite(record, data, digest, is_new=stored is None))
+            writes.append(
+                SnapshotWrite(record, data, digest, is_new=snapshot is None, raw_hash=raw_hash)
+            )
             prepared.append((record, data, digest))
 
         changed_ids = [item.record.operation_id for item in writes if not item.is_new]
@@ -235,17 +349,28 @@ class Poller:
             found = diff_record(name, before, record)
             if found:
                 groups.append(self._group(name, record.operation_id, found, data))
-        # stall detection: learn what finished, alert what runs too long (API clock)
+        # stall detection: learn what finished, alert what runs too long (API clock); the
+        # running operations skipped unparsed are watched through their stored snapshots
+        known = self._raw_index.get(name, {})
+        still_running = [
+            operation_id
+            for operation_id in unchanged
+            if (entry := known.get(operation_id)) is not None and entry.status in ACTIVE_STATUSES
+        ]
+        watched = [*records]
+        if still_running:
+            watched.extend(self.repository.load_records(name, still_running).values())
         stalls = self.stalls.observe(
             name,
-            records,
+            watched,
             [(previous.get(record.operation_id), record) for record, _data, _hash in prepared],
             api_now_ns(server_time_ns, records),
             check=not (baseline and silent_new),
+            learned=listing.samples if listing else (),
         )
         groups = self._with_stalls(name, groups, stalls.events, records)
 
-        present = {record.operation_id for record in records} | set(skipped)
+        present = {record.operation_id for record in records} | set(skipped) | set(unchanged)
         gone = (
             []
             if keep_absent
@@ -271,6 +396,7 @@ class Poller:
             unreachable_reported=False,
             rest_until=None,
             scope=scope,
+            last_full_at=now_ms if complete else state.last_full_at,
         )
         if baseline:
             logger.info(
@@ -279,12 +405,11 @@ class Poller:
                 len(records),
                 "" if silent_new else " and reported (notify_existing)",
             )
-        active = any(record.is_active for record in records)
+        active = any(record.is_active for record in records) or bool(still_running)
+        listed = len(records) + len(unchanged)
         if dry_run:
             found_events = tuple(event for group in groups for event in group.events)
-            return PollResult(
-                name, found_events, tuple(groups), active, None, len(records), 0, baseline
-            )
+            return PollResult(name, found_events, tuple(groups), active, None, listed, 0, baseline)
         written = self.repository.write_cycle(
             CycleWrite(
                 state=new_state,
@@ -294,11 +419,15 @@ class Poller:
                 returned=returned,
                 groups=groups,
                 stalls=stalls.write,
+                raw_hashes=rehashed,
             )
         )
+        self._remember(name, remembered)
+        if complete:
+            self._listed.add(name)
         written_events = tuple(event for group in written for event in group.events)
         return PollResult(
-            name, written_events, tuple(written), active, None, len(records), len(writes), baseline
+            name, written_events, tuple(written), active, None, listed, len(writes), baseline
         )
 
     def _failure(

@@ -510,6 +510,10 @@ def write_config(directory: Path, sources: Sequence[str], webhook_url: str, **se
     settings = {
         "poll_interval": 1,
         "active_poll_interval": 0.2,
+        # the oracle takes each answered request as one observation of the whole API, and
+        # checks that every change instant is told on its own: one complete listing a cycle
+        # (incremental polling has its own tests: test_incremental*.py)
+        "poll_mode": "full",
         "poll_jitter": 0,
         "unreachable_after": 600,
         **service,

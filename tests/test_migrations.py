@@ -69,3 +69,23 @@ def test_migrations_ship_inside_the_package() -> None:
     path = db.migrations_path()
     assert (path / "env.py").is_file()
     assert any((path / "versions").glob("0001_*.py"))
+
+
+def test_the_head_read_from_the_files_is_alembics() -> None:
+    script = ScriptDirectory(str(db.migrations_path()))
+    assert db.head_revision() == script.get_current_head()
+
+
+def test_the_revision_is_read_without_alembic_and_agrees_with_it(engine: Engine) -> None:
+    with engine.connect() as connection:
+        assert (
+            db.current_revision(engine)
+            == MigrationContext.configure(connection).get_current_revision()
+        )
+
+
+def test_a_path_with_a_percent_sign_migrates(tmp_path: Path) -> None:
+    folder = tmp_path / "100% state"
+    engine = db.make_engine(f"sqlite:///{folder / 'state.db'}")
+    assert db.upgrade(engine) == db.head_revision()
+    engine.dispose()

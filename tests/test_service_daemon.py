@@ -254,6 +254,19 @@ def test_active_rate_while_an_operation_runs_then_idle_rate(
     assert set(gaps(poller.times("a"))[6:]) == {60}
 
 
+@pytest.mark.parametrize(
+    ("mode", "idle_gap"), [("incremental", 40), ("full", 60)], ids=["incremental", "full"]
+)
+def test_an_idle_source_is_polled_by_the_time_a_complete_listing_is_due(
+    engine: Engine, database_url: str, mode: str, idle_gap: int
+) -> None:
+    config = make_config(database_url, poll_mode=mode, full_poll_interval=40)
+    clock = FakeClock()
+    daemon, poller, _ = build(config, engine, clock)
+    assert run_for(daemon, clock, 300) == 0
+    assert set(gaps(poller.times("a"))) == {idle_gap}
+
+
 def test_jitter_spreads_polls_within_the_configured_fraction(
     engine: Engine, database_url: str
 ) -> None:

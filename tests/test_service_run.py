@@ -38,14 +38,16 @@ ACTIVE = 0.3
 
 
 class TimedSimulator(Simulator):
-    """The simulator, noting the real (monotonic) time of every record request."""
+    """The simulator, noting the real (monotonic) time of every poll: its first record
+    request (a complete listing, or the waiting list that opens an incremental cycle)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.poll_times: list[float] = []
 
     def handle(self, request: ReceivedRequest) -> SimResponse:
-        if RECORD_PATH.match(request.path):
+        opens_cycle = request.query in ("", "operation_status=waiting")
+        if RECORD_PATH.match(request.path) and opens_cycle:
             self.poll_times.append(time.monotonic())
         return super().handle(request)
 

@@ -30,12 +30,12 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Generic, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -51,6 +51,7 @@ from notifier.bcs.errors import (
     redact,
     signature_echo,
 )
+from notifier.bcs.stream import IntegerOverflow, RecordStream, RecordTooLarge
 from notifier.config import SourceConfig
 from notifier.errors import (
     ApiError,
@@ -62,6 +63,8 @@ from notifier.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RECORD_PATH: Final = "/v2/{project_id}/operation/record"
 USER_AGENT: Final = f"bcs-notifier/{__version__}"
@@ -86,6 +89,18 @@ class Fetched:
     size: int
     status: int
     #: the response's ``Date`` header in nanoseconds (the API's clock), None without one
+    server_time_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed(Generic[T]):
+    """One successful streamed answer: what ``consume`` made of its records."""
+
+    value: T
+    request_id: str | None
+    size: int
+    status: int
+    #: the response's ``Date`` header in nanoseconds: the API's clock (stall detection)
     server_time_ns: int | None = None
 
 
@@ -214,11 +229,49 @@ class BcsClient:
 
     def fetch(self) -> Fetched:
         """The operation records as parsed JSON, or a ``SourceError`` subclass."""
+        outcome = self._fetch(self.query, None)
+        assert isinstance(outcome, Fetched)  # noqa: S101 - no consume: a whole body
+        return outcome
+
+    def fetch_records(
+        self,
+        consume: Callable[[RecordStream], T],
+        params: Sequence[tuple[str, str]] = (),
+    ) -> Streamed[T]:
+        """``consume`` applied to the records of one answer, decoded as they arrive.
+
+        ``params`` are sent besides the source's single-valued filters (e.g.
+        ``operation_status``). ``consume`` runs once per attempt on a fresh stream (a
+        retry starts over), so it must keep its state to itself; a ``SourceError`` it raises
+        ends the fetch. A record above ``max_record_bytes`` raises ``ResponseTooLarge``.
+        """
+        filters = self.source.filters.items()
+        pairs = [(key, values[0]) for key, values in filters if len(values) == 1]
+        query = signing.canonical_query([*pairs, *params])
+
+        try:
+            outcome = self._fetch(query, consume)
+        except IntegerOverflow:
+            logger.info(
+                "source %s: an integer beyond 64 bits; decoding this answer exactly (slower)",
+                self.source.name,
+            )
+            outcome = self._fetch(query, consume, exact_integers=True)
+        assert isinstance(outcome, Streamed)  # noqa: S101 - consume given
+        return outcome
+
+    def _fetch(
+        self,
+        query: str,
+        consume: Callable[[RecordStream], Any] | None,
+        *,
+        exact_integers: bool = False,
+    ) -> Fetched | Streamed[Any]:
         self._check_signature_rest()
         attempts = self.source.max_retries + 1
         for attempt in range(1, attempts + 1):
-            outcome = self._attempt()
-            if isinstance(outcome, Fetched):
+            outcome = self._attempt(query, consume, exact_integers)
+            if isinstance(outcome, Fetched | Streamed):
                 if attempt > 1:
                     logger.info(
                         "source %s: fetch succeeded on attempt %d", self.source.name, attempt
@@ -270,20 +323,31 @@ class BcsClient:
                 f"cannot load ca_file {self.source.ca_file}: {one_line(reason)}"
             ) from exc
 
-    def _attempt(self) -> Fetched | _Retry:
+    def _attempt(
+        self, query: str, consume: Callable[[RecordStream], Any] | None, exact_integers: bool
+    ) -> Fetched | Streamed[Any] | _Retry:
         client = self._client()
         request = client.build_request("GET", self.url)
-        if self.query:
-            request.url = request.url.copy_with(query=self.query.encode("ascii"))
+        if query:
+            request.url = request.url.copy_with(query=query.encode("ascii"))
         response: httpx.Response | None = None
         try:
             response = client.send(request, auth=self.auth, stream=True)
             try:
+                if consume is not None and response.is_success:
+                    return self._consume(response, consume, exact_integers)
                 return self._handle(response)
             finally:
                 response.close()
         except _BodyTooLarge as exc:
             raise self._too_large(exc) from exc
+        except RecordTooLarge as exc:
+            key = "max_record_bytes" if exc.what == "a record" else "max_response_bytes"
+            raise ResponseTooLarge(
+                f"{exc.what} from {self._host} is larger than {exc.limit} bytes "
+                f"({key} = {exc.limit})",
+                request_id=response.headers.get(REQUEST_ID_HEADER) if response else None,
+            ) from exc
         except ApiError as exc:
             # raised by an auth flow (IAM answered an error); 429 and 5xx are worth a retry
             if exc.status == 429 or exc.status >= 500:
@@ -334,6 +398,29 @@ class BcsClient:
         if status >= 500:
             return _Retry(error)
         raise error
+
+    def _consume(
+        self,
+        response: httpx.Response,
+        consume: Callable[[RecordStream], Any],
+        exact_integers: bool,
+    ) -> Streamed[Any]:
+        request_id = response.headers.get(REQUEST_ID_HEADER)
+        stream = RecordStream(
+            response.iter_bytes(),
+            max_record_bytes=self.source.max_record_bytes,
+            max_body_bytes=self.source.max_response_bytes,
+            request_id=request_id,
+            exact_integers=exact_integers,
+        )
+        value = consume(stream)
+        return Streamed(
+            value,
+            request_id,
+            stream.size,
+            response.status_code,
+            server_time_ns=_date_ns(response.headers.get("Date")),
+        )
 
     def _read(
         self,

@@ -29,6 +29,7 @@ class Context:
         self.config_path = config_path
         self.redactor = redactor or Redactor()
         self._config: Config | None = None
+        self._channels_checked = False
         self._cleanups: list[Callable[[], object]] = []
 
     def on_close(self, cleanup: Callable[[], object]) -> None:
@@ -39,16 +40,21 @@ class Context:
         while self._cleanups:
             self._cleanups.pop()()
 
-    def config(self) -> Config:
-        if self._config is None:
-            # apprise is needed to check channel URLs and templates, like every other key
-            from notifier.channels.targets import install_validators
+    def config(self, *, check_channels: bool = True) -> Config:
+        """The validated config; ``check_channels=False`` leaves the channels' URLs and
+        templates unchecked (they need apprise): for ``poll``, which checks them once it
+        has something to deliver."""
+        if self._config is None or (check_channels and not self._channels_checked):
+            if check_channels:
+                # apprise is needed to check channel URLs and templates, like every other key
+                from notifier.channels.targets import install_validators
 
-            install_validators()
+                install_validators()
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
                 fail_config(exc)
+            self._channels_checked = check_channels
             self.redactor.update(config_secrets(self._config))
         return self._config
 

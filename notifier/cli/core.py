@@ -74,7 +74,7 @@ def open_store(context: Context, *, dry_run: bool = False) -> Engine:
     temporary one (so the dry run shows what a first poll would do and writes nothing)."""
     from notifier.store import db as store_db
 
-    config = context.config()
+    config = context.config(check_channels=False)  # the database URL is all it needs
     if dry_run:
         if not store_db.database_exists(config.service.database):
             scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-dry-run-"))
@@ -126,6 +126,11 @@ def hold_instance_lock(context: Context, engine: Engine, *, hint: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Fetch and diff, but store and send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One CloudEvents JSON document per line.")
 @click.option(
+    "--full",
+    is_flag=True,
+    help="Read a complete listing (incremental mode otherwise asks only for what is active).",
+)
+@click.option(
     "--source",
     "source_names",
     multiple=True,
@@ -133,7 +138,9 @@ def hold_instance_lock(context: Context, engine: Engine, *, hint: str) -> None:
     help="Poll only this source (repeatable; default: all).",
 )
 @pass_context
-def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str, ...]) -> None:
+def poll(
+    context: Context, dry_run: bool, as_json: bool, full: bool, source_names: tuple[str, ...]
+) -> None:
     """Run one cycle: poll every source, record and deliver the events found, print them.
 
     Due deliveries (these events', and earlier ones waiting for a retry) are sent once;
@@ -142,7 +149,8 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
     """
     from notifier.pipeline import Poller
 
-    config = context.config()
+    # channel URLs are checked (apprise imported) only when there is something to deliver
+    config = context.config(check_channels=False)
     sources = _select_sources(config.sources, source_names)
     failed = False
     try:
@@ -151,7 +159,7 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
             hold_instance_lock(context, engine, hint="`poll --dry-run` works beside it")
         with Poller(config, engine) as poller:
             for source in sources:
-                result = poller.poll_source(source, dry_run=dry_run)
+                result = poller.poll_source(source, dry_run=dry_run, full=full)
                 for event in result.events:
                     click.echo(_event_text(event, as_json=as_json))
                 if result.skipped:
@@ -171,14 +179,25 @@ def poll(context: Context, dry_run: bool, as_json: bool, source_names: tuple[str
                         "as the baseline (changes from now on are reported)",
                         err=True,
                     )
-        if not dry_run and config.channels:
-            _deliver(config, engine)
+        if not dry_run and config.channels and _deliveries_due(config, engine):
+            _deliver(context.config(), engine)
     except NotifierError as exc:
         fail(exc)
     finally:
         context.close()
     if failed:
         sys.exit(EX_UNAVAILABLE)
+
+
+def _deliveries_due(config: Config, engine: Engine) -> bool:
+    """Any outbox row of a configured channel due now (one cheap query, no apprise)."""
+    import time
+
+    from notifier.store.status import outbox_summary
+
+    now_ms = int(time.time() * 1000)
+    names = [channel.name for channel in config.channels]
+    return outbox_summary(engine, now_ms, names).due > 0
 
 
 def _deliver(config: Config, engine: Engine) -> None:

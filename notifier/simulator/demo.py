@@ -123,6 +123,9 @@ def demo_config_text(simulator: Simulator, options: DemoOptions, database: str) 
             f'database = "{database}"',
             f"poll_interval = {max(options.interval, 1.0):g}",
             f"active_poll_interval = {interval}",
+            # a complete listing every few polls: the story's fast operations (created and
+            # ended between two polls) are told within seconds, not after 15 minutes
+            f"full_poll_interval = {max(options.interval * 5, 1.0):g}",
             "poll_jitter = 0",
             "notify_existing = false",
             "unreachable_after = 30",

@@ -1,23 +1,27 @@
-"""Engine set-up and Alembic migrations, run programmatically from the installed package."""
+"""Engine set-up and Alembic migrations, run programmatically from the installed package.
+
+Alembic is imported only to migrate: the revision a database is at and the head revision
+are read without it (a one-shot ``poll`` on a current schema pays nothing for Alembic).
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from notifier.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_path()))
     url = engine.url.render_as_string(hide_password=False)
@@ -110,7 +116,34 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     return config
 
 
+_REVISION = re.compile(r"""^revision\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"""^down_revision\s*=\s*(?:None|["']([^"']*)["'])\s*$""", re.MULTILINE)
+
+
 def head_revision() -> str:
+    """The newest migration. A plain chain (one ``down_revision`` string each) is read from
+    the files; anything else (merges, branches) is left to Alembic."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (migrations_path() / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if revision is None:
+            continue
+        if down is None:  # a tuple of parents: a merge
+            return _alembic_head()
+        revisions.add(revision.group(1))
+        if down.group(1):
+            parents.add(down.group(1))
+    heads = revisions - parents
+    if len(heads) == 1:
+        return heads.pop()
+    return _alembic_head()
+
+
+def _alembic_head() -> str:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(migrations_path()))
     head = script.get_current_head()
     if head is None:  # pragma: no cover - the package always ships a migration
@@ -119,11 +152,19 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision in ``alembic_version`` (None: an empty database)."""
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table("alembic_version"):
+                return None
+            versions = list(
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+            )
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the schema revision: {exc}") from exc
+    if len(versions) > 1:
+        raise StoreError(f"the database has several schema revisions: {', '.join(versions)}")
+    return str(versions[0]) if versions else None
 
 
 def upgrade(engine: Engine, *, backup: bool = True) -> str:
@@ -135,6 +176,8 @@ def upgrade(engine: Engine, *, backup: bool = True) -> str:
     if backup and current is not None:
         backup_sqlite_file(engine, current)
     logger.info("migrating database from %s to %s", current or "empty", head)
+    from alembic import command
+
     config = _alembic_config(engine)
     try:
         with engine.begin() as connection:

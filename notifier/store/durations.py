@@ -91,11 +91,14 @@ class StallWatch:
         now_ns: int,
         *,
         check: bool = True,
+        learned: Sequence[Sample] = (),
     ) -> StallCycle:
         """One cycle: ``records`` are the current state of the operations the cycle saw,
         ``changed`` the (previous, current) pairs stored now (``previous`` None: new, the
-        baseline included), ``now_ns`` the API's time. ``check`` False learns only."""
+        baseline included), ``now_ns`` the API's time. ``check`` False learns only;
+        ``learned``: samples read before the records were slimmed (a silent baseline)."""
         samples = [sample for before, after in changed for sample in learned_samples(before, after)]
+        samples.extend(learned)
         plan = StallPlan()
         if check and now_ns > 0:
             active = [record for record in records if record.is_active]

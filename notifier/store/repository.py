@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +25,17 @@ class StoredSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class RawEntry:
+    """What a complete listing compares a raw record with before parsing it (the in-memory
+    index of incremental polling, rebuilt from the ``snapshots`` rows)."""
+
+    record_time: int
+    status: str
+    raw_hash: str
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotWrite:
     """A record to store: its canonical JSON and the hash of that JSON, computed once."""
 
@@ -32,6 +43,7 @@ class SnapshotWrite:
     data: str
     content_hash: str
     is_new: bool
+    raw_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class SourceState:
     unreachable_reported: bool = False
     rest_until: int | None = None
     scope: str | None = None
+    last_full_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +83,8 @@ class CycleWrite:
     groups: Sequence[EventGroup] = ()
     #: learned durations and stall alert state (notifier.store.durations)
     stalls: StallWrite | None = None
+    #: operation id -> new raw hash, for records whose stored content is unchanged
+    raw_hashes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +101,58 @@ class Repository:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def snapshot_index(self, source: str) -> dict[str, StoredSnapshot]:
+    def snapshot_index(
+        self, source: str, operation_ids: Iterable[str] | None = None
+    ) -> dict[str, StoredSnapshot]:
+        """Stored content hash and gone flag per operation (of ``operation_ids`` only, if
+        given)."""
         query = select(
             snapshots.c.operation_id, snapshots.c.content_hash, snapshots.c.gone_at
         ).where(snapshots.c.source == source)
         with self._connect() as connection:
+            if operation_ids is None:
+                rows = list(connection.execute(query))
+            else:
+                rows = [
+                    row
+                    for chunk in _chunks(list(operation_ids))
+                    for row in connection.execute(query.where(snapshots.c.operation_id.in_(chunk)))
+                ]
             return {
                 row.operation_id: StoredSnapshot(row.content_hash, row.gone_at is not None)
+                for row in rows
+            }
+
+    def raw_index(self, source: str) -> dict[str, RawEntry]:
+        """The raw-record index of ``source``: snapshots that have a raw hash."""
+        query = select(
+            snapshots.c.operation_id,
+            snapshots.c.record_time,
+            snapshots.c.status,
+            snapshots.c.raw_hash,
+            snapshots.c.content_hash,
+        ).where(snapshots.c.source == source, snapshots.c.raw_hash.is_not(None))
+        with self._connect() as connection:
+            return {
+                row.operation_id: RawEntry(
+                    row.record_time, row.status, row.raw_hash, row.content_hash
+                )
                 for row in connection.execute(query)
             }
+
+    def active_operation_ids(self, source: str) -> list[str]:
+        """Stored, not-gone operations of ``source`` that are waiting or processing."""
+        query = (
+            select(snapshots.c.operation_id)
+            .where(
+                snapshots.c.source == source,
+                snapshots.c.gone_at.is_(None),
+                snapshots.c.status.in_(("waiting", "processing")),
+            )
+            .order_by(snapshots.c.operation_id)
+        )
+        with self._connect() as connection:
+            return list(connection.scalars(query))
 
     def load_records(self, source: str, operation_ids: Iterable[str]) -> dict[str, OperationRecord]:
         found: dict[str, OperationRecord] = {}
@@ -194,6 +252,7 @@ class Repository:
                         "first_seen": now,
                         "last_seen": now,
                         "gone_at": None,
+                        "raw_hash": item.raw_hash,
                     }
                     for item in new
                 ],
@@ -210,6 +269,7 @@ class Repository:
                     data=bindparam("b_data"),
                     status=bindparam("b_status"),
                     record_time=bindparam("b_record_time"),
+                    raw_hash=bindparam("b_raw_hash"),
                     last_seen=now,
                     gone_at=None,
                 ),
@@ -220,8 +280,22 @@ class Repository:
                         "b_data": item.data,
                         "b_status": item.record.status,
                         "b_record_time": item.record.record_time,
+                        "b_raw_hash": item.raw_hash,
                     }
                     for item in changed
+                ],
+            )
+        if write.raw_hashes:
+            connection.execute(
+                update(snapshots)
+                .where(
+                    snapshots.c.source == source,
+                    snapshots.c.operation_id == bindparam("b_operation_id"),
+                )
+                .values(raw_hash=bindparam("b_raw_hash")),
+                [
+                    {"b_operation_id": operation_id, "b_raw_hash": raw_hash}
+                    for operation_id, raw_hash in write.raw_hashes.items()
                 ],
             )
         for ids, gone_at in ((write.gone, now), (write.returned, None)):
@@ -243,6 +317,7 @@ class Repository:
             "unreachable_reported": state.unreachable_reported,
             "rest_until": state.rest_until,
             "scope": state.scope,
+            "last_full_at": state.last_full_at,
         }
         result = connection.execute(
             update(source_state).where(source_state.c.source == state.source).values(**values)

@@ -43,6 +43,8 @@ snapshots = Table(
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
     Column("gone_at", BigInteger, nullable=True),  # set when missing from a complete response
+    # hash of the record as the API sent it: an unchanged raw record is skipped unparsed
+    Column("raw_hash", String(64), nullable=True),
 )
 
 #: Per-source polling state: baseline done, last poll, failures, health reporting.
@@ -61,6 +63,8 @@ source_state = Table(
     Column("rest_until", BigInteger, nullable=True),
     # fingerprint of endpoint, project and filters: a change starts a new silent baseline
     Column("scope", String(64), nullable=True),
+    # last successful complete listing (incremental mode runs one every full_poll_interval)
+    Column("last_full_at", BigInteger, nullable=True),
 )
 
 #: A group of events to deliver together: one operation's changes in one cycle.
