@@ -51,6 +51,7 @@ from notifier.bcs.errors import (
     redact,
     signature_echo,
 )
+from notifier.bcs.sanitize import json_int
 from notifier.config import SourceConfig
 from notifier.errors import (
     ApiError,
@@ -349,7 +350,7 @@ class BcsClient:
     def _parse(self, body: bytes, response: httpx.Response, request_id: str | None) -> Any:
         content_type = response.headers.get("Content-Type", "no Content-Type")
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_int=json_int)  # huge literals clamped, not fatal
         except (ValueError, RecursionError) as exc:
             excerpt = html_excerpt(body[:4096].decode("utf-8", errors="replace"), 80)
             detail = f"{type(exc).__name__}: {one_line(str(exc), 120)}"
