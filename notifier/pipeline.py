@@ -24,6 +24,7 @@ from notifier.diff import diff_record
 from notifier.errors import AuthError, SignatureRejected, SourceError
 from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
 from notifier.routing import channels_for
+from notifier.store.guard import BaselineMarker
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
@@ -96,6 +97,8 @@ class Poller:
         self.clock = clock
         self.timer = timer
         self._clients: dict[str, tuple[SourceConfig, SourceClient]] = {}
+        #: SQLite: the marker that a lost database had a baseline (notifier.store.guard)
+        self.marker = BaselineMarker.for_engine(engine)
 
     def adopt_clients(self, previous: Poller) -> None:
         """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
@@ -184,6 +187,16 @@ class Poller:
         scope = source_scope(source)
         rescoped = not baseline and state.scope is not None and state.scope != scope
         silent_new = (baseline or rescoped) and not self.config.service.notify_existing
+        lost = self.marker.get(name) if baseline and self.marker is not None else None
+        if lost is not None:
+            logger.error(
+                "%s: the database has no baseline for this source, but %s says it had one "
+                "(since %s): the database was deleted or replaced. Not a silent baseline: "
+                "operations updated after the last change it held are reported",
+                name,
+                self.marker.path if self.marker is not None else "-",
+                datetime.fromtimestamp(lost.baseline_at / 1000, UTC).isoformat(timespec="seconds"),
+            )
         if rescoped:
             logger.info(
                 "%s: endpoint, project or filters changed; operations seen for the first time "
@@ -210,7 +223,8 @@ class Poller:
         groups: list[EventGroup] = []
         for record, data, _digest in prepared:
             before = previous.get(record.operation_id)
-            if before is None and silent_new:
+            missed = lost is not None and record.record_time > lost.last_record_time
+            if before is None and silent_new and not missed:
                 continue
             found = diff_record(name, before, record)
             if found:
@@ -266,6 +280,12 @@ class Poller:
                 groups=groups,
             )
         )
+        if self.marker is not None and new_state.baseline_at is not None:
+            self.marker.update(
+                name,
+                baseline_at=new_state.baseline_at,
+                last_record_time=max((record.record_time for record in records), default=0),
+            )
         written_events = tuple(event for group in written for event in group.events)
         return PollResult(
             name, written_events, tuple(written), active, None, len(records), len(writes), baseline

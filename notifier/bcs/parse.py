@@ -150,7 +150,7 @@ def parse_record(raw: Any) -> OperationRecord:
         project_id=_text(raw, "project_id", notes),
         blockchain_id=_text(raw, "blockchain_id", notes),
         blockchain_name=_text(raw, "blockchain_name", notes),
-        record_time=_integer(raw, "record_time", notes),
+        record_time=_timestamp(raw, "record_time", notes),
         message=_messages(raw, "message", notes),
         desc=_optional_text(raw, "desc", notes),
         cluster=_cluster(raw.get("cluster_info"), notes),
@@ -211,8 +211,8 @@ def _sub_step(key: str | None, raw: Any, notes: list[str]) -> SubStep:
         status=_status(_text(raw, "status", notes), detail, "sub-step status", notes),
         detail=detail,
         message=_messages(raw, "message", notes),
-        start_time=_integer(raw, "start_time", notes),
-        end_time=_integer(raw, "end_time", notes),
+        start_time=_timestamp(raw, "start_time", notes),
+        end_time=_timestamp(raw, "end_time", notes),
         serial_num=_integer(raw, "serial_num", notes),
     )
 
@@ -275,6 +275,15 @@ def _integer(raw: Mapping[str, Any], field: str, notes: list[str]) -> int:
     if isinstance(value, float) and value.is_integer():
         return bounded_int(int(value), field, notes)
     raise MalformedRecord(f"{field} is {_shown_value(value)}, not an integer")
+
+
+def _timestamp(raw: Mapping[str, Any], field: str, notes: list[str]) -> int:
+    """Nanoseconds since the epoch: a negative time reads as 0 ("not yet")."""
+    value = _integer(raw, field, notes)
+    if value < 0:
+        notes.append(f"{field} {value} is before 1970: read as 0 (not set)")
+        return 0
+    return value
 
 
 _DECIMAL_RE = re.compile(r"-?[0-9]+")
