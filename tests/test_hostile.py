@@ -22,6 +22,14 @@ from typing import Any
 
 import jsonschema
 import pytest
+from bcs_support import make_source
+from hostile_support import (
+    body_text,
+    config_text,
+    good_id,
+    good_record,
+    hostile_record,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine
@@ -43,14 +51,6 @@ from notifier.model import Event, OperationRecord, describe, event_body
 from notifier.pipeline import Poller
 from notifier.store import db
 from notifier.store.repository import EventGroup, Repository
-from tests.bcs_support import make_source
-from tests.hostile_support import (
-    body_text,
-    config_text,
-    good_id,
-    good_record,
-    hostile_record,
-)
 
 SCHEMA = json.loads(
     (Path(notifier.__file__).parent / "schemas" / "cloudevent.schema.json").read_text()
