@@ -29,17 +29,19 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 logger = logging.getLogger(__name__)
 
 MARKER_SUFFIX: Final = ".baselines.json"
 
 
-def sqlite_file(engine: Engine) -> Path | None:
-    """The database file of a SQLite engine, None for other databases and ``:memory:``."""
-    if engine.url.get_backend_name() != "sqlite":
+def sqlite_file(engine: Engine | str) -> Path | None:
+    """The database file of a SQLite engine or URL, None for other databases and ``:memory:``."""
+    url = make_url(engine) if isinstance(engine, str) else engine.url
+    if url.get_backend_name() != "sqlite":
         return None
-    database = engine.url.database
+    database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database).expanduser().absolute()
@@ -93,7 +95,8 @@ class BaselineMarker:
         self._cache: dict[str, MarkedSource] | None = None
 
     @classmethod
-    def for_engine(cls, engine: Engine) -> BaselineMarker | None:
+    def for_engine(cls, engine: Engine | str) -> BaselineMarker | None:
+        """The marker of an engine's or a URL's SQLite file (None for other databases)."""
         database = sqlite_file(engine)
         if database is None:
             return None
