@@ -189,8 +189,7 @@ def _step(key: str | None, raw: Any, notes: list[str]) -> Step:
     name = _name(key, raw, "step_name", notes)
     detail = _optional_text(raw, "detail", notes)
     sub_steps = [
-        _sub_step(sub_key, value, notes)
-        for sub_key, value in _entries(raw.get("sub_steps"), _shown_key(name))
+        _sub_step(sub_key, value, notes) for sub_key, value in _entries(raw.get("sub_steps"), name)
     ]
     sub_steps.sort(key=lambda sub: (sub.serial_num, sub.name))
     return Step(
@@ -229,7 +228,7 @@ def _entries(raw: Any, where: str) -> list[tuple[str | None, Any]]:
         return [(str(key), value) for key, value in raw.items()]
     if isinstance(raw, list):
         return [(None, value) for value in raw]
-    raise MalformedRecord(f"{where} holds {_kind(raw)}, not a map")
+    raise MalformedRecord(f"{_shown_key(where)} holds {_kind(raw)}, not a map")
 
 
 def _name(key: str | None, raw: Mapping[str, Any], field: str, notes: list[str]) -> str:

@@ -91,6 +91,8 @@ def bounded_int(value: int, field: str, notes: list[str]) -> int:
 
 def clean_text(value: str, field: str, notes: list[str], limit: int = MAX_TEXT) -> str:
     """``value`` without lone surrogates or NULs (U+FFFD instead), at most ``limit`` long."""
+    if len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value  # the usual case, and no surrogate is ASCII
     if len(value) > limit:
         notes.append(f"{field} cut from {len(value)} to {limit} characters")
         value = value[: limit - 1] + _ELLIPSIS
