@@ -83,11 +83,25 @@ def big_literal(digits: int, *, negative: bool = False) -> str:
     return f"{_BIG}{'-' if negative else ''}{digits}\x00"
 
 
+_DEEP = "\x00DEEP:"
+
+
+def deep_literal(depth: int) -> str:
+    """A placeholder that ``body_text`` turns into arrays nested ``depth`` deep (deeper than
+    ``json.dumps`` or ``json.loads`` can go)."""
+    return f"{_DEEP}{depth}\x00"
+
+
 def body_text(records: list[Any], count: int | None = None) -> str:
     """The response JSON text (``count`` defaults to the number of records)."""
     text = json.dumps(
         {"count": len(records) if count is None else count, "operation_records": records}
     )
+    while '"\\u0000DEEP:' in text:
+        start = text.index('"\\u0000DEEP:')
+        end = text.index('\\u0000"', start) + len('\\u0000"')
+        depth = int(text[start + len('"\\u0000DEEP:') : end - len('\\u0000"')])
+        text = text[:start] + "[" * depth + '"bottom"' + "]" * depth + text[end:]
     while '"\\u0000BIG:' in text:
         start = text.index('"\\u0000BIG:')
         end = text.index('\\u0000"', start) + len('\\u0000"')
@@ -206,7 +220,8 @@ def m_times(record: dict[str, Any], rng: random.Random) -> None:
 
 def m_deep(record: dict[str, Any], rng: random.Random) -> None:
     target = rng.choice(["cluster_info", "message", "desc", "operation_process"])
-    record[target] = _nested(rng.choice([30, 200, 600]))
+    depth = rng.choice([30, 200, 600, 5000])
+    record[target] = _nested(depth) if depth <= 30 else deep_literal(depth)
 
 
 def m_many_steps(record: dict[str, Any], rng: random.Random) -> None:
@@ -281,7 +296,7 @@ RECORD_MUTATIONS: dict[str, Callable[[dict[str, Any], random.Random], None]] = {
     "wrong type or null in a step field": m_step_value,
     "wrong type or null in a sub-step field": m_sub_value,
     "timestamps past year 9999 / int64": m_times,
-    "nesting 30-600 deep": m_deep,
+    "nesting 30-5,000 deep": m_deep,
     "200 or 5,000 steps": m_many_steps,
     "odd operation ids": m_odd_id,
     "odd step names (surrogate, empty, 2,000 chars, NUL)": m_weird_keys,

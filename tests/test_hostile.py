@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 import notifier
-from notifier.bcs.sanitize import json_int
+from notifier.bcs.client import decode_json
 from notifier.channels.render import RenderOptions, render_message
 from notifier.channels.targets import install_validators
 from notifier.config import (
@@ -70,13 +70,13 @@ class _Fetched:
 
 
 class _TextClient:
-    """Serves JSON texts, decoded the way ``BcsClient`` decodes a body."""
+    """Serves JSON texts, decoded as ``BcsClient`` decodes a body."""
 
     def __init__(self) -> None:
         self.text = "{}"
 
     def fetch(self) -> _Fetched:
-        return _Fetched(json.loads(self.text, parse_int=json_int))
+        return _Fetched(decode_json(self.text.encode()))
 
     def close(self) -> None:
         return

@@ -97,6 +97,22 @@ def test_a_lone_surrogate_is_replaced_and_the_other_records_still_report(
         json.dumps(cloudevent(event), ensure_ascii=False).encode("utf-8")
 
 
+def test_a_record_nested_too_deep_for_the_decoder_costs_only_itself(
+    engine: Engine, router: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(write_config(engine_dir(engine)))
+    deep = good_record(2, 1)
+    text = body_text([good_record(0, 1), good_record(1, 1), dict(deep, operation_process="DEEP")])
+    text = text.replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
+    router.get(RECORD_URL).respond(200, text=text, headers={"Content-Type": "application/json"})
+    with caplog.at_level(logging.WARNING), Poller(config, engine) as poller:
+        result = poller.poll_source(config.sources[0])
+    assert result.ok
+    assert result.records == 2
+    assert result.skipped == ("BCSSVC01-99-1700000000000000002",)
+    assert "nests deeper than the decoder allows" in caplog.text
+
+
 def test_an_id_longer_than_the_store_holds_is_skipped_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -414,3 +430,18 @@ def test_a_fresh_database_where_one_existed_reports_what_changed(
     ]
     assert "the database was deleted or replaced" in caplog.text
     assert poll() == ()  # and from then on, as usual
+
+
+@pytest.mark.parametrize("log_format", ["text", "journal", "json"])
+def test_a_lone_surrogate_from_the_api_can_be_logged(log_format: str) -> None:
+    import io
+
+    from notifier.logsetup import Redactor, make_formatter
+
+    formatter = make_formatter(log_format, Redactor(), stream=io.StringIO(), environ={})
+    record = logging.LogRecord(
+        "notifier.bcs", logging.WARNING, __file__, 1, "error_msg %s", ("bad \ud800",), None
+    )
+    line = formatter.format(record)
+    line.encode("utf-8")  # a handler writing UTF-8 never fails on it
+    assert "bad" in line

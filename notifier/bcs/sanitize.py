@@ -141,3 +141,40 @@ def clean_value(value: Any, field: str, notes: list[str], depth: int = 0) -> Any
         return [clean_value(item, f"{field}[]", notes, depth + 1) for item in value]
     notes.append(f"{field} of type {type(value).__name__} read as null")
     return None
+
+
+#: JSON nesting kept when a body is too deep for the decoder (records sit at depth 2).
+MAX_JSON_DEPTH: Final = 64
+_JSON_TOKEN_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def flatten_deep_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, int]:
+    """``text`` with every array or object nested deeper than ``max_depth`` replaced by
+    ``null``, and how many were replaced.
+
+    The decoder's fallback when a body nests so deep that ``json.loads`` raises
+    ``RecursionError``: one record nested thousands deep then costs only that record (its
+    parse finds a null where a map should be, and skips it with a warning), not the whole
+    response. Strings are skipped whole, so brackets inside them do not count.
+    """
+    pieces: list[str] = []
+    depth = 0
+    cut_from = -1  # where the subtree being dropped starts
+    kept_to = 0
+    replaced = 0
+    for match in _JSON_TOKEN_RE.finditer(text):
+        lexeme = match.group()
+        if lexeme in ("[", "{"):
+            depth += 1
+            if depth == max_depth + 1 and cut_from < 0:
+                cut_from = match.start()
+        elif lexeme in ("]", "}"):
+            if depth == max_depth + 1 and cut_from >= 0:
+                pieces.append(text[kept_to:cut_from])
+                pieces.append("null")
+                kept_to = match.end()
+                cut_from = -1
+                replaced += 1
+            depth -= 1
+    pieces.append(text[kept_to:])
+    return "".join(pieces), replaced
