@@ -207,9 +207,20 @@ class Poller:
         writes: list[SnapshotWrite] = []
         returned: list[str] = []
         prepared: list[tuple[OperationRecord, str, str]] = []
+        unstorable: list[str] = []
         for record in records:
-            data = canonical_json(record.to_dict())
-            digest = hashlib.sha256(data.encode()).hexdigest()
+            try:
+                data = canonical_json(record.to_dict())
+                digest = hashlib.sha256(data.encode()).hexdigest()
+            except _CONTENT_ERRORS as exc:  # a last guard behind notifier.bcs.sanitize
+                logger.warning(
+                    "%s: skipping operation record %r: it cannot be stored: %s",
+                    name,
+                    record.operation_id[:160],
+                    exc,
+                )
+                unstorable.append(record.operation_id)
+                continue
             stored = index.get(record.operation_id)
             if stored is not None and stored.content_hash == digest:
                 if stored.gone:
@@ -226,11 +237,23 @@ class Poller:
             missed = lost is not None and record.record_time > lost.last_record_time
             if before is None and silent_new and not missed:
                 continue
-            found = diff_record(name, before, record)
+            try:
+                found = diff_record(name, before, record)
+            except _CONTENT_ERRORS as exc:  # skipped like a malformed record, tried again
+                logger.warning(
+                    "%s: skipping operation record %r: it cannot be diffed: %s",
+                    name,
+                    record.operation_id[:160],
+                    exc,
+                )
+                unstorable.append(record.operation_id)
+                continue
             if found:
                 groups.append(self._group(name, record.operation_id, found, data))
 
-        present = {record.operation_id for record in records} | set(skipped)
+        if unstorable:
+            writes = [item for item in writes if item.record.operation_id not in unstorable]
+        present = {record.operation_id for record in records} | set(skipped) | set(unstorable)
         gone = (
             []
             if keep_absent
@@ -362,6 +385,10 @@ class Poller:
             error=state.last_error,
         )
         return self._group(source.name, "", [event], None)
+
+
+#: What odd content can raise while it is hashed, stored or diffed (never a store error).
+_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
 
 
 def _resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> SourceError:

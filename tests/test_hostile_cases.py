@@ -445,3 +445,34 @@ def test_a_lone_surrogate_from_the_api_can_be_logged(log_format: str) -> None:
     line = formatter.format(record)
     line.encode("utf-8")  # a handler writing UTF-8 never fails on it
     assert "bad" in line
+
+
+def test_a_record_the_diff_cannot_handle_is_skipped_and_tried_again(
+    engine: Engine, router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import notifier.pipeline as pipeline_module
+
+    real = pipeline_module.diff_record
+    poisoned = "BCSSVC01-99-1700000000000000001"
+
+    def diff(source_name: str, before: Any, current: Any) -> Any:
+        if current.operation_id == poisoned:
+            raise OverflowError("a bug meets odd data")
+        return real(source_name, before, current)
+
+    config = load_config(write_config(engine_dir(engine)))
+    route = router.get(RECORD_URL)
+    headers = {"Content-Type": "application/json"}
+    route.respond(200, text=body_text([good_record(0, 1), good_record(1, 1)]), headers=headers)
+    with Poller(config, engine) as poller:
+        assert poller.poll_source(config.sources[0]).ok
+        monkeypatch.setattr(pipeline_module, "diff_record", diff)
+        moved = body_text([good_record(0, 3), good_record(1, 3)])
+        route.respond(200, text=moved, headers=headers)
+        second = poller.poll_source(config.sources[0])
+        monkeypatch.setattr(pipeline_module, "diff_record", real)
+        third = poller.poll_source(config.sources[0])
+    assert second.ok
+    assert {event.operation_id for event in second.events} == {"BCSSVC01-99-1700000000000000000"}
+    # not stored while it could not be diffed: the next poll reports its change
+    assert {event.operation_id for event in third.events} == {poisoned}
