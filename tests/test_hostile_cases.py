@@ -476,3 +476,12 @@ def test_a_record_the_diff_cannot_handle_is_skipped_and_tried_again(
     assert {event.operation_id for event in second.events} == {"BCSSVC01-99-1700000000000000000"}
     # not stored while it could not be diffed: the next poll reports its change
     assert {event.operation_id for event in third.events} == {poisoned}
+
+
+def test_a_webhook_body_always_encodes() -> None:
+    from notifier.channels.webhook import _as_cloudevent
+
+    _, wrapped = _as_cloudevent("text with \ud800", "title \udfff", "info")
+    assert "\ufffd".encode() in wrapped
+    _, as_is = _as_cloudevent('{"specversion": "1.0", "id": "e1", "x": "\ud800"}', "t", "info")
+    assert as_is.decode("utf-8")
