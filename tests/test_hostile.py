@@ -36,6 +36,7 @@ from sqlalchemy import Engine
 
 import notifier
 from notifier.bcs.client import decode_json
+from notifier.bcs.sanitize import json_int
 from notifier.channels.render import RenderOptions, render_message
 from notifier.channels.targets import install_validators
 from notifier.config import (
@@ -217,3 +218,75 @@ def test_generated_configs_load_or_name_the_broken_key(seed: int) -> None:
             assert problems is None or problems
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- values drawn by Hypothesis itself, put anywhere in a record ------------------------------
+
+_TEXT = st.text(
+    alphabet=st.characters(codec=None, exclude_categories=()),  # surrogates and NUL included
+    max_size=40,
+)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4),
+    max_leaves=20,
+)
+_PLACES = st.sampled_from(["record", "step", "sub-step"])
+_FIELDS = {
+    "record": [
+        "resource_type",
+        "operation_type",
+        "blockchain_name",
+        "cluster_info",
+        "operation_process",
+        "record_time",
+        "operation_status",
+        "message",
+        "desc",
+    ],
+    "step": ["step_name", "status", "detail", "serial_num", "sub_steps"],
+    "sub-step": ["substep_name", "detail", "status", "message", "start_time", "end_time"],
+}
+
+
+@given(
+    edits=st.lists(
+        st.tuples(_PLACES, st.integers(0, 8), _JSON),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_any_json_value_anywhere_in_a_record_is_kept_safe_or_skipped(
+    edits: list[tuple[str, int, Any]],
+) -> None:
+    from notifier.bcs.parse import parse_response
+    from notifier.diff import diff_record
+    from notifier.model import INT64_MAX, INT64_MIN, canonical_json
+
+    hostile = good_record(9, 2)
+    step = hostile["operation_process"]["Preparation"]
+    sub = step["sub_steps"]["Generate"]
+    for place, index, value in edits:
+        target = {"record": hostile, "step": step, "sub-step": sub}[place]
+        fields = _FIELDS[place]
+        target[fields[index % len(fields)]] = value
+    before = parse_response(
+        {"count": 2, "operation_records": [good_record(0, 1), good_record(9, 1)]}
+    )
+    body = {"count": 2, "operation_records": [good_record(0, 2), hostile]}
+    parsed = parse_response(json.loads(json.dumps(body), parse_int=json_int))
+    assert [r.operation_id for r in parsed.records][:1] == [good_id(0)]  # the good one stays
+    previous = {record.operation_id: record for record in before.records}
+    for record in parsed.records:
+        canonical_json(record.to_dict()).encode("utf-8")  # storable and hashable
+        numbers = [record.record_time] + [
+            value for s in record.steps for u in s.sub_steps for value in (u.start_time, u.end_time)
+        ]
+        assert all(INT64_MIN <= number <= INT64_MAX for number in numbers)
+        found = diff_record("prod", previous.get(record.operation_id), record)
+        group = EventGroup("g", "prod", record.operation_id, tuple(found), ())
+        _check_deliverable([group], {record.operation_id: record})
