@@ -11,6 +11,7 @@ outside the service find them too), then next to the config file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -210,6 +211,12 @@ def load_config(
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([ConfigProblem("", "file not found")], filename=str(file)) from None
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        problem = ConfigProblem(
+            "", f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line}"
+        )
+        raise ConfigError([problem], filename=str(file)) from exc
     except OSError as exc:
         problem = ConfigProblem("", f"cannot read: {exc.strerror}")
         raise ConfigError([problem], filename=str(file)) from exc
@@ -227,6 +234,12 @@ def parse_config(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigProblem("", f"not valid TOML: {exc}")], filename=filename) from exc
+    except RecursionError as exc:  # arrays or inline tables nested thousands deep
+        problem = ConfigProblem("", "not valid TOML: nested too deeply")
+        raise ConfigError([problem], filename=filename) from exc
+    except ValueError as exc:  # an integer literal past Python's digit limit
+        problem = ConfigProblem("", f"not valid TOML: {' '.join(str(exc).split())[:160]}")
+        raise ConfigError([problem], filename=filename) from exc
     reader = _Reader(
         problems=[],
         environ=os.environ if environ is None else environ,
@@ -299,6 +312,19 @@ class _Reader:
             return None
 
 
+#: The upper bound of any number in the file without a tighter one of its own (seconds:
+#: about 31 years); larger values are typing mistakes, and would overflow timers.
+NUMBER_MAX: Final = 1e9
+#: Upper bounds of keys in seconds.
+_DAY: Final = 86_400.0
+_WEEK: Final = 7 * _DAY
+
+
+def _shown_number(value: float) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 30 else f"{text[:12]}... ({len(text)} digits)"
+
+
 def _type_name(value: Any) -> str:
     return {
         str: "a string",
@@ -351,7 +377,10 @@ class _Section:
         *,
         minimum: float | None = None,
         integer: bool = False,
+        maximum: float = NUMBER_MAX,
     ) -> Any:
+        """A finite number in ``[minimum, maximum]`` (every number has an upper bound:
+        ``NUMBER_MAX`` unless the key has a tighter one)."""
         value = self.raw(key)
         path = self.key_path(key)
         if value is _MISSING:
@@ -361,8 +390,14 @@ class _Section:
             kind = "an integer" if integer else "a number"
             self.reader.problem(path, f"must be {kind}, not {_type_name(value)}")
             return default
+        if not math.isfinite(value):
+            self.reader.problem(path, f"must be a finite number, not {value}")
+            return default
         if minimum is not None and value < minimum:
-            self.reader.problem(path, f"must be at least {minimum:g}, not {value}")
+            self.reader.problem(path, f"must be at least {minimum:g}, not {_shown_number(value)}")
+            return default
+        if value > maximum:
+            self.reader.problem(path, f"must be at most {maximum:g}, not {_shown_number(value)}")
             return default
         return value if integer else float(value)
 
@@ -444,12 +479,75 @@ def _check(reader: _Reader, ok: bool, path: str, message: str) -> None:
 def _check_url(reader: _Reader, value: str | None, path: str) -> None:
     if not value:
         return
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if _CONTROL_RE.search(value):
+        reader.problem(path, "must not contain control characters or spaces")
+        return
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        password = parts.password
+    except ValueError as exc:
+        reader.problem(path, f"is not a valid URL: {exc}")
+        return
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         shown = value
-        if parts.password:  # never echo a credential, even a misplaced one
-            shown = value.replace(f":{parts.password}@", ":********@")
+        if password:  # never echo a credential, even a misplaced one
+            shown = value.replace(f":{password}@", ":********@")
         reader.problem(path, f"must be an http(s) URL, not {shown!r}")
+
+
+_CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _check_database(reader: _Reader, url: str, path: str) -> None:
+    """A SQLAlchemy URL of a known backend; a SQLite file whose place can hold a file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if not url.strip():
+        reader.problem(path, "must not be empty (leave it out for the default)")
+        return
+    if "\x00" in url:
+        reader.problem(path, "must not contain a NUL character")
+        return
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        reader.problem(
+            path, f"is not a usable SQLAlchemy database URL: {' '.join(str(exc).split())[:200]}"
+        )
+        return
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        reader.problem(path, "must name a SQLite file (the state must outlive the process)")
+        return
+    file = Path(database).expanduser()
+    if file.is_dir():
+        reader.problem(path, f"{database} is a directory, not a database file")
+    elif not file.exists() and any(p.exists() and not p.is_dir() for p in file.parents):
+        reader.problem(path, f"cannot create {database}: a parent is not a directory")
+
+
+def _check_ca_file(reader: _Reader, ca_file: str | None, path: str) -> None:
+    """An existing file of PEM certificates (read as TLS verification will read it)."""
+    import ssl
+
+    if ca_file is None:
+        return
+    if not ca_file.strip() or "\x00" in ca_file:
+        reader.problem(path, "must be the path of a file of PEM certificates")
+        return
+    file = Path(ca_file).expanduser()
+    if not file.is_file():
+        reader.problem(path, f"{ca_file}: no such file")
+        return
+    try:
+        ssl.create_default_context(cafile=str(file))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reader.problem(path, f"{ca_file}: not a file of PEM certificates ({exc})")
 
 
 def _check_unique(reader: _Reader, names: Sequence[tuple[str, str | None]], what: str) -> None:
@@ -512,26 +610,31 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
     if http_section is not None:
         http = HttpConfig(
             listen=http_section.string("listen", HttpConfig.listen),
-            port=http_section.number("port", HttpConfig.port, minimum=0, integer=True),
-            stale_after=http_section.number("stale_after", 0.0, minimum=0),
+            port=http_section.number(
+                "port", HttpConfig.port, minimum=0, integer=True, maximum=65535
+            ),
+            stale_after=http_section.number("stale_after", 0.0, minimum=0, maximum=_WEEK),
         )
-        if http.port > 65535:
-            reader.problem(http_section.key_path("port"), "must be at most 65535")
         http_section.finish()
     log_level = section.string("log_level", defaults.log_level)
     levels = ("debug", "info", "warning", "error")
     if log_level is not None and log_level.lower() not in levels:
         reader.problem(section.key_path("log_level"), f"must be one of {', '.join(levels)}")
+    database = section.string("database", defaults.database)
+    if database is not None:
+        _check_database(reader, database, section.key_path("database"))
     service = ServiceConfig(
-        database=section.string("database", defaults.database) or defaults.database,
-        poll_interval=section.number("poll_interval", defaults.poll_interval, minimum=1),
+        database=database or defaults.database,
+        poll_interval=section.number(
+            "poll_interval", defaults.poll_interval, minimum=1, maximum=_DAY
+        ),
         active_poll_interval=section.number(
-            "active_poll_interval", defaults.active_poll_interval, minimum=0.2
+            "active_poll_interval", defaults.active_poll_interval, minimum=0.2, maximum=_DAY
         ),
         poll_jitter=section.number("poll_jitter", defaults.poll_jitter, minimum=0),
         notify_existing=section.boolean("notify_existing", defaults.notify_existing),
         unreachable_after=section.number(
-            "unreachable_after", defaults.unreachable_after, minimum=0
+            "unreachable_after", defaults.unreachable_after, minimum=0, maximum=_WEEK
         ),
         log_level=(log_level or defaults.log_level).lower(),
         http=http,
@@ -580,12 +683,18 @@ def _build_delivery(section: _Section | None) -> DeliveryConfig:
         return DeliveryConfig()
     defaults = DeliveryConfig()
     delivery = DeliveryConfig(
-        max_attempts=section.number("max_attempts", defaults.max_attempts, minimum=1, integer=True),
-        max_age=section.number("max_age", defaults.max_age, minimum=1),
-        backoff_initial=section.number("backoff_initial", defaults.backoff_initial, minimum=0),
-        backoff_max=section.number("backoff_max", defaults.backoff_max, minimum=0),
-        timeout=section.number("timeout", defaults.timeout, minimum=0.1),
-        batch_size=section.number("batch_size", defaults.batch_size, minimum=1, integer=True),
+        max_attempts=section.number(
+            "max_attempts", defaults.max_attempts, minimum=1, integer=True, maximum=10_000
+        ),
+        max_age=section.number("max_age", defaults.max_age, minimum=1, maximum=365 * _DAY),
+        backoff_initial=section.number(
+            "backoff_initial", defaults.backoff_initial, minimum=0, maximum=_WEEK
+        ),
+        backoff_max=section.number("backoff_max", defaults.backoff_max, minimum=0, maximum=_WEEK),
+        timeout=section.number("timeout", defaults.timeout, minimum=0.1, maximum=3600),
+        batch_size=section.number(
+            "batch_size", defaults.batch_size, minimum=1, integer=True, maximum=100_000
+        ),
     )
     section.finish()
     return delivery
@@ -641,16 +750,23 @@ def _build_source(reader: _Reader, section: _Section) -> SourceConfig | None:
                 filters[key] = values
         filter_section.finish()
     auth = _build_auth(reader, section.table("auth"), section.key_path("auth"))
-    timeout = section.number("timeout", SourceConfig.timeout, minimum=0.1)
-    max_retries = section.number("max_retries", SourceConfig.max_retries, minimum=0, integer=True)
+    timeout = section.number("timeout", SourceConfig.timeout, minimum=0.1, maximum=3600)
+    max_retries = section.number(
+        "max_retries", SourceConfig.max_retries, minimum=0, integer=True, maximum=100
+    )
     max_bytes = section.number(
-        "max_response_bytes", SourceConfig.max_response_bytes, minimum=1024, integer=True
+        "max_response_bytes",
+        SourceConfig.max_response_bytes,
+        minimum=1024,
+        integer=True,
+        maximum=2**32,
     )
     verify_tls = section.boolean("verify_tls", True)
     ca_file = section.string("ca_file")
     max_record_bytes = section.number(
         "max_record_bytes", SourceConfig.max_record_bytes, minimum=1024, integer=True
     )
+    _check_ca_file(reader, ca_file, section.key_path("ca_file"))
     section.finish()
     if name is None or endpoint is None or project_id is None or auth is None:
         return None
@@ -714,7 +830,7 @@ def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
         timezone=section.string("timezone", "UTC") or "UTC",
         title=section.string("title"),
         body=section.string("body"),
-        max_length=section.number("max_length", 0, minimum=0, integer=True),
+        max_length=section.number("max_length", 0, minimum=0, integer=True, maximum=10_000_000),
     )
     section.finish()
     if name is None or not urls or dropped:

@@ -54,9 +54,11 @@ from notifier.errors import (
     NotifierError,
     SignatureRejected,
     SourceError,
+    StoreError,
 )
 from notifier.health import HealthReport, Metrics
 from notifier.model import Event, describe
+from notifier.store.guard import MARKER_SUFFIX, DatabaseFile
 from notifier.store.status import (
     OutboxSummary,
     next_attempt_at,
@@ -237,6 +239,9 @@ class SourceSchedule:
     #: and why; ``source clear-rest`` ends it early
     rest_until: float | None = None
     rest_reason: str | None = None
+    #: the kind of unexpected failure (a store error, a bug) last logged in full: the same
+    #: kind again is one debug line, until a poll works again
+    logged_failure: str | None = None
 
     @property
     def name(self) -> str:
@@ -319,6 +324,10 @@ class Daemon:
         self._last_watchdog: float = -math.inf
         self._status_text = ""
         self._cycles = 0
+        #: SQLite: the database file as it was at start; a deleted or replaced file stops
+        #: polling and delivering and fails health (notifier.store.guard)
+        self._database_file = DatabaseFile.for_engine(engine)
+        self._database_lost: str | None = None
 
     # -- control (signal handlers and other threads) --
 
@@ -393,8 +402,9 @@ class Daemon:
         if self._reload.is_set():
             self._reload.clear()
             self.reload()
+        self._check_database()
         self._collect()
-        if not self._stop.is_set():
+        if not self._stop.is_set() and self._database_lost is None:
             self._submit_due_polls()
             self._collect()  # inline executors finish at once
             self._maybe_dispatch()
@@ -405,6 +415,26 @@ class Daemon:
         self._refresh_summary()
         self._feed_watchdog()
         self._report_status()
+
+    # -- the database file --
+
+    def _check_database(self) -> None:
+        if self._database_file is None or self._database_lost is not None:
+            return
+        lost = self._database_file.check()
+        if lost is None:
+            return
+        self._database_lost = lost
+        self.metrics.set("database_lost", 1)
+        logger.critical(
+            "%s: polling and delivering stop (a new empty file would take a silent "
+            "baseline), /healthz fails and the watchdog is no longer fed. Restart the "
+            "service: the next start reports what changed since the last poll this "
+            "database stored (see %s%s), or restore the file first",
+            lost,
+            self._database_file.path.name,
+            MARKER_SUFFIX,
+        )
 
     # -- polling --
 
@@ -426,8 +456,7 @@ class Daemon:
             started = time.monotonic()
             try:
                 result = poller.poll_source(source)
-            except Exception as exc:  # a bug or a store failure: log it, keep the loop alive
-                logger.exception("polling source %s failed unexpectedly", source.name)
+            except Exception as exc:  # a bug or a store failure: logged by _record_poll
                 return _PollOutcome(None, exc, time.monotonic() - started)
             return _PollOutcome(result, None, time.monotonic() - started)
 
@@ -485,10 +514,17 @@ class Daemon:
             self._summary_dirty = True
             self._dispatch_soon(self._clock())
         if error is None and result is not None:
-            if schedule.failures:
+            if schedule.logged_failure is not None:
+                logger.warning(
+                    "source %s: polling works again after %d failed poll(s)",
+                    name,
+                    schedule.failures,
+                )
+            elif schedule.failures:
                 logger.info(
                     "source %s works again after %d failed poll(s)", name, schedule.failures
                 )
+            schedule.logged_failure = None
             schedule.failures = 0
             schedule.last_error = None
             schedule.last_error_kind = None
@@ -511,6 +547,8 @@ class Daemon:
                 error = NotifierError("poll returned no result")
             schedule.failures += 1
             kind = error.kind if isinstance(error, SourceError) else "internal"
+            if not isinstance(error, SourceError):
+                self._log_unexpected(schedule, error)
             text = error.one_line() if isinstance(error, SourceError) else _one_line(error)
             self.metrics.inc("poll_errors_total", source=name, kind=kind)
             self.metrics.set("source_up", 0, source=name)
@@ -537,6 +575,26 @@ class Daemon:
                 self._note_rest(schedule)
         self.metrics.set("source_consecutive_failures", schedule.failures, source=name)
         schedule.next_at = self._clock() + interval
+
+    def _log_unexpected(self, schedule: SourceSchedule, error: BaseException) -> None:
+        """A poll that failed outside the source (full disk, read-only database, a bug):
+        logged in full once per kind, then one debug line per poll until one works."""
+        kind = failure_kind(error)
+        if kind == schedule.logged_failure:
+            logger.debug(
+                "polling source %s failed again (%d in a row): %s",
+                schedule.name,
+                schedule.failures + 1,
+                _one_line(error),
+            )
+            return
+        schedule.logged_failure = kind
+        logger.error(
+            "polling source %s failed: %s (logged once until it works again or fails differently)",
+            schedule.name,
+            _one_line(error),
+            exc_info=None if isinstance(error, StoreError) else error,
+        )
 
     def _jittered(self, seconds: float) -> float:
         jitter = self.config.service.poll_jitter
@@ -744,7 +802,7 @@ class Daemon:
     def _feed_watchdog(self) -> None:
         if not self.options.watchdog_interval:
             return
-        if self._hung_sources():
+        if self._hung_sources() or self._database_lost is not None:
             return
         self.notifier.watchdog()
         self._last_watchdog = self._clock()
@@ -753,6 +811,8 @@ class Daemon:
         schedules = list(self._schedules.values())
         polled = [s.last_poll_at for s in schedules if s.last_poll_at is not None]
         parts = []
+        if self._database_lost is not None:
+            parts.append("DATABASE LOST, not polling")
         if polled:
             parts.append(f"last poll {_clock_text(max(polled))}")
         else:
@@ -799,6 +859,8 @@ class Daemon:
             }
             if age > stale_after:
                 reasons.append(f"source {schedule.name}: no successful poll for {age:.0f}s")
+        if self._database_lost is not None:
+            reasons.append(self._database_lost)
         if self._stop.is_set():
             reasons.append("stopping")
         details = {
@@ -1018,6 +1080,17 @@ def _log_event(event: Event) -> None:
     if str(event.type).startswith("source."):
         return  # the pipeline logs health changes when it records them
     logger.info("%s", describe(event))
+
+
+def failure_kind(error: BaseException) -> str:
+    """What makes two failures "the same kind": the error type and the database's own
+    message (``database or disk is full``, ``attempt to write a readonly database``)."""
+    cause: BaseException | None = error
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    original = getattr(cause, "orig", None) or cause
+    detail = " ".join(str(original).split())[:80]
+    return f"{type(error).__name__}/{type(original).__name__}: {detail}"
 
 
 def _one_line(error: BaseException) -> str:

@@ -85,6 +85,7 @@ class Metrics:
             "source_last_success_timestamp_seconds", "Unix time of the last successful poll."
         )
         self.gauge("last_cycle_timestamp_seconds", "Unix time the run loop last went round.")
+        self.gauge("database_lost", "1 once the SQLite database file was deleted or replaced.")
         self.gauge("build_info", "Always 1; the version is a label.")
         self.histogram(
             "poll_duration_seconds", "Time one poll took, by source.", POLL_DURATION_BUCKETS

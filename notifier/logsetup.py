@@ -27,6 +27,7 @@ from typing import IO, Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 from notifier.config import Config
+from notifier.model import encodable
 
 LOG_FORMATS: Final = ("journal", "text", "json")
 MASK: Final = "********"
@@ -94,7 +95,7 @@ class Redactor:
                 text = text.replace(secret, MASK)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda match: f"{match.group('keep')}{MASK}", text)
-        return text
+        return encodable(text)  # a lone surrogate from the API must not break the handler
 
 
 def config_secrets(config: Config) -> list[str]:

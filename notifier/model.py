@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -71,21 +72,60 @@ def normalise_status(status: str | None, detail: str | None = None) -> str:
     return value
 
 
+#: The range of the store's integer columns; every integer from the API is clamped to it.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The latest instant shown (a day before the calendar ends, so any time zone can show it).
+#: Later values (only events stored by older versions can hold them: the parser clamps to
+#: int64, year 2262) are shown as this instant instead of failing to render.
+MAX_SHOWN_NS = int((datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH).total_seconds()) * 1_000_000_000
+
+
+def shown_ns(nanoseconds: object) -> int:
+    """A stored nanosecond time made safe to render: 0 ("not yet") unless a positive int,
+    at most :data:`MAX_SHOWN_NS`."""
+    if isinstance(nanoseconds, bool) or not isinstance(nanoseconds, int) or nanoseconds <= 0:
+        return 0
+    return min(nanoseconds, MAX_SHOWN_NS)
+
+
 def ns_to_datetime(nanoseconds: int) -> datetime | None:
-    """Nanoseconds since the epoch to an aware UTC datetime (microsecond precision)."""
+    """Nanoseconds since the epoch to an aware UTC datetime (microsecond precision).
+
+    Never fails: values past year 9999 show as the last day of the calendar."""
+    nanoseconds = shown_ns(nanoseconds)
     if nanoseconds <= 0:
         return None
     seconds, remainder = divmod(nanoseconds, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=remainder // 1000)
+    return _EPOCH + timedelta(seconds=seconds, microseconds=remainder // 1000)
 
 
 def ns_to_rfc3339(nanoseconds: int) -> str | None:
-    """Nanoseconds to RFC 3339 UTC, keeping all nine fractional digits."""
+    """Nanoseconds to RFC 3339 UTC, keeping all nine fractional digits (never fails)."""
+    nanoseconds = shown_ns(nanoseconds)
     if nanoseconds <= 0:
         return None
     seconds, remainder = divmod(nanoseconds, 1_000_000_000)
-    base = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{remainder:09d}Z"
+
+
+def stored_int(value: object) -> int:
+    """An integer read back from stored JSON, clamped to int64 like the parser clamps what
+    the API sends: 0 for anything that is not a whole number (stored by an older version or
+    edited by hand), never an exception."""
+    number = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and len(value) < 40:
+        try:
+            number = int(value)
+        except ValueError:
+            return 0
+    return max(INT64_MIN, min(INT64_MAX, number))
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +257,7 @@ class OperationRecord:
             project_id=data.get("project_id", ""),
             blockchain_id=data.get("blockchain_id", ""),
             blockchain_name=data.get("blockchain_name", ""),
-            record_time=int(data.get("record_time", 0)),
+            record_time=stored_int(data.get("record_time", 0)),
             message=tuple(data.get("message") or ()),
             desc=data.get("desc"),
             cluster=data.get("cluster"),
@@ -226,16 +266,16 @@ class OperationRecord:
                     name=step["name"],
                     status=step["status"],
                     detail=step.get("detail"),
-                    serial_num=int(step.get("serial_num", 0)),
+                    serial_num=stored_int(step.get("serial_num", 0)),
                     sub_steps=tuple(
                         SubStep(
                             name=sub["name"],
                             status=sub["status"],
                             detail=sub.get("detail"),
                             message=tuple(sub.get("message") or ()),
-                            start_time=int(sub.get("start_time", 0)),
-                            end_time=int(sub.get("end_time", 0)),
-                            serial_num=int(sub.get("serial_num", 0)),
+                            start_time=stored_int(sub.get("start_time", 0)),
+                            end_time=stored_int(sub.get("end_time", 0)),
+                            serial_num=stored_int(sub.get("serial_num", 0)),
                         )
                         for sub in step.get("sub_steps", ())
                     ),
@@ -371,19 +411,23 @@ class Event:
             type=EventType(data["type"]),
             source=data["source"],
             operation_id=data["operation_id"],
-            record_time=int(data["record_time"]),
-            operation=data.get("operation") or {},
+            record_time=stored_int(data["record_time"]),
+            operation=_mapping(data.get("operation")),
             step=data.get("step"),
             substep=data.get("substep"),
             from_status=data.get("from"),
             to_status=data.get("to"),
             detail=data.get("detail"),
             message=tuple(data.get("message") or ()),
-            started_at=int(data.get("started_at") or 0),
-            ended_at=int(data.get("ended_at") or 0),
+            started_at=stored_int(data.get("started_at") or 0),
+            ended_at=stored_int(data.get("ended_at") or 0),
             error=data.get("error"),
             stall=StallFacts.from_dict(data["stall"]) if data.get("stall") else None,
         )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def cloudevent(event: Event) -> dict[str, Any]:
@@ -401,6 +445,21 @@ def cloudevent(event: Event) -> dict[str, Any]:
         "datacontenttype": "application/json",
         "data": event.data(),
     }
+
+
+_UNENCODABLE_RE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """``text`` with any lone surrogate replaced by U+FFFD: always encodes as UTF-8."""
+    return _UNENCODABLE_RE.sub("\ufffd", text)
+
+
+def event_body(event: Event) -> str:
+    """The CloudEvent of ``event`` as compact JSON text that always encodes as UTF-8 (a
+    webhook body, a ``--json`` line)."""
+    document = cloudevent(event)
+    return encodable(json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str))
 
 
 def describe(event: Event) -> str:
@@ -425,4 +484,4 @@ def describe(event: Event) -> str:
         parts.append(f"[{where}]")
     if what:
         parts.append(what)
-    return " ".join(parts)
+    return encodable(" ".join(str(part) for part in parts))

@@ -56,11 +56,18 @@ from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, t
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier import routing
-from notifier.channels.render import RenderOptions, TemplateError, Templates, render_message
+from notifier.channels.render import (
+    Message,
+    RenderOptions,
+    TemplateError,
+    Templates,
+    plain_message,
+    render_message,
+)
 from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
-from notifier.model import Event, OperationRecord, cloudevent
+from notifier.model import Event, OperationRecord, event_body
 from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import event_groups, events, outbox
 from notifier.store.status import next_attempt_at
@@ -151,6 +158,8 @@ class _Row:
     attempted: bool = False
     broken: str | None = None  # the stored events or record cannot be read
     interrupted: bool = False  # a send was cut short by the stop: the row stays as it was
+    #: why this row can never be delivered as stored (retrying cannot help): dead at once
+    permanent: str | None = None
 
 
 class _RowKeys(TypedDict):
@@ -418,6 +427,7 @@ class Dispatcher:
             if row.broken:
                 row.errors.append(row.broken)
                 row.attempted = True
+                row.permanent = row.broken
         usable = [row for row in rows if not row.broken]
         try:
             targets = self.targets(channel)
@@ -541,17 +551,15 @@ class Dispatcher:
             dialect=target.dialect,
         )
         try:
-            message = render_message(merged, record, options, self._templates_for(channel))
-        except TemplateError as exc:
-            if (channel.name, str(exc)) not in self._reported:
-                self._reported.add((channel.name, str(exc)))
-                logger.warning(
-                    "channel %s: %s; sending the default message instead (reported once per "
-                    "kind of failure)",
-                    channel.name,
-                    exc,
-                )
-            message = render_message(merged, record, options)
+            message = self._render(channel, merged, record, options)
+        except Exception as exc:  # even the plain fallback failed: the content cannot be sent
+            reason = f"{target.safe_url}: cannot render this content: {_one_line(exc)}"
+            self._report(channel.name, "rendering", exc)
+            for row in waiting:
+                row.attempted = True
+                row.errors.append(reason)
+                row.permanent = reason
+            return
         alternatives = self._alternatives(channel, target, merged, record, options)
         for row in waiting:
             row.attempted = True
@@ -595,13 +603,34 @@ class Dispatcher:
                 title_max=options.title_max,
                 dialect="commonmark",
             )
-            try:
-                result[fmt] = render_message(
-                    merged, record, other, self._templates_for(channel)
-                ).body
-            except TemplateError:
-                result[fmt] = render_message(merged, record, other).body
+            result[fmt] = self._render(channel, merged, record, other).body
         return result
+
+    def _render(
+        self,
+        channel: ChannelConfig,
+        events: Sequence[Event],
+        record: OperationRecord | None,
+        options: RenderOptions,
+    ) -> Message:
+        """The channel's message; a failing template falls back to the default message, and
+        a default message that fails on odd stored data to a plain list of the events."""
+        try:
+            try:
+                return render_message(events, record, options, self._templates_for(channel))
+            except TemplateError as exc:
+                if (channel.name, str(exc)) not in self._reported:
+                    self._reported.add((channel.name, str(exc)))
+                    logger.warning(
+                        "channel %s: %s; sending the default message instead (reported once "
+                        "per kind of failure)",
+                        channel.name,
+                        exc,
+                    )
+                return render_message(events, record, options)
+        except Exception as exc:  # any content problem: the plain fallback
+            self._report(channel.name, "rendering", exc)
+            return plain_message(events, options)
 
     def _send_webhook(
         self,
@@ -630,7 +659,15 @@ class Dispatcher:
                 row.attempted = True
                 stats.messages += 1
                 stats.channel(channel.name).messages += 1
-                body = json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":"))
+                try:
+                    body = event_body(event)
+                except Exception as exc:  # odd stored data: this event can never be sent
+                    reason = f"{target.safe_url}: cannot encode event {event.id}: {_one_line(exc)}"
+                    self._report(channel.name, "encoding", exc)
+                    row.attempted = True
+                    row.errors.append(reason)
+                    row.permanent = reason
+                    break
                 result = self._deliver(
                     target,
                     [row],
@@ -709,6 +746,23 @@ class Dispatcher:
                 if row.deferred_until is not None and not row.errors:
                     state = "deferred"
                     values = {"next_attempt_at": row.deferred_until}
+                elif row.permanent is not None:
+                    state = DEAD
+                    values = {
+                        "state": DEAD,
+                        "attempts": attempts,
+                        "last_error": (
+                            f"permanent failure, not retried: {row.permanent} "
+                            "(retrying cannot help; `outbox retry` after a fix)"
+                        )[:2000],
+                    }
+                    logger.error(
+                        "delivery %d to channel %s can never succeed as stored; it is dead "
+                        "at once: %s",
+                        row.id,
+                        channel,
+                        row.permanent,
+                    )
                 elif attempts >= delivery.max_attempts or too_old:
                     state = DEAD
                     reason = "max_age reached" if too_old else f"{attempts} attempts"

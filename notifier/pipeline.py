@@ -33,6 +33,7 @@ from notifier.model import (
 from notifier.routing import channels_for
 from notifier.stalls import StallSettings, api_now_ns
 from notifier.store.durations import StallWatch
+from notifier.store.guard import BaselineMarker
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
@@ -125,6 +126,8 @@ class Poller:
         self._listed: set[str] = set()
         #: per source: operation id -> what its stored snapshot was made from (raw hash)
         self._raw_index: dict[str, dict[str, RawEntry]] = {}
+        #: SQLite: the marker that a lost database had a baseline (notifier.store.guard)
+        self.marker = BaselineMarker.for_engine(engine)
 
     def adopt_clients(self, previous: Poller) -> None:
         """Take over ``previous``'s clients of sources whose config is unchanged (a reload),
@@ -299,6 +302,16 @@ class Poller:
         scope = source_scope(source)
         rescoped = not baseline and state.scope is not None and state.scope != scope
         silent_new = (baseline or rescoped) and not self.config.service.notify_existing
+        lost = self.marker.get(name) if baseline and self.marker is not None else None
+        if lost is not None:
+            logger.error(
+                "%s: the database has no baseline for this source, but %s says it had one "
+                "(since %s): the database was deleted or replaced. Not a silent baseline: "
+                "operations updated after the last change it held are reported",
+                name,
+                self.marker.path if self.marker is not None else "-",
+                datetime.fromtimestamp(lost.baseline_at / 1000, UTC).isoformat(timespec="seconds"),
+            )
         if rescoped:
             logger.info(
                 "%s: endpoint, project or filters changed; operations seen for the first time "
@@ -315,13 +328,24 @@ class Poller:
         prepared: list[tuple[OperationRecord, str, str]] = []
         rehashed: dict[str, str] = {}  # content as stored, raw form new (or never hashed)
         remembered: dict[str, RawEntry] = {}
+        unstorable: list[str] = []
         for record in records:
             encoded = canonical.get(record.operation_id)
-            if encoded is not None:
-                data, digest = encoded
-            else:
-                data = canonical_json(record.to_dict())
-                digest = hashlib.sha256(data.encode()).hexdigest()
+            try:
+                if encoded is not None:
+                    data, digest = encoded
+                else:
+                    data = canonical_json(record.to_dict())
+                    digest = hashlib.sha256(data.encode()).hexdigest()
+            except _CONTENT_ERRORS as exc:  # a last guard behind notifier.bcs.sanitize
+                logger.warning(
+                    "%s: skipping operation record %r: it cannot be stored: %s",
+                    name,
+                    record.operation_id[:160],
+                    exc,
+                )
+                unstorable.append(record.operation_id)
+                continue
             snapshot = index.get(record.operation_id)
             raw_hash = raw_hashes.get(record.operation_id)
             if raw_hash is not None:
@@ -344,9 +368,20 @@ class Poller:
         groups: list[EventGroup] = []
         for record, data, _digest in prepared:
             before = previous.get(record.operation_id)
-            if before is None and silent_new:
+            missed = lost is not None and record.record_time > lost.last_record_time
+            if before is None and silent_new and not missed:
                 continue
-            found = diff_record(name, before, record)
+            try:
+                found = diff_record(name, before, record)
+            except _CONTENT_ERRORS as exc:  # skipped like a malformed record, tried again
+                logger.warning(
+                    "%s: skipping operation record %r: it cannot be diffed: %s",
+                    name,
+                    record.operation_id[:160],
+                    exc,
+                )
+                unstorable.append(record.operation_id)
+                continue
             if found:
                 groups.append(self._group(name, record.operation_id, found, data))
         # stall detection: learn what finished, alert what runs too long (API clock); the
@@ -370,7 +405,14 @@ class Poller:
         )
         groups = self._with_stalls(name, groups, stalls.events, records)
 
-        present = {record.operation_id for record in records} | set(skipped) | set(unchanged)
+        if unstorable:
+            writes = [item for item in writes if item.record.operation_id not in unstorable]
+        present = (
+            {record.operation_id for record in records}
+            | set(skipped)
+            | set(unchanged)
+            | set(unstorable)
+        )
         gone = (
             []
             if keep_absent
@@ -425,6 +467,12 @@ class Poller:
         self._remember(name, remembered)
         if complete:
             self._listed.add(name)
+        if self.marker is not None and new_state.baseline_at is not None:
+            self.marker.update(
+                name,
+                baseline_at=new_state.baseline_at,
+                last_record_time=max((record.record_time for record in records), default=0),
+            )
         written_events = tuple(event for group in written for event in group.events)
         return PollResult(
             name, written_events, tuple(written), active, None, listed, len(writes), baseline
@@ -528,6 +576,10 @@ class Poller:
             error=state.last_error,
         )
         return self._group(source.name, "", [event], None)
+
+
+#: What odd content can raise while it is hashed, stored or diffed (never a store error).
+_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
 
 
 def _resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> SourceError:

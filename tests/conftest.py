@@ -75,3 +75,20 @@ def _restore_logging() -> Iterator[None]:
     root.setLevel(level)
     for name, value in named.items():
         logging.getLogger(name).setLevel(value)
+
+
+# -- Hypothesis: few examples in CI, more with BCS_FUZZ_EXAMPLES=N ---------------------------
+
+import os  # noqa: E402 - the profile block stays together
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "bcs",
+    max_examples=int(os.environ.get("BCS_FUZZ_EXAMPLES", "12")),
+    deadline=None,  # a busy two-core machine: no per-example time limit
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=os.environ.get("BCS_FUZZ_EXAMPLES") is None,  # CI runs are reproducible
+    print_blob=True,
+)
+settings.load_profile("bcs")

@@ -51,6 +51,7 @@ from notifier.bcs.errors import (
     redact,
     signature_echo,
 )
+from notifier.bcs.sanitize import flatten_deep_json, json_int
 from notifier.bcs.stream import IntegerOverflow, RecordStream, RecordTooLarge
 from notifier.config import SourceConfig
 from notifier.errors import (
@@ -446,7 +447,7 @@ class BcsClient:
     def _parse(self, body: bytes, response: httpx.Response, request_id: str | None) -> Any:
         content_type = response.headers.get("Content-Type", "no Content-Type")
         try:
-            data = json.loads(body)
+            data = decode_json(body, request_id)
         except (ValueError, RecursionError) as exc:
             excerpt = html_excerpt(body[:4096].decode("utf-8", errors="replace"), 80)
             detail = f"{type(exc).__name__}: {one_line(str(exc), 120)}"
@@ -643,3 +644,20 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if math.isnan(seconds):
         return None
     return max(0.0, seconds)
+
+
+def decode_json(body: bytes, request_id: str | None = None) -> Any:
+    """JSON with huge number literals clamped (``json_int``); a body nested too deep for the
+    decoder is decoded again with the too-deep parts as null, so one such record is skipped
+    instead of failing the whole response."""
+    try:
+        return json.loads(body, parse_int=json_int)
+    except RecursionError:
+        text, replaced = flatten_deep_json(body.decode("utf-8", errors="replace"))
+        logger.warning(
+            "the response nests deeper than the decoder allows; %d part(s) nested too deep "
+            "read as null (request id %s)",
+            replaced,
+            request_id or "-",
+        )
+        return json.loads(text, parse_int=json_int)

@@ -5,16 +5,32 @@ integers stay exact, and the ``"status": ""`` + ``"detail": "waiting"`` quirk re
 ``waiting``. One malformed record is skipped with a warning naming its ``operation_id``; a
 response that is not the documented shape, or whose ``count`` is larger than the records it
 returned, raises, so that the cycle changes nothing.
+
+Every value is bounded where it enters (``notifier.bcs.sanitize``): integers to int64, text
+without lone surrogates or NULs and at most 16 KiB, free-form maps to a few levels; a record
+with such repairs is kept and logged once with what was bounded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from notifier.bcs.sanitize import (
+    MAX_ID,
+    MAX_ITEMS,
+    MAX_NAME,
+    MAX_STATUS,
+    bounded_int,
+    clean_text,
+    clean_value,
+    json_int,
+    safe_text,
+)
 from notifier.errors import IncompleteResponse, InvalidResponse
 from notifier.model import OperationRecord, Step, SubStep, normalise_status
 
@@ -82,7 +98,7 @@ def parse_response(body: Any, *, request_id: str | None = None) -> ParsedRespons
         except MalformedRecord as exc:
             logger.warning(
                 "skipping malformed operation record %s: %s (request id %s)",
-                operation_id or f"#{index}",
+                _shown_id(operation_id) if operation_id else f"#{index}",
                 exc,
                 request_id or "-",
             )
@@ -108,74 +124,100 @@ def _operation_id(raw: Any) -> str:
     if isinstance(raw, Mapping):
         value = raw.get("operation_id")
         if isinstance(value, str):
-            return value.strip()
+            return clean_text(value.strip(), "operation_id", [], MAX_ID * 4)
     return ""
 
 
 def parse_record(raw: Any) -> OperationRecord:
+    """One record; values out of bounds are repaired and logged once (one warning)."""
     if not isinstance(raw, Mapping):
         raise MalformedRecord(f"record is {_kind(raw)}, not an object")
     operation_id = _operation_id(raw)
     if not operation_id:
         raise MalformedRecord("operation_id is missing or not a string")
+    if len(operation_id) > MAX_ID:
+        raise MalformedRecord(f"operation_id is longer than {MAX_ID} characters")
+    notes: list[str] = []
     operation_type = raw.get("operation_type")
     if isinstance(operation_type, int) and not isinstance(operation_type, bool):
-        operation_type = f"{operation_type:02d}"  # the API's codes keep a leading zero
-    status = normalise_status(_text(raw, "operation_status"))
-    return OperationRecord(
+        operation_type = f"{bounded_int(operation_type, 'operation_type', notes):02d}"
+    record = OperationRecord(
         operation_id=operation_id,
-        status=status,
-        resource_type=_text(raw, "resource_type"),
-        operation_type=_as_text(operation_type, "operation_type"),
-        domain_id=_text(raw, "domain_id"),
-        project_id=_text(raw, "project_id"),
-        blockchain_id=_text(raw, "blockchain_id"),
-        blockchain_name=_text(raw, "blockchain_name"),
-        record_time=_integer(raw, "record_time"),
-        message=_messages(raw, "message"),
-        desc=_optional_text(raw, "desc"),
-        cluster=_cluster(raw.get("cluster_info")),
-        steps=_steps(raw.get("operation_process")),
+        status=_status(_text(raw, "operation_status", notes), None, "operation_status", notes),
+        resource_type=_text(raw, "resource_type", notes),
+        operation_type=_as_text(operation_type, "operation_type", notes),
+        domain_id=_text(raw, "domain_id", notes),
+        project_id=_text(raw, "project_id", notes),
+        blockchain_id=_text(raw, "blockchain_id", notes),
+        blockchain_name=_text(raw, "blockchain_name", notes),
+        record_time=_timestamp(raw, "record_time", notes),
+        message=_messages(raw, "message", notes),
+        desc=_optional_text(raw, "desc", notes),
+        cluster=_cluster(raw.get("cluster_info"), notes),
+        steps=_steps(raw.get("operation_process"), notes),
     )
+    if notes:
+        shown = list(dict.fromkeys(notes))
+        more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+        logger.warning(
+            "operation record %s: bounded values from the API: %s%s",
+            _shown_id(operation_id),
+            "; ".join(shown[:5]),
+            more,
+        )
+    return record
 
 
-def _steps(raw: Any) -> tuple[Step, ...]:
-    steps = [_step(key, value) for key, value in _entries(raw, "operation_process")]
+def _shown_id(operation_id: str) -> str:
+    """An id as a log line shows it: printable, at most 160 characters."""
+    return repr(safe_text(operation_id, 160))[1:-1]
+
+
+def _status(value: str, detail: str | None, field: str, notes: list[str]) -> str:
+    return clean_text(normalise_status(value, detail), field, notes, MAX_STATUS)
+
+
+def _steps(raw: Any, notes: list[str]) -> tuple[Step, ...]:
+    steps = [_step(key, value, notes) for key, value in _entries(raw, "operation_process")]
     steps.sort(key=lambda step: (step.serial_num, step.name))
     return tuple(steps)
 
 
-def _step(key: str | None, raw: Any) -> Step:
+def _step(key: str | None, raw: Any, notes: list[str]) -> Step:
     if not isinstance(raw, Mapping):
-        raise MalformedRecord(f"step {key!r} is {_kind(raw)}, not an object")
-    name = _name(key, raw, "step_name")
-    detail = _optional_text(raw, "detail")
+        raise MalformedRecord(f"step {_shown_key(key)} is {_kind(raw)}, not an object")
+    name = _name(key, raw, "step_name", notes)
+    detail = _optional_text(raw, "detail", notes)
     sub_steps = [
-        _sub_step(sub_key, value) for sub_key, value in _entries(raw.get("sub_steps"), name)
+        _sub_step(sub_key, value, notes) for sub_key, value in _entries(raw.get("sub_steps"), name)
     ]
     sub_steps.sort(key=lambda sub: (sub.serial_num, sub.name))
     return Step(
         name=name,
-        status=normalise_status(_text(raw, "status"), detail),
+        status=_status(_text(raw, "status", notes), detail, "step status", notes),
         detail=detail,
-        serial_num=_integer(raw, "serial_num"),
+        serial_num=_integer(raw, "serial_num", notes),
         sub_steps=tuple(sub_steps),
     )
 
 
-def _sub_step(key: str | None, raw: Any) -> SubStep:
+def _sub_step(key: str | None, raw: Any, notes: list[str]) -> SubStep:
     if not isinstance(raw, Mapping):
-        raise MalformedRecord(f"sub-step {key!r} is {_kind(raw)}, not an object")
-    detail = _optional_text(raw, "detail")
+        raise MalformedRecord(f"sub-step {_shown_key(key)} is {_kind(raw)}, not an object")
+    detail = _optional_text(raw, "detail", notes)
     return SubStep(
-        name=_name(key, raw, "substep_name"),
-        status=normalise_status(_text(raw, "status"), detail),
+        name=_name(key, raw, "substep_name", notes),
+        status=_status(_text(raw, "status", notes), detail, "sub-step status", notes),
         detail=detail,
-        message=_messages(raw, "message"),
-        start_time=_integer(raw, "start_time"),
-        end_time=_integer(raw, "end_time"),
-        serial_num=_integer(raw, "serial_num"),
+        message=_messages(raw, "message", notes),
+        start_time=_timestamp(raw, "start_time", notes),
+        end_time=_timestamp(raw, "end_time", notes),
+        serial_num=_integer(raw, "serial_num", notes),
     )
+
+
+def _shown_key(key: str | None) -> str:
+    return "None" if key is None else repr(safe_text(key, 80))
 
 
 def _entries(raw: Any, where: str) -> list[tuple[str | None, Any]]:
@@ -186,65 +228,111 @@ def _entries(raw: Any, where: str) -> list[tuple[str | None, Any]]:
         return [(str(key), value) for key, value in raw.items()]
     if isinstance(raw, list):
         return [(None, value) for value in raw]
-    raise MalformedRecord(f"{where} holds {_kind(raw)}, not a map")
+    raise MalformedRecord(f"{_shown_key(where)} holds {_kind(raw)}, not a map")
 
 
-def _name(key: str | None, raw: Mapping[str, Any], field: str) -> str:
+def _name(key: str | None, raw: Mapping[str, Any], field: str, notes: list[str]) -> str:
     name = raw.get(field)
     if isinstance(name, str) and name.strip():
-        return name.strip()
+        return clean_text(name.strip(), field, notes, MAX_NAME)
     if key:
-        return key
+        return clean_text(key, field, notes, MAX_NAME)
     raise MalformedRecord(f"an entry has no {field}")
 
 
-def _text(raw: Mapping[str, Any], field: str) -> str:
-    return _as_text(raw.get(field), field)
+def _text(raw: Mapping[str, Any], field: str, notes: list[str]) -> str:
+    return _as_text(raw.get(field), field, notes)
 
 
-def _as_text(value: Any, field: str) -> str:
+def _as_text(value: Any, field: str, notes: list[str]) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+        return clean_text(value, field, notes)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(bounded_int(value, field, notes))
+    if isinstance(value, float):
         return str(value)
     raise MalformedRecord(f"{field} is {_kind(value)}, not a string")
 
 
-def _optional_text(raw: Mapping[str, Any], field: str) -> str | None:
+def _optional_text(raw: Mapping[str, Any], field: str, notes: list[str]) -> str | None:
     value = raw.get(field)
-    return None if value is None else _as_text(value, field)
+    return None if value is None else _as_text(value, field, notes)
 
 
-def _integer(raw: Mapping[str, Any], field: str) -> int:
+def _integer(raw: Mapping[str, Any], field: str, notes: list[str]) -> int:
     value = raw.get(field)
     if value is None:
         return 0
     if isinstance(value, bool):
         raise MalformedRecord(f"{field} is a boolean, not an integer")
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+        return bounded_int(value, field, notes)
+    if isinstance(value, str) and _DECIMAL_RE.fullmatch(value.strip()):
+        return bounded_int(_string_int(value.strip()), field, notes)
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise MalformedRecord(f"{field} is {value!r}, not an integer")
+        return bounded_int(int(value), field, notes)
+    raise MalformedRecord(f"{field} is {_shown_value(value)}, not an integer")
 
 
-def _messages(raw: Mapping[str, Any], field: str) -> tuple[str, ...]:
+def _timestamp(raw: Mapping[str, Any], field: str, notes: list[str]) -> int:
+    """Nanoseconds since the epoch: a negative time reads as 0 ("not yet")."""
+    value = _integer(raw, field, notes)
+    if value < 0:
+        notes.append(f"{field} {value} is before 1970: read as 0 (not set)")
+        return 0
+    return value
+
+
+_DECIMAL_RE = re.compile(r"-?[0-9]+")
+
+
+def _string_int(text: str) -> int:
+    """A decimal string as an int, never past Python's digit limit (clamped instead)."""
+    negative = text.startswith("-")
+    digits = text.removeprefix("-").lstrip("0") or "0"
+    return json_int(f"-{digits}" if negative else digits)
+
+
+def _shown_value(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(safe_text(value, 40))
+    if isinstance(value, float):
+        return repr(value)
+    return _kind(value)
+
+
+def _messages(raw: Mapping[str, Any], field: str, notes: list[str]) -> tuple[str, ...]:
     value = raw.get(field)
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,) if value else ()
+        return (clean_text(value, field, notes),) if value else ()
     if isinstance(value, list):
-        return tuple(str(item) for item in value if item is not None)
+        if len(value) > MAX_ITEMS:
+            notes.append(f"{field} cut from {len(value)} to {MAX_ITEMS} items")
+            value = value[:MAX_ITEMS]
+        return tuple(_message(item, field, notes) for item in value if item is not None)
     raise MalformedRecord(f"{field} is {_kind(value)}, not a list of strings")
 
 
-def _cluster(value: Any) -> Mapping[str, Any] | None:
-    return dict(value) if isinstance(value, Mapping) else None
+def _message(item: Any, field: str, notes: list[str]) -> str:
+    if isinstance(item, str):
+        return clean_text(item, field, notes)
+    if isinstance(item, bool | float) or not isinstance(item, int):
+        if isinstance(item, Mapping | list):
+            text = json.dumps(clean_value(item, field, notes), ensure_ascii=False, default=str)
+            return clean_text(text, field, notes)
+        return clean_text(str(item), field, notes)
+    return str(bounded_int(item, field, notes))
+
+
+def _cluster(value: Any, notes: list[str]) -> Mapping[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    cleaned = clean_value(value, "cluster_info", notes)
+    return cleaned if isinstance(cleaned, dict) else None
 
 
 def _kind(value: Any) -> str:

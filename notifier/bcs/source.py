@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -106,14 +107,23 @@ class Listing:
         return "" in self.skipped
 
 
+#: what encoding a record that escaped the sanitizer could still raise
+_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
+
+
 def raw_hash(raw: Any) -> str:
     """Hash of a raw record as the API sent it (JSON with sorted keys)."""
     try:
         data = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # an integer beyond 64 bits: the slower, exact encoder
-        data = json.dumps(
-            raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-        ).encode()
+    except TypeError:  # beyond 64 bits, a lone surrogate, deep nesting: the exact encoder
+        try:
+            data = json.dumps(
+                raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+            ).encode("utf-8", "surrogatepass")
+        except (ValueError, RecursionError):
+            # no stable form: a digest that matches nothing, so the record is always parsed
+            # (and bounded there, notifier.bcs.sanitize) instead of ever being skipped
+            return os.urandom(32).hex()
     return hashlib.sha256(data).hexdigest()
 
 
@@ -238,7 +248,15 @@ def read_listing(
             continue
         try:
             record = parse_record(item)
-        except MalformedRecord as exc:
+            if not select([record], filters):
+                continue
+            if slim:
+                data = canonical_json(record.to_dict())
+                canonical[record.operation_id] = (data, hashlib.sha256(data.encode()).hexdigest())
+                samples.extend(finished_samples(record))  # the baseline teaches usual durations
+                record = replace(record, steps=(), message=(), cluster=None, desc=None)
+        except (MalformedRecord, *_CONTENT_ERRORS) as exc:
+            # _CONTENT_ERRORS: a last guard behind notifier.bcs.sanitize (it cannot be stored)
             logger.warning(
                 "skipping malformed operation record %s: %s (request id %s)",
                 operation_id or f"#{index}",
@@ -247,13 +265,6 @@ def read_listing(
             )
             skipped.append(operation_id)
             continue
-        if not select([record], filters):
-            continue
-        if slim:
-            data = canonical_json(record.to_dict())
-            canonical[record.operation_id] = (data, hashlib.sha256(data.encode()).hexdigest())
-            samples.extend(finished_samples(record))  # the baseline teaches usual durations
-            record = replace(record, steps=(), message=(), cluster=None, desc=None)
         records.append((record, digest))
     count = _checked_count(raw)
     return Listing(

@@ -42,8 +42,10 @@ from notifier.model import (
     OperationRecord,
     Step,
     SubStep,
+    describe,
     ns_to_datetime,
     operation_type_name,
+    shown_ns,
 )
 from notifier.stalls import step_span
 
@@ -221,6 +223,7 @@ def format_time(nanoseconds: int, timezone: tzinfo) -> str | None:
 
 def format_duration(start_ns: int, end_ns: int) -> str | None:
     """Duration between two nanosecond times, or None when either is not set yet."""
+    start_ns, end_ns = shown_ns(start_ns), shown_ns(end_ns)  # stored absurd values render too
     if start_ns <= 0 or end_ns <= 0 or end_ns < start_ns:
         return None
     nanoseconds = end_ns - start_ns
@@ -1059,6 +1062,36 @@ def render_message(
         if templates.body:
             rendered = templates.render_body(context, options.format)
             body = _cut_template_body(rendered, options.format, options.budget)
+    return Message(title=title, body=body, format=options.format, notify_type=notify_type(status))
+
+
+def plain_message(events: Sequence[Event], options: RenderOptions) -> Message:
+    """The last resort when the default message cannot be built from some stored data: one
+    escaped line per event (the ``events`` command's form), cut to the budget."""
+    escape = {"markdown": escape_markdown, "html": escape_html}.get(options.format, escape_text)
+    lines = [escape(describe(event)) for event in events]
+    separator = "<br>\n" if options.format == "html" else "\n"
+    body = separator.join(lines) or escape("(no events)")
+    budget = max(options.budget, MIN_BUDGET) if options.budget > 0 else 0
+    if budget and len(body) > budget:
+        kept: list[str] = []
+        size = 0
+        for line in lines:
+            if size + len(line) + len(separator) + 40 > budget:
+                break
+            kept.append(line)
+            size += len(line) + len(separator)
+        omitted = len(lines) - len(kept)
+        kept.append(escape(f"({omitted} more event(s) not shown)"))
+        body = separator.join(kept)
+    last = events[-1] if events else None
+    title = shorten(
+        f"{last.source}: {last.operation_id or last.source} {last.type}"
+        if last
+        else "bcs-notifier",
+        options.title_max or TITLE_MAX,
+    )
+    status = last.to_status if last is not None else None
     return Message(title=title, body=body, format=options.format, notify_type=notify_type(status))
 
 

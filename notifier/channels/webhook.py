@@ -43,6 +43,7 @@ from apprise.url import PrivacyMode
 from notifier import __version__
 from notifier.channels.privacy import Scrubber
 from notifier.channels.senders import Outgoing, SenderKind, SendResult, plugin_timeouts
+from notifier.model import encodable
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def _as_cloudevent(body: str, title: str, notify_type: Any) -> tuple[str, bytes]
     except ValueError:
         document = None
     if isinstance(document, dict) and document.get("specversion") and document.get("id"):
-        return str(document["id"]), body.encode("utf-8")
+        return str(document["id"]), encodable(body).encode("utf-8")
     message_id = f"msg_{uuid.uuid4().hex}"
     wrapper = {
         "specversion": "1.0",
@@ -101,7 +102,7 @@ def _as_cloudevent(body: str, title: str, notify_type: Any) -> tuple[str, bytes]
         "datacontenttype": "application/json",
         "data": {"title": title, "body": body, "notify_type": str(notify_type)},
     }
-    return message_id, json.dumps(wrapper, ensure_ascii=False).encode("utf-8")
+    return message_id, encodable(json.dumps(wrapper, ensure_ascii=False)).encode("utf-8")
 
 
 class NotifyCloudEventWebhook(NotifyBase):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import click
 from notifier.cli.base import EX_UNAVAILABLE, Context, fail, main, pass_context
 from notifier.config import Config, SourceConfig
 from notifier.errors import NotifierError
-from notifier.model import Event, cloudevent, describe
+from notifier.model import Event, describe, event_body
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -253,5 +252,5 @@ def _select_sources(sources: Sequence[SourceConfig], names: Sequence[str]) -> li
 
 def _event_text(event: Event, *, as_json: bool) -> str:
     if as_json:
-        return json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":"))
+        return event_body(event)
     return describe(event)

@@ -24,7 +24,7 @@ from notifier.cli.base import (
     pass_context,
 )
 from notifier.config import Config
-from notifier.errors import AlreadyRunning, ConfigError, NotifierError
+from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreError
 
 logger = logging.getLogger("notifier.cli")
 
@@ -133,6 +133,21 @@ def _human_age(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f}d ago"
 
 
+def _lost_database(url: str) -> str | None:
+    """What to say when the database file is missing but its baseline marker is not."""
+    from notifier.store.guard import BaselineMarker, sqlite_file
+
+    marker = BaselineMarker.for_engine(url)
+    if marker is None or not marker.sources():
+        return None
+    names = ", ".join(sorted(marker.sources()))
+    return (
+        f"the database {sqlite_file(url)} is missing, but {marker.path} says it held the "
+        f"baseline of {names}: it was deleted or moved. Restore it, or start the service: "
+        "operations updated since its last stored change are then reported"
+    )
+
+
 def collect_status(config: Config, now: float) -> dict[str, Any]:
     """Everything ``status`` shows, as JSON-ready data (secrets redacted)."""
     from notifier.logsetup import Redactor, config_secrets
@@ -141,6 +156,10 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     from notifier.store.status import outbox_summary, source_statuses
 
     redactor = Redactor(config_secrets(config))
+    if not db.database_exists(config.service.database):
+        lost = _lost_database(config.service.database)
+        if lost:
+            raise StoreError(lost)
     db.require_database(config.service.database)
     engine = db.make_engine(config.service.database)
     try:
