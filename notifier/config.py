@@ -501,8 +501,10 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
 
 def _check_database(reader: _Reader, url: str, path: str) -> None:
     """A SQLAlchemy URL of a known backend; a SQLite file whose place can hold a file."""
+    # checked here, not at the first connection: a missing driver is a config error
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from notifier.store.db import database_url_problem
 
     if not url.strip():
         reader.problem(path, "must not be empty (leave it out for the default)")
@@ -510,14 +512,11 @@ def _check_database(reader: _Reader, url: str, path: str) -> None:
     if "\x00" in url:
         reader.problem(path, "must not contain a NUL character")
         return
-    try:
-        parsed = make_url(url)
-        parsed.get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        reader.problem(
-            path, f"is not a usable SQLAlchemy database URL: {' '.join(str(exc).split())[:200]}"
-        )
+    problem = database_url_problem(url)
+    if problem is not None:
+        reader.problem(path, " ".join(problem.split())[:300])
         return
+    parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return
     database = parsed.database or ""
@@ -661,13 +660,6 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         section.key_path("poll_jitter"),
         "must be below 1 (a fraction of the interval)",
     )
-    if section.has("database"):
-        # checked here, not at the first connection: a missing driver is a config error
-        from notifier.store.db import database_url_problem
-
-        problem = database_url_problem(service.database)
-        if problem is not None:
-            reader.problem(section.key_path("database"), problem)
     _check(
         reader,
         service.stall_min_samples <= MAX_SAMPLES,

@@ -92,16 +92,17 @@ def test_a_body_with_no_list_in_its_first_megabyte_is_refused() -> None:
         decode(body, 65536)
 
 
-def test_integers_beyond_64_bits_need_the_exact_decoder() -> None:
-    from notifier.bcs.stream import IntegerOverflow
+def test_integers_beyond_64_bits_are_decoded_whole_and_clamped() -> None:
+    from notifier.bcs.stream import DecodeWhole
 
     body = json.dumps({"count": 1, "operation_records": [{"n": 2**70}]}).encode()
-    with pytest.raises(IntegerOverflow):
+    with pytest.raises(DecodeWhole):
         decode(body)
     stream = RecordStream(
         iter([body]), max_record_bytes=1 << 20, max_body_bytes=1 << 20, exact_integers=True
     )
-    assert list(stream.records()) == [{"n": 2**70}]
+    # the whole-body decoder bounds what enters, as notifier.bcs.sanitize does everywhere
+    assert list(stream.records()) == [{"n": 2**63 - 1}]
 
 
 def listing_of(body: dict[str, Any]) -> Listing:
@@ -189,7 +190,7 @@ def test_a_streamed_body_over_max_response_bytes_is_refused(router: respx.MockRo
         client.fetch_records(lambda raw: read_listing(raw, {}))
 
 
-def test_a_huge_integer_is_decoded_exactly_on_a_second_request(
+def test_a_huge_integer_is_decoded_whole_on_a_second_request_and_clamped(
     router: respx.MockRouter,
 ) -> None:
     raw = {"operation_id": "OP-1", "operation_status": "finished", "record_time": 2**70}
@@ -198,7 +199,8 @@ def test_a_huge_integer_is_decoded_exactly_on_a_second_request(
     )
     with BcsClient(make_source()) as client:
         streamed = client.fetch_records(lambda raw: read_listing(raw, {}))
-    assert [record.record_time for record, _ in streamed.value.records] == [2**70]
+    # int64 is what every value is bounded to where it enters (notifier.bcs.sanitize)
+    assert [record.record_time for record, _ in streamed.value.records] == [2**63 - 1]
     assert route.call_count == 2
 
 
@@ -217,3 +219,22 @@ def test_a_retry_starts_the_records_over(router: respx.MockRouter) -> None:
         streamed = client.fetch_records(consume)
     assert len(streamed.value.records) == 5
     assert calls == [1]  # a 5xx is not handed to consume
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        pytest.param("[" * 100_000 + "]" * 100_000, id="a-run-of-opens"),
+        pytest.param("[[]," * 5_000 + "[]" + "]" * 5_000, id="opens-between-closed-lists"),
+    ],
+)
+def test_deep_nesting_never_reaches_the_streaming_decoder(nested: str) -> None:
+    """ijson's memory grows with the square of the depth: a deep record sends the answer
+    to the whole-body decoder (which bounds nesting exactly) before ijson reads it."""
+    from notifier.bcs.stream import DecodeWhole
+
+    body = '{"count": 1, "operation_records": [{"operation_id": "a", "x": ' + nested + "}]}"
+    chunks = [body[i : i + 65536].encode() for i in range(0, len(body), 65536)]
+    stream = RecordStream(iter(chunks), max_record_bytes=1 << 22, max_body_bytes=1 << 24)
+    with pytest.raises(DecodeWhole):
+        list(stream.records())

@@ -201,10 +201,10 @@ def test_an_unexpected_error_for_one_row_fails_that_row_only(
     real = outbox_module.Dispatcher._deliver
     poisoned = "BCSSVC01-99-1700000000000000901"
 
-    def deliver(self: Any, target: Any, **message: str) -> Any:
+    def deliver(self: Any, target: Any, rows: Any, **message: Any) -> Any:
         if poisoned in message["body"]:
             raise OverflowError("int too large to convert\nto float")
-        return real(self, target, **message)
+        return real(self, target, rows, **message)
 
     # an unexpected error while sending (rendering has a plain fallback: see
     # test_hostile.py) fails its row only, with backoff

@@ -24,7 +24,6 @@ also covers an IAM login refused under password auth).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -51,8 +50,8 @@ from notifier.bcs.errors import (
     redact,
     signature_echo,
 )
-from notifier.bcs.sanitize import flatten_deep_json, json_int
-from notifier.bcs.stream import IntegerOverflow, RecordStream, RecordTooLarge
+from notifier.bcs.sanitize import decode_json
+from notifier.bcs.stream import DecodeWhole, RecordStream, RecordTooLarge
 from notifier.config import SourceConfig
 from notifier.errors import (
     ApiError,
@@ -252,9 +251,10 @@ class BcsClient:
 
         try:
             outcome = self._fetch(query, consume)
-        except IntegerOverflow:
+        except DecodeWhole:
             logger.info(
-                "source %s: an integer beyond 64 bits; decoding this answer exactly (slower)",
+                "source %s: the answer holds what the streaming decoder cannot read (a number "
+                "beyond 64 bits, text that is not strict UTF-8); fetching it again, decoded whole",
                 self.source.name,
             )
             outcome = self._fetch(query, consume, exact_integers=True)
@@ -644,20 +644,3 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if math.isnan(seconds):
         return None
     return max(0.0, seconds)
-
-
-def decode_json(body: bytes, request_id: str | None = None) -> Any:
-    """JSON with huge number literals clamped (``json_int``); a body nested too deep for the
-    decoder is decoded again with the too-deep parts as null, so one such record is skipped
-    instead of failing the whole response."""
-    try:
-        return json.loads(body, parse_int=json_int)
-    except RecursionError:
-        text, replaced = flatten_deep_json(body.decode("utf-8", errors="replace"))
-        logger.warning(
-            "the response nests deeper than the decoder allows; %d part(s) nested too deep "
-            "read as null (request id %s)",
-            replaced,
-            request_id or "-",
-        )
-        return json.loads(text, parse_int=json_int)

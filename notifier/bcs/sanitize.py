@@ -23,12 +23,16 @@ uses :func:`json_int` and then ``parse.parse_record``, which calls the functions
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from notifier.model import INT64_MAX, INT64_MIN
+
+logger = logging.getLogger(__name__)
 
 #: Characters kept of one string from the API (a 1 MB ``message`` is cut, not stored whole).
 MAX_TEXT: Final = 16_384
@@ -178,3 +182,20 @@ def flatten_deep_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, 
             depth -= 1
     pieces.append(text[kept_to:])
     return "".join(pieces), replaced
+
+
+def decode_json(body: bytes, request_id: str | None = None) -> Any:
+    """JSON with huge number literals clamped (``json_int``); a body nested too deep for the
+    decoder is decoded again with the too-deep parts as null, so one such record is skipped
+    instead of failing the whole response."""
+    try:
+        return json.loads(body, parse_int=json_int)
+    except RecursionError:
+        text, replaced = flatten_deep_json(body.decode("utf-8", errors="replace"))
+        logger.warning(
+            "the response nests deeper than the decoder allows; %d part(s) nested too deep "
+            "read as null (request id %s)",
+            replaced,
+            request_id or "-",
+        )
+        return json.loads(text, parse_int=json_int)

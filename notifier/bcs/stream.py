@@ -12,9 +12,10 @@ A body without an ``operation_records`` array near its start (an error body, ``"
 alone, a null list) is small: it is decoded whole, within :data:`HEAD_LIMIT` bytes.
 
 Limits: ``max_record_bytes`` bounds the bytes read while one record is decoded (the memory
-one record may take), ``max_body_bytes`` the whole body. Integers beyond 64 bits are decoded
-exactly by ijson's pure-Python backend (``exact_integers``), which the client switches to
-when the C backend reports an overflow.
+one record may take), ``max_body_bytes`` the whole body. A number the C backend cannot read
+(beyond 64 bits, thousands of digits) makes the client decode that answer again whole
+(``exact_integers``, within ``max_body_bytes``) through
+:func:`notifier.bcs.sanitize.decode_json`, which clamps such numbers to the int64 range.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Final
 import ijson
 
 from notifier.bcs.errors import html_excerpt, one_line
+from notifier.bcs.sanitize import decode_json
 from notifier.errors import InvalidResponse
 
 #: Bytes read before the ``operation_records`` array must have started (else: decoded whole).
@@ -47,8 +49,22 @@ class RecordTooLarge(Exception):
         super().__init__(f"{what} is larger than {limit} bytes")
 
 
-class IntegerOverflow(Exception):
-    """The C decoder met an integer beyond 64 bits; decode again with exact integers."""
+#: what the C backend cannot read but the whole-body decoder can (a number beyond 64 bits
+#: or of thousands of digits, text that is not strict UTF-8 such as an encoded surrogate)
+_DECODE_AGAIN: Final = re.compile(
+    r"integer overflow|Unexpected symbol '-?[0-9]|invalid bytes in UTF8 string"
+)
+
+
+#: nesting past this (estimated, see ``RecordStream._check_depth``) is decoded whole
+MAX_STREAM_DEPTH: Final = 256
+_NOT_BRACKETS: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_DEPTH_STEP: Final = 256
+
+
+class DecodeWhole(Exception):
+    """The C decoder met what it cannot read (see ``_DECODE_AGAIN``): decode the answer
+    again whole (``exact_integers``)."""
 
 
 class RecordStream:
@@ -58,7 +74,7 @@ class RecordStream:
     members other than ``operation_records`` and :attr:`records_kind` says what
     ``operation_records`` was: ``"list"``, ``"null"``, ``"absent"`` or another JSON kind.
     Raises :class:`~notifier.errors.InvalidResponse` for a body that is not a JSON object,
-    :class:`RecordTooLarge` past a cap, :class:`IntegerOverflow` (see the module docstring).
+    :class:`RecordTooLarge` past a cap, :class:`DecodeWhole` (see the module docstring).
     """
 
     def __init__(
@@ -86,6 +102,8 @@ class RecordStream:
         self.envelope: dict[str, Any] = {}
         self.records_kind = "absent"
         self.returned = 0
+        #: open brackets minus closed ones so far (an estimate: brackets inside strings count)
+        self._depth = 0
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -96,8 +114,25 @@ class RecordStream:
             self.size += len(chunk)
             if self.size > self._max_body:
                 raise RecordTooLarge(self._max_body, what="the response")
+            if not self._exact:
+                self._check_depth(chunk)
             return chunk
         return b""
+
+    def _check_depth(self, chunk: bytes) -> None:
+        """Hand nothing deeply nested to the C backend: its memory grows with the square of
+        the depth (a prefix string per level). Brackets are counted at C speed over the
+        chunk's brackets alone; inside strings they count too, which can only send an
+        answer to the whole-body decoder, where deep nesting is bounded exactly."""
+        brackets = chunk.translate(None, _NOT_BRACKETS)
+        depth = self._depth
+        for start in range(0, len(brackets), _DEPTH_STEP):  # the depth within, step by step
+            piece = brackets[start : start + _DEPTH_STEP]
+            opened = piece.count(b"[") + piece.count(b"{")
+            depth = max(0, depth + 2 * opened - len(piece))
+            if depth > MAX_STREAM_DEPTH:
+                raise DecodeWhole
+        self._depth = depth
 
     def read(self, size: int = -1) -> bytes:
         """File-like ``read`` for ijson: the pending head first, then the chunks."""
@@ -132,30 +167,35 @@ class RecordStream:
         if match is None:
             yield from self._whole(head)
             return
+        if self._exact:  # a number the C backend cannot read: the whole answer, bounded
+            rest = iter(self._next_chunk, b"")
+            yield from self._whole(head + b"".join(rest))
+            return
         self.envelope = self._head_members(head[: match.start()])
         self.records_kind = "list"
         self._pending = head
         self._array_start = match.end()
         self._since_record = -self._array_start  # the members before the array are no record
-        backend = ijson.get_backend("python") if self._exact else ijson
         try:
-            for item in backend.items(self, "operation_records.item", use_float=True):
+            for item in ijson.items(self, "operation_records.item", use_float=True):
                 self._since_record = 0
                 if len(self._recent) > 1:
                     self._recent_start += sum(len(chunk) for chunk in self._recent[:-1])
                     del self._recent[:-1]
                 self.returned += 1
                 yield item
+        except UnicodeDecodeError as exc:
+            raise DecodeWhole from exc
         except ijson.JSONError as exc:
-            if "integer overflow" in str(exc):
-                raise IntegerOverflow from exc
+            if _DECODE_AGAIN.search(str(exc)):
+                raise DecodeWhole from exc
             recent = b"".join(self._recent)[-4096:]
             raise self._invalid(recent, f"{type(exc).__name__}: {exc}") from exc
         self.envelope.update(self._tail_members())
 
     def _whole(self, body: bytes) -> Iterator[Any]:
         try:
-            data = json.loads(body)
+            data = decode_json(body, self.request_id)
         except (ValueError, RecursionError) as exc:
             raise self._invalid(body, f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict):

@@ -62,7 +62,7 @@ def database_url_problem(url: str) -> str | None:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
         return f"unknown database kind {parsed.drivername!r} (sqlite:/// or postgresql://...)"
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is no number
         return f"not a database URL: {exc}"
     try:
         dialect.import_dbapi()
