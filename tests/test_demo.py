@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from e2e_support import cli_env
 
-from notifier.simulator.demo import Demo, DemoOptions, demo_config_text, summary_lines
+from notifier.demo import Demo, DemoOptions, demo_config_text, summary_lines
 
 FAST = {"speed": 400.0, "interval": 0.2}
 
@@ -211,8 +211,8 @@ def test_ctrl_c_before_the_demo_has_started_exits_130_quietly(
     handlers are in place) is the same interruption as a moment later: 130, no "Aborted!"."""
     from click.testing import CliRunner
 
+    from notifier import demo
     from notifier.cli import main
-    from notifier.simulator import demo
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -248,8 +248,8 @@ def test_the_demo_exits_1_when_a_notification_could_not_be_delivered(
 ) -> None:
     from click.testing import CliRunner
 
+    from notifier import demo
     from notifier.cli import main
-    from notifier.simulator import demo
 
     def run(self: Demo) -> demo.DemoReport:
         return demo.DemoReport(completed=True, notifications=3, dead=2)
