@@ -36,7 +36,6 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
-from notifier.config import AuthConfig, Secret, SourceConfig
 from notifier.simulator.auth import (
     TOKEN_MISSING,
     AkskVerifier,
@@ -347,31 +346,6 @@ class Simulator:
         }
 
     # -- configuration for clients ---------------------------------------------------------------
-
-    def source_config(self, auth: str = "password", *, name: str = "simulator") -> SourceConfig:
-        """A :class:`SourceConfig` pointing at this simulator with working credentials."""
-        credentials = self.credentials
-        if auth == "token":
-            auth_config = AuthConfig(type="token", token=Secret(credentials.token))
-        elif auth == "password":
-            auth_config = AuthConfig(
-                type="password",
-                iam_endpoint=self.iam_endpoint,
-                domain=credentials.domain,
-                username=credentials.username,
-                password=Secret(credentials.password),
-            )
-        elif auth == "aksk":
-            auth_config = AuthConfig(
-                type="aksk",
-                access_key=Secret(credentials.access_key),
-                secret_key=Secret(credentials.secret_key),
-            )
-        else:
-            raise ValueError(f"auth must be one of {AUTH_TYPES}, not {auth!r}")
-        return SourceConfig(
-            name=name, endpoint=self.endpoint, project_id=self.project_id, auth=auth_config
-        )
 
     def config_snippet(self, auth: str = "password", *, name: str = "simulator") -> str:
         """A complete ``[[sources]]`` block for ``notifier.toml``."""
