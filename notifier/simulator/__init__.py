@@ -17,13 +17,14 @@ client it is there to check.
 from notifier.simulator.auth import Credentials, ReceivedRequest
 from notifier.simulator.clock import ManualClock, ScaledClock, SimClock
 from notifier.simulator.faults import Fault, FaultKind
+from notifier.simulator.http import RequestLogEntry, SimResponse
 from notifier.simulator.scenario import (
     DEFAULT_STORY,
     TEMPLATES,
     OperationSpec,
     Scenario,
 )
-from notifier.simulator.server import RequestLogEntry, SimResponse, Simulator
+from notifier.simulator.server import Simulator
 
 __all__ = [
     "DEFAULT_STORY",
