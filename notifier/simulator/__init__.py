@@ -18,13 +18,9 @@ from notifier.simulator.auth import Credentials, ReceivedRequest
 from notifier.simulator.clock import ManualClock, ScaledClock, SimClock
 from notifier.simulator.faults import Fault, FaultKind
 from notifier.simulator.http import RequestLogEntry, SimResponse
-from notifier.simulator.scenario import (
-    DEFAULT_STORY,
-    TEMPLATES,
-    OperationSpec,
-    Scenario,
-)
+from notifier.simulator.scenario import Scenario
 from notifier.simulator.server import Simulator
+from notifier.simulator.stories import DEFAULT_STORY, TEMPLATES, OperationSpec
 
 __all__ = [
     "DEFAULT_STORY",

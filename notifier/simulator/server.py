@@ -23,7 +23,8 @@ from notifier.simulator.auth import AkskVerifier, Credentials, TokenStore
 from notifier.simulator.clock import NS_PER_SECOND, ManualClock, ScaledClock, SimClock, to_ns
 from notifier.simulator.faults import Fault, FaultKind, FaultQueue
 from notifier.simulator.http import Gateway, RequestLogEntry, SimServer
-from notifier.simulator.scenario import DEFAULT_STORY, OperationSpec, Scenario, derived_hex
+from notifier.simulator.scenario import Scenario, derived_hex
+from notifier.simulator.stories import DEFAULT_STORY, OperationSpec
 
 logger = logging.getLogger(__name__)
 
