@@ -101,7 +101,6 @@ class Principal:
 @dataclass
 class _Token:
     project_id: str
-    issued_ns: int
     expires_ns: int | None  # None: the fixed configured token, valid until revoked
     revoked: bool = False
 
@@ -113,7 +112,7 @@ class TokenStore:
         self._rng = random.Random(f"{seed}/tokens")  # noqa: S311 - fake tokens, not security
         self._size = size
         self._fixed = fixed_token
-        self._tokens: dict[str, _Token] = {fixed_token: _Token(project_id, 0, None)}
+        self._tokens: dict[str, _Token] = {fixed_token: _Token(project_id, None)}
         self._lock = threading.Lock()
 
     def issue(self, project_id: str, now_ns: int, lifetime: float) -> tuple[str, int]:
@@ -122,7 +121,7 @@ class TokenStore:
         with self._lock:
             raw = self._rng.randbytes(max(self._size * 3 // 4, 24))
             value = "MII" + base64.b64encode(raw).decode().replace("/", "-").replace("+", "_")
-            self._tokens[value] = _Token(project_id, now_ns, expires)
+            self._tokens[value] = _Token(project_id, expires)
         return value, expires
 
     def check(self, value: str, now_ns: int) -> Principal | Rejection:
