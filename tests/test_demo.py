@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from e2e_support import cli_env
 
-from notifier.simulator.demo import Demo, DemoOptions, demo_config_text, summary_lines
+from notifier.config import parse_config
+from notifier.demo import Demo, DemoOptions, demo_config_text, source_config, summary_lines
+from notifier.simulator import Simulator
 
 FAST = {"speed": 400.0, "interval": 0.2}
 
@@ -26,6 +28,23 @@ def scratch_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
     return directory
+
+
+@pytest.mark.parametrize("auth", ["aksk", "password", "token"])
+def test_source_config_is_the_source_the_simulators_snippet_configures(auth: str) -> None:
+    with Simulator(seed=4) as sim:
+        text = (
+            sim.config_snippet(auth, name="sim")
+            + '[[channels]]\nname = "c"\nurls = ["json://127.0.0.1:9"]\n'
+        )
+        [loaded] = parse_config(text, environ={}).sources
+        assert source_config(sim, auth, name="sim") == loaded
+        assert loaded.endpoint == sim.endpoint
+
+
+def test_source_config_refuses_an_unknown_auth_type() -> None:
+    with pytest.raises(ValueError, match="auth must be one of"):
+        source_config(Simulator(seed=4), "oauth")
 
 
 @pytest.mark.parametrize("auth", ["aksk", "password", "token"])
@@ -211,8 +230,8 @@ def test_ctrl_c_before_the_demo_has_started_exits_130_quietly(
     handlers are in place) is the same interruption as a moment later: 130, no "Aborted!"."""
     from click.testing import CliRunner
 
+    from notifier import demo
     from notifier.cli import main
-    from notifier.simulator import demo
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -248,8 +267,8 @@ def test_the_demo_exits_1_when_a_notification_could_not_be_delivered(
 ) -> None:
     from click.testing import CliRunner
 
+    from notifier import demo
     from notifier.cli import main
-    from notifier.simulator import demo
 
     def run(self: Demo) -> demo.DemoReport:
         return demo.DemoReport(completed=True, notifications=3, dead=2)

@@ -28,7 +28,8 @@ from net_support import NotifyListener, Receiver, free_port, http_receiver
 from sqlalchemy import create_engine, func, select
 
 from notifier.simulator.auth import ReceivedRequest
-from notifier.simulator.server import RECORD_PATH, SimResponse, Simulator
+from notifier.simulator.http import RECORD_PATH, SimResponse
+from notifier.simulator.server import Simulator
 from notifier.store.schema import events, outbox
 
 pytestmark = pytest.mark.slow

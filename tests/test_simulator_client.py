@@ -10,6 +10,7 @@ from sim_support import START
 
 from notifier.bcs.client import BcsClient
 from notifier.config import AuthConfig, Secret, SourceConfig
+from notifier.demo import source_config
 from notifier.errors import (
     AuthError,
     InvalidResponse,
@@ -51,7 +52,7 @@ def record_requests(sim: Simulator) -> list[tuple[str, int | None, str]]:
 
 @pytest.mark.parametrize("auth", ["token", "password", "aksk"])
 def test_the_client_reads_the_true_records_with_every_auth_type(sim: Simulator, auth: str) -> None:
-    with client_for(sim, sim.source_config(auth)) as client:
+    with client_for(sim, source_config(sim, auth)) as client:
         fetched = client.fetch()
     assert fetched.status == 200
     assert fetched.body == {"count": len(sim.records()), "operation_records": sim.records()}
@@ -60,7 +61,7 @@ def test_the_client_reads_the_true_records_with_every_auth_type(sim: Simulator, 
 
 def test_aksk_filters_with_awkward_characters_verify(sim: Simulator) -> None:
     source = replace(
-        sim.source_config("aksk"),
+        source_config(sim, "aksk"),
         filters={"operation_status": ("finished",), "blockchain_id": ("a b/c~d:é+",)},
     )
     with client_for(sim, source) as client:
@@ -70,7 +71,7 @@ def test_aksk_filters_with_awkward_characters_verify(sim: Simulator) -> None:
 
 def test_aksk_filters_select_the_same_records_as_the_truth(sim: Simulator) -> None:
     source = replace(
-        sim.source_config("aksk"),
+        source_config(sim, "aksk"),
         filters={"operation_status": ("finished",), "resource_type": ("BCSSVC01",)},
     )
     with client_for(sim, source) as client:
@@ -91,13 +92,13 @@ def test_temporary_aksk_credentials_verify(sim: Simulator) -> None:
         secret_key=Secret(credentials.temporary_secret_key),
         security_token=Secret(credentials.security_token),
     )
-    with client_for(sim, replace(sim.source_config("aksk"), auth=auth)) as client:
+    with client_for(sim, replace(source_config(sim, "aksk"), auth=auth)) as client:
         assert client.fetch().status == 200
     assert sim.requests()[-1].auth == "aksk-temporary"
 
 
 def test_a_wrong_secret_key_is_a_signature_rejection_never_retried(sim: Simulator) -> None:
-    source = sim.source_config("aksk")
+    source = source_config(sim, "aksk")
     auth = replace(source.auth, secret_key=Secret("0" * 40))
     sleeps = Sleeps()
     with client_for(sim, replace(source, auth=auth), sleeps) as client:
@@ -110,7 +111,7 @@ def test_a_wrong_secret_key_is_a_signature_rejection_never_retried(sim: Simulato
 
 
 def test_password_auth_logs_in_once_and_renews_an_expired_token(sim: Simulator) -> None:
-    with client_for(sim, sim.source_config("password")) as client:
+    with client_for(sim, source_config(sim, "password")) as client:
         client.fetch()
         client.fetch()
         sim.advance(7200)  # the token's lifetime
@@ -125,7 +126,7 @@ def test_password_auth_logs_in_once_and_renews_an_expired_token(sim: Simulator) 
 
 
 def test_password_auth_recovers_from_revoked_tokens(sim: Simulator) -> None:
-    with client_for(sim, sim.source_config("password")) as client:
+    with client_for(sim, source_config(sim, "password")) as client:
         client.fetch()
         sim.expire_tokens()
         assert client.fetch().status == 200
@@ -141,7 +142,7 @@ def test_password_auth_recovers_from_revoked_tokens(sim: Simulator) -> None:
 
 def test_a_revoked_fixed_token_is_an_auth_error(sim: Simulator) -> None:
     sim.expire_tokens()
-    with client_for(sim, sim.source_config("token")) as client, pytest.raises(AuthError) as info:
+    with client_for(sim, source_config(sim, "token")) as client, pytest.raises(AuthError) as info:
         client.fetch()
     assert info.value.code == "APIGW.0307"
     assert info.value.request_id == sim.requests()[-1].request_id
@@ -151,7 +152,7 @@ def test_a_revoked_fixed_token_is_an_auth_error(sim: Simulator) -> None:
 def test_transient_faults_are_retried(sim: Simulator, kind: str) -> None:
     sim.inject(kind)
     sleeps = Sleeps()
-    with client_for(sim, sim.source_config("token"), sleeps) as client:
+    with client_for(sim, source_config(sim, "token"), sleeps) as client:
         assert client.fetch().status == 200
     assert [status for _, status, _ in record_requests(sim)] == [
         None if kind == "disconnect" else int(kind),
@@ -163,14 +164,14 @@ def test_transient_faults_are_retried(sim: Simulator, kind: str) -> None:
 def test_throttling_honours_retry_after(sim: Simulator) -> None:
     sim.inject("429", retry_after=4)
     sleeps = Sleeps()
-    with client_for(sim, sim.source_config("token"), sleeps) as client:
+    with client_for(sim, source_config(sim, "token"), sleeps) as client:
         assert client.fetch().status == 200
     assert sleeps.calls == [4.0]
 
 
 def test_persistent_throttling_gives_up(sim: Simulator) -> None:
     sim.inject("429", count=10)
-    source = replace(sim.source_config("token"), max_retries=2)
+    source = replace(source_config(sim, "token"), max_retries=2)
     with client_for(sim, source) as client, pytest.raises(ThrottledError) as info:
         client.fetch()
     assert info.value.code == "APIGW.0308"
@@ -179,12 +180,12 @@ def test_persistent_throttling_gives_up(sim: Simulator) -> None:
 
 def test_truncated_json_is_an_invalid_response(sim: Simulator) -> None:
     sim.inject("truncated")
-    with client_for(sim, sim.source_config("token")) as client, pytest.raises(InvalidResponse):
+    with client_for(sim, source_config(sim, "token")) as client, pytest.raises(InvalidResponse):
         client.fetch()
 
 
 def test_a_slow_answer_beyond_the_timeout_is_a_transport_error(sim: Simulator) -> None:
     sim.inject("slow", delay=2.0)
-    source = replace(sim.source_config("token"), timeout=0.2, max_retries=0)
+    source = replace(source_config(sim, "token"), timeout=0.2, max_retries=0)
     with client_for(sim, source) as client, pytest.raises(TransportError):
         client.fetch()

@@ -20,6 +20,7 @@ import notifier
 from notifier.bcs.client import BcsClient
 from notifier.cli import main
 from notifier.config import Config, SourceConfig, parse_config
+from notifier.demo import source_config
 from notifier.model import Event, EventType, cloudevent
 from notifier.pipeline import Poller, PollResult
 from notifier.simulator import OperationSpec, Simulator
@@ -414,7 +415,7 @@ def test_samples_are_bounded_per_key(watch: Callable[..., Watch]) -> None:
 def test_the_client_reads_the_apis_clock_from_the_date_header() -> None:
     with simulator(stall_story()) as sim:
         sim.advance(12.7)
-        with BcsClient(sim.source_config("token"), clock=sim.clock.time) as client:
+        with BcsClient(source_config(sim, "token"), clock=sim.clock.time) as client:
             fetched = client.fetch()
     assert fetched.server_time_ns == (START + 12) * NS  # whole seconds, as HTTP dates are
 

@@ -182,8 +182,8 @@ def demo(speed: float, seed: int, auth_type: str, interval: float) -> None:
     created step by step, an operation failing, one stopped) and exits by itself, leaving
     nothing behind. Needs no credentials and no network beyond loopback.
     """
+    from notifier.demo import Demo, DemoOptions, summary_lines
     from notifier.errors import NotifierError
-    from notifier.simulator.demo import Demo, DemoOptions, summary_lines
 
     runner = Demo(
         DemoOptions(speed=speed, seed=seed, auth=auth_type, interval=interval),

@@ -1,14 +1,17 @@
 """Authentication as the API gateway and IAM do it: tokens and AK/SK signatures.
 
-Signatures are verified with :mod:`notifier.bcs.signing`, the functions the client signs
-with, from the request as received: the method, the raw path, the raw query re-canonicalised,
-the headers named in ``SignedHeaders`` and the sha256 of the body bytes. Error messages are
-the gateway's documented ones (``APIGW.0301`` family, ``APIGW.0307``).
+Signatures are verified as the gateway does it, from the request as received: the method,
+the raw path, the raw query re-canonicalised, the headers named in ``SignedHeaders`` and the
+sha256 of the body bytes. The canonical form is computed here, not borrowed from the client's
+:mod:`notifier.bcs.signing`, so a mistake in the client's signer shows up as a refused
+request (both are checked against the official SDK's vectors). Error messages are the
+gateway's documented ones (``APIGW.0301`` family, ``APIGW.0307``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import random
 import threading
@@ -16,9 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
-from notifier.bcs import signing
 from notifier.simulator.clock import NS_PER_SECOND
 from notifier.simulator.scenario import derived_hex
 
@@ -28,6 +30,8 @@ AK_LOCKED: Final = f"{_PREFIX}: AK access failed to reach the limit,forbidden."
 TOKEN_INVALID: Final = f"{_PREFIX}: decrypt token fail"
 TOKEN_MISSING: Final = f"{_PREFIX}: x-auth-token not found"
 TOKEN_EXPIRED: Final = "The token must be updated."  # noqa: S105 - an error message
+SIGNATURE_ALGORITHM: Final = "SDK-HMAC-SHA256"
+SDK_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,6 @@ class Principal:
 @dataclass
 class _Token:
     project_id: str
-    issued_ns: int
     expires_ns: int | None  # None: the fixed configured token, valid until revoked
     revoked: bool = False
 
@@ -109,7 +112,7 @@ class TokenStore:
         self._rng = random.Random(f"{seed}/tokens")  # noqa: S311 - fake tokens, not security
         self._size = size
         self._fixed = fixed_token
-        self._tokens: dict[str, _Token] = {fixed_token: _Token(project_id, 0, None)}
+        self._tokens: dict[str, _Token] = {fixed_token: _Token(project_id, None)}
         self._lock = threading.Lock()
 
     def issue(self, project_id: str, now_ns: int, lifetime: float) -> tuple[str, int]:
@@ -118,7 +121,7 @@ class TokenStore:
         with self._lock:
             raw = self._rng.randbytes(max(self._size * 3 // 4, 24))
             value = "MII" + base64.b64encode(raw).decode().replace("/", "-").replace("+", "_")
-            self._tokens[value] = _Token(project_id, now_ns, expires)
+            self._tokens[value] = _Token(project_id, expires)
         return value, expires
 
     def check(self, value: str, now_ns: int) -> Principal | Rejection:
@@ -175,9 +178,61 @@ def query_pairs(raw_query: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_authorization(value: str) -> tuple[str, list[str], str] | None:
+    """``(access_key, signed_headers, signature)`` from an Authorization header, or None."""
+    scheme, _, rest = value.partition(" ")
+    if scheme != SIGNATURE_ALGORITHM:
+        return None
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        key, _, item = part.strip().partition("=")
+        fields[key] = item
+    try:
+        return fields["Access"], fields["SignedHeaders"].split(";"), fields["Signature"]
+    except KeyError:
+        return None
+
+
+def _encoded(value: str) -> str:
+    """RFC 3986 percent-encoding: everything but ``A-Za-z0-9-_.~``, space as ``%20``."""
+    return quote(value, safe="-_.~")
+
+
+def canonical_request(request: ReceivedRequest, signed_headers: list[str]) -> str:
+    """The gateway's canonical form of ``request``; ``signed_headers`` lower-case and sent.
+
+    Method; the decoded path with each segment re-encoded (``~`` kept) and a trailing ``/``;
+    the query pairs encoded and sorted; ``name:value`` of each signed header (value
+    stripped); the signed header names; the hex sha256 of the body.
+    """
+    path = "/".join(quote(segment, safe="~") for segment in unquote(request.path).split("/"))
+    if not path.endswith("/"):
+        path += "/"
+    pairs = sorted((_encoded(key), _encoded(value)) for key, value in query_pairs(request.query))
+    query = "&".join(f"{key}={value}" for key, value in pairs)
+    headers = "".join(f"{name}:{request.headers[name].strip()}\n" for name in signed_headers)
+    return "\n".join(
+        (
+            request.method.upper(),
+            path,
+            query,
+            headers,
+            ";".join(signed_headers),
+            hashlib.sha256(request.body).hexdigest(),
+        )
+    )
+
+
+def expected_signature(secret_key: str, sdk_date: str, canonical: str) -> str:
+    """The hex HMAC-SHA256 over the string to sign: algorithm, date, canonical digest."""
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    to_sign = f"{SIGNATURE_ALGORITHM}\n{sdk_date}\n{digest}"
+    return hmac.new(secret_key.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 def parse_sdk_date(value: str) -> datetime | None:
     try:
-        return datetime.strptime(value, signing.DATE_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(value, SDK_DATE_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -204,7 +259,7 @@ class AkskVerifier:
         self.keys[access_key] = _KeyState(secret_key, security_token)
 
     def verify(self, request: ReceivedRequest, now_ns: int) -> Principal | Rejection:
-        parsed = signing.parse_authorization(request.headers.get("authorization", ""))
+        parsed = parse_authorization(request.headers.get("authorization", ""))
         if parsed is None:
             return Rejection(401, "APIGW.0301", SIGNATURE_FAILED)
         access_key, signed_headers, received = parsed
@@ -257,17 +312,8 @@ class AkskVerifier:
                 return "temporary credentials need a signed x-security-token"
             if not hmac.compare_digest(token, state.security_token):
                 return "x-security-token does not match the access key"
-        canonical = signing.canonical_request(
-            request.method,
-            unquote(request.path),
-            signing.canonical_query(query_pairs(request.query)),
-            {name: headers[name] for name in names},
-            names,
-            request.body,
-        )
-        expected = signing.signature(
-            state.secret_key, signing.string_to_sign(headers["x-sdk-date"], canonical)
-        )
+        canonical = canonical_request(request, names)
+        expected = expected_signature(state.secret_key, headers["x-sdk-date"], canonical)
         if not hmac.compare_digest(expected, received):
             return "signature mismatch"
         return None

@@ -42,7 +42,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, func, select
 
-from notifier.config import Config, SourceConfig, parse_config
+from notifier.config import AuthConfig, Config, Secret, SourceConfig, parse_config
 from notifier.errors import NotifierError
 from notifier.model import OPERATION_TYPE_NAMES, TERMINAL_STATUSES
 from notifier.simulator.clock import NS_PER_SECOND, ScaledClock
@@ -146,6 +146,38 @@ def demo_config_text(simulator: Simulator, options: DemoOptions, database: str) 
             f"events = [{events}]",
             "",
         ]
+    )
+
+
+def source_config(
+    simulator: Simulator, auth: str = "password", *, name: str = "simulator"
+) -> SourceConfig:
+    """A :class:`SourceConfig` pointing at ``simulator`` with working credentials.
+
+    The service's side of :meth:`Simulator.config_snippet` (the simulator knows nothing of
+    the service's config model): the same source, ready to hand to a client.
+    """
+    credentials = simulator.credentials
+    if auth == "token":
+        auth_config = AuthConfig(type="token", token=Secret(credentials.token))
+    elif auth == "password":
+        auth_config = AuthConfig(
+            type="password",
+            iam_endpoint=simulator.iam_endpoint,
+            domain=credentials.domain,
+            username=credentials.username,
+            password=Secret(credentials.password),
+        )
+    elif auth == "aksk":
+        auth_config = AuthConfig(
+            type="aksk",
+            access_key=Secret(credentials.access_key),
+            secret_key=Secret(credentials.secret_key),
+        )
+    else:
+        raise ValueError(f"auth must be one of {AUTH_TYPES}, not {auth!r}")
+    return SourceConfig(
+        name=name, endpoint=simulator.endpoint, project_id=simulator.project_id, auth=auth_config
     )
 
 
