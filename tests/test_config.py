@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from config_support import channel, write_config
 
+from notifier.channels.render import check_templates
+from notifier.cli import main
 from notifier.config import Secret, find_config_path, load_config, parse_config
 from notifier.errors import ConfigError
 
@@ -284,13 +289,55 @@ def test_a_database_that_cannot_be_opened_is_a_config_error(url: str, fragment: 
 def test_check_config_exits_78_for_a_database_driver_that_is_not_installed(
     tmp_path: Path,
 ) -> None:
-    from click.testing import CliRunner
-
-    from notifier.cli import main
-
     path = tmp_path / "notifier.toml"
     database = 'database = "postgresql+pg8000://bcs@db.example.test/bcs"\n'
     path.write_text("[service]\n" + database + MINIMAL.replace("${BCS_TOKEN}", "t"))
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
     assert result.exit_code == 78
     assert "service.database: the postgresql driver 'pg8000' is not installed" in result.stderr
+
+
+# -- templates are config: a runaway template or an unknown time zone names its key ------------
+
+
+def test_check_config_exits_78_with_the_key_path_for_a_runaway_template(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        channels=[
+            channel(
+                "chat",
+                "console://",
+                title="{% for i in range(100000000) %}x{% endfor %}",
+                body="n={{ 100 // (events|length - 1) }}",
+            )
+        ],
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "check-config"])
+    code, output = result.exit_code, result.output
+    assert code == 78, output
+    assert "channels[0].title" in output
+    assert "channels[0].body" in output
+    assert "Traceback" not in output
+
+
+def test_an_unknown_timezone_and_a_broken_template_are_both_reported() -> None:
+    assert [key for key, _ in check_templates("{{ nope }}", None, "Mars/Olympus")] == ["title"]
+    text = textwrap.dedent(
+        """
+        [service]
+        database = "sqlite://"
+
+        [[channels]]
+        name = "chat"
+        urls = ["console://"]
+        timezone = "Mars/Olympus"
+        title = "{{ nope }}"
+        body = "{{ 1 // 0 }}"
+        """
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    paths = sorted(
+        problem.path for problem in raised.value.problems if problem.path.startswith("channels")
+    )
+    assert paths == ["channels[0].body", "channels[0].timezone", "channels[0].title"]

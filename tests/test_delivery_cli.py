@@ -1,4 +1,5 @@
-"""`outbox list|retry|purge|dispatch` and `test-channel` through the real click commands."""
+"""`outbox list|retry|purge|dispatch|reassign` and `test-channel` through the real click
+commands."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from click.testing import CliRunner
 from config_support import channel, write_config
 from delivery_support import insert_group, record, status_event
 from net_support import http_receiver
+from sqlalchemy import select
 
 from notifier.cli import main
 from notifier.store import db
+from notifier.store.schema import outbox
 
 SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 
@@ -112,3 +115,32 @@ def test_outbox_purge_usage_errors(tmp_path: Path, args: list[str], message: str
     code, output = _run(config, *args)
     assert code == 2
     assert message in output
+
+
+def test_the_cli_shows_reassigns_and_purges_rows_of_unconfigured_channels(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, channels=[channel("chat", "console://")])
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade(engine)
+    for number, name in enumerate(("old", "old", "gone")):
+        rec = record(operation_id=f"BCSSVC01-99-17000000000000009{number:02d}", status="failed")
+        insert_group(engine, [status_event(rec, "processing", "failed")], rec, [name])
+    code, listed = _run(config, "outbox", "list")
+    assert code == 0
+    assert "channel 'old' is not configured" in listed
+    assert "waiting for channels that are not configured: gone (1), old (2)" in listed
+    code, status = _run(config, "status", "--json")
+    assert json.loads(status)["outbox"]["unconfigured_channels"] == {"gone": 1, "old": 2}
+
+    code, output = _run(config, "outbox", "reassign", "old", "nope")
+    assert code == 2
+    assert "no channel named 'nope'" in output
+    code, output = _run(config, "outbox", "reassign", "old", "chat")
+    assert (code, output.strip()) == (0, "2 deliveries of old handed to chat, due now")
+    code, output = _run(config, "outbox", "purge", "--unconfigured")
+    assert (code, output.strip()) == (0, "purged 1 unconfigured channels' delivery")
+    with engine.connect() as connection:
+        channels = sorted(connection.execute(select(outbox.c.channel)).scalars())
+    assert channels == ["chat", "chat"]
+    engine.dispose()

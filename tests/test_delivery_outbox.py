@@ -1,10 +1,13 @@
 """The dispatcher over a real migrated SQLite file: routing, retries, dead letters, pacing,
-coalescing, per-target bookkeeping, and the list/retry/purge helpers."""
+coalescing, per-target bookkeeping (keyed by URL), one bad template, row or stored event
+failing alone, rows of unconfigured channels waiting, and the list/retry/purge/reassign
+helpers."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -18,8 +21,8 @@ from delivery_support import (
     status_event,
     substep_failed,
 )
-from net_support import http_receiver, point_slack_at
-from sqlalchemy import Engine, select
+from net_support import Receiver, http_receiver, point_slack_at
+from sqlalchemy import Engine, select, update
 
 from notifier import outbox as outbox_module
 from notifier.channels.slack import SlackSender
@@ -27,7 +30,8 @@ from notifier.channels.targets import url_key
 from notifier.config import ChannelConfig
 from notifier.model import Event, EventType
 from notifier.outbox import Dispatcher, backoff_seconds, list_entries
-from notifier.store.schema import outbox
+from notifier.store.schema import events, outbox
+from notifier.store.status import outbox_summary
 
 
 def _rows(engine: Engine) -> list[Any]:
@@ -317,3 +321,162 @@ def test_errors_and_logs_never_show_url_secrets(
         assert secret not in stored
         assert secret not in caplog.text
     assert "json://admin:****@" in stored
+
+
+# -- one failing template, row or stored event never blocks the batch ---------------------------
+
+
+def _json_url(receiver: Receiver) -> str:
+    return f"json://{receiver.base}/"
+
+
+def _operation(number: int, status: str = "failed") -> tuple[list[Event], Any]:
+    rec = record(operation_id=f"BCSSVC01-99-17000000000000009{number:02d}", status=status)
+    return [status_event(rec, "processing", status)], rec
+
+
+def test_a_template_failing_for_some_data_falls_back_and_the_batch_goes_on(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with http_receiver() as inbox:
+        channel = ChannelConfig(
+            name="c", urls=(_json_url(inbox),), body="n={{ 100 // (events|length - 1) }}"
+        )
+        for number in range(3):
+            group_events, rec = _operation(number)
+            insert_group(engine, group_events, rec, ["c"])
+        with caplog.at_level(logging.WARNING, logger="notifier.outbox"):
+            stats = _dispatcher(engine, [channel])[0].dispatch_due()
+        bodies = inbox.bodies()
+    assert stats.sent == 3
+    assert len(bodies) == 3
+    assert all("processing → failed" in body["message"] for body in bodies)  # the default
+    assert caplog.text.count("sending the default message") == 1  # once, not per message
+    assert "ZeroDivisionError" in caplog.text
+
+
+def test_an_unexpected_error_for_one_row_fails_that_row_only(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = outbox_module.Dispatcher._deliver
+    poisoned = "BCSSVC01-99-1700000000000000901"
+
+    def deliver(self: Any, target: Any, rows: Any, **message: Any) -> Any:
+        if poisoned in message["body"]:
+            raise OverflowError("int too large to convert\nto float")
+        return real(self, target, rows, **message)
+
+    # an unexpected error while sending (rendering has a plain fallback: see
+    # test_hostile.py) fails its row only, with backoff
+    monkeypatch.setattr(outbox_module.Dispatcher, "_deliver", deliver)
+    with http_receiver() as inbox:
+        channel = ChannelConfig(name="c", urls=(_json_url(inbox),))
+        for number in range(3):
+            group_events, rec = _operation(number)
+            insert_group(engine, group_events, rec, ["c"])
+        dispatcher, clock = _dispatcher(engine, [channel], max_attempts=3, backoff_initial=10)
+        with caplog.at_level(logging.WARNING, logger="notifier.outbox"):
+            first = dispatcher.dispatch_due()
+            rows = _rows(engine)
+            for _ in range(5):
+                clock.advance(3600)
+                dispatcher.dispatch_due()
+        received = len(inbox.bodies())
+    assert (first.sent, first.failed) == (2, 1)
+    failed = rows[1]
+    assert (failed.state, failed.attempts) == ("pending", 1)
+    assert failed.next_attempt_at > NOW_MS  # backoff, not due again at once
+    assert "internal error: OverflowError: int too large to convert to float" in failed.last_error
+    assert "\n" not in failed.last_error
+    assert [row.state for row in _rows(engine)] == ["sent", "dead", "sent"]
+    assert received == 2
+    assert caplog.text.count("Traceback") == 1  # the traceback once, then one line each
+
+
+def test_an_unreadable_stored_event_fails_its_row_only(engine: Engine) -> None:
+    with http_receiver() as inbox:
+        channel = ChannelConfig(name="c", urls=(_json_url(inbox),))
+        groups = []
+        for number in range(3):
+            group_events, rec = _operation(number)
+            groups.append(insert_group(engine, group_events, rec, ["c"]))
+        with engine.begin() as connection:
+            connection.execute(
+                update(events).where(events.c.group_id == groups[0]).values(payload="{not json")
+            )
+        stats = _dispatcher(engine, [channel])[0].dispatch_due()
+        received = len(inbox.bodies())
+    # an unreadable stored event never becomes readable by retrying: dead at once, said so
+    assert (stats.sent, stats.failed, stats.dead, received) == (2, 0, 1, 2)
+    broken = _rows(engine)[0]
+    assert (broken.state, broken.attempts) == ("dead", 1)
+    assert broken.last_error.startswith(
+        "permanent failure, not retried: stored event unreadable: JSONDecodeError"
+    )
+
+
+# -- done_targets keys follow the URL, not its position -------------------------------------------
+
+
+def test_removing_the_url_that_succeeded_still_delivers_to_the_one_that_failed(
+    engine: Engine,
+) -> None:
+    with http_receiver() as good, http_receiver(default_status=500) as bad:
+        group_events, rec = _operation(1)
+        insert_group(engine, group_events, rec, ["c"])
+        both = ChannelConfig(name="c", urls=(_json_url(good), _json_url(bad)))
+        first = _dispatcher(engine, [both])[0].dispatch_due()
+        [row] = _rows(engine)
+        assert (first.failed, json.loads(row.done_targets)) == (1, [url_key(_json_url(good))])
+        bad.default_status = 200
+        only_b = ChannelConfig(name="c", urls=(_json_url(bad),))  # A removed: B is now position 0
+        outbox_module.retry(engine, now_ms=NOW_MS, include_pending=True)
+        second = _dispatcher(engine, [only_b])[0].dispatch_due()
+        received = (len(good.bodies()), len(bad.bodies()))
+    assert second.sent == 1
+    assert received == (1, 1)  # B got it; A was not asked again
+
+
+def test_rows_with_positional_keys_are_read_as_before(engine: Engine) -> None:
+    """Rows written before the keys came from URLs: "0" still means the first URL."""
+    with http_receiver() as first_url, http_receiver() as second_url:
+        group_events, rec = _operation(1)
+        insert_group(engine, group_events, rec, ["c"])
+        with engine.begin() as connection:
+            connection.execute(update(outbox).values(done_targets='["0"]'))
+        channel = ChannelConfig(name="c", urls=(_json_url(first_url), _json_url(second_url)))
+        stats = _dispatcher(engine, [channel])[0].dispatch_due()
+        received = (len(first_url.bodies()), len(second_url.bodies()))
+    assert stats.sent == 1
+    assert received == (0, 1)
+    assert json.loads(_rows(engine)[0].done_targets) == ["0", url_key(_json_url(second_url))]
+
+
+# -- rows of a channel that is not configured wait ----------------------------------------------
+
+
+def test_rows_of_a_renamed_channel_wait_and_can_be_reassigned(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    for number in range(3):
+        group_events, rec = _operation(number)
+        insert_group(engine, group_events, rec, ["hook"])
+    with http_receiver() as inbox:
+        renamed = ChannelConfig(name="hook-renamed", urls=(_json_url(inbox),))
+        dispatcher, clock = _dispatcher(engine, [renamed], max_attempts=1)
+        with caplog.at_level(logging.WARNING, logger="notifier.outbox"):
+            for _ in range(3):
+                stats = dispatcher.dispatch_due()
+                assert stats.handled == 0
+                clock.advance(60)
+        rows = _rows(engine)
+        assert [(row.state, row.attempts, row.last_error) for row in rows] == [
+            ("pending", 0, None)
+        ] * 3
+        assert caplog.text.count("wait for channel 'hook'") == 1  # once, not per row or pass
+        summary = outbox_summary(engine, NOW_MS + 10**6, ["hook-renamed"])
+        assert (summary.pending, summary.due, summary.unconfigured) == (3, 0, {"hook": 3})
+
+        assert outbox_module.reassign(engine, old="hook", new="hook-renamed", now_ms=NOW_MS) == 3
+        assert dispatcher.dispatch_due().sent == 3
+        assert len(inbox.bodies()) == 3

@@ -1,26 +1,31 @@
-"""Rendering (pure): titles, escaping, times, durations, coalescing, truncation, templates."""
+"""Rendering (pure): titles, escaping (Slack without backslashes), times, durations,
+coalescing, truncation within a budget, templates and their bounds."""
 
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 from delivery_support import T0_NS, event_for, record, status_event, step, sub, substep_failed
 
 from notifier.channels.render import (
     RenderOptions,
+    TemplateError,
     Templates,
     check_templates,
     escape_html,
     escape_markdown,
+    escape_slack,
     format_duration,
     format_time,
     render_message,
     sample_events,
+    template_context,
     zone,
 )
-from notifier.model import EventType
+from notifier.model import Event, EventType
 
 S = 1_000_000_000
 
@@ -64,8 +69,6 @@ def test_headline_reads_as_a_sentence(status: str, headline: str) -> None:
 
 
 def test_source_event_title_and_body() -> None:
-    from notifier.model import Event
-
     event = Event(
         id="evt_src",
         type=EventType.SOURCE_UNREACHABLE,
@@ -379,3 +382,212 @@ def test_templates_render_and_html_is_autoescaped() -> None:
     assert "&lt;none&gt;" in html_message.body
     text_message = render_message(events, rec, RenderOptions(format="text"), templates)
     assert "<none>" in text_message.body
+
+
+# -- templates: every failure is bounded and one line --------------------------------------
+
+
+def _context(count: int) -> dict[str, Any]:
+    sample, rec = sample_events()
+    options = RenderOptions(format="text")
+    return template_context(sample[:count], rec, options, zone("UTC"), title="t", body="b")
+
+
+@pytest.mark.parametrize(
+    ("source", "events", "expected"),
+    [
+        ("n={{ 100 // (events|length - 1) }}", 1, "ZeroDivisionError"),
+        ("{% for i in range(100000000) %}x{% endfor %}", 2, "OverflowError"),
+        (
+            "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+            2,
+            "too much work",
+        ),
+        ("{{ 'x' * 1000000000 }}", 2, "repeats a value"),
+        ("{{ 10 ** 100000000 }}", 2, "power too large"),
+        ("{% for i in range(90000) %}xxxxxxxx{% endfor %}", 2, "output is longer"),
+        ("{{ events[5].type }}", 2, "template failed"),
+        ("{{ nothing_here }}", 2, "undefined"),
+    ],
+    ids=[
+        "zero-division",
+        "huge-range",
+        "nested-ranges",
+        "string-repeat",
+        "huge-power",
+        "huge-output",
+        "index-error",
+        "undefined-name",
+    ],
+)
+def test_any_template_failure_is_a_bounded_one_line_template_error(
+    source: str, events: int, expected: str
+) -> None:
+    with pytest.raises(TemplateError) as raised:
+        Templates(body=source).render_body(_context(events), "text")
+    message = str(raised.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_templates_within_the_bounds_still_work() -> None:
+    body = "{% for i in range(3) %}{{ i }}{% endfor %} {{ 'ab' * 2 }} {{ 2 ** 10 }}"
+    assert Templates(body=body).render_body(_context(2), "text") == "012 abab 1024"
+
+
+@pytest.mark.parametrize(
+    ("title", "body", "keys"),
+    [
+        ("{% for i in range(100000000) %}x{% endfor %}", None, ["title"]),
+        (None, "n={{ 100 // (events|length - 1) }}", ["body"]),
+        ("{{ 1 // 0 }}", "{{ missing }}", ["title", "body"]),
+        ("{{ status }}", "{{ events|length }}", []),
+    ],
+    ids=["range-in-title", "single-event-division", "both-broken", "fine"],
+)
+def test_check_templates_reports_every_failure_as_a_problem(
+    title: str | None, body: str | None, keys: list[str]
+) -> None:
+    problems = check_templates(title, body, "UTC")
+    assert [key for key, _ in problems] == keys
+    assert all("\n" not in message for _, message in problems)
+
+
+# -- Slack: no backslash escapes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Sub_3", "Sub_3"),
+        ("*bold*", "∗bold∗"),
+        ("_it_", "\u200b_\u200bit\u200b_\u200b"),
+        ("a~b ~s~", "a~b \u200b~\u200bs\u200b~\u200b"),
+        ("<!here> & co", "&lt;!here&gt; &amp; co"),
+        ("[x](y)", "[x](y)"),
+        ("`rm`", "ˋrmˋ"),
+        ("C:\\dir", "C:\\dir"),
+        ("a|b #1 !", "a|b #1 !"),
+    ],
+    ids=[
+        "intraword-underscore",
+        "asterisks",
+        "underscores",
+        "tildes",
+        "angle-brackets",
+        "link",
+        "backticks",
+        "backslash",
+        "plain-punctuation",
+    ],
+)
+def test_escape_slack(text: str, expected: str) -> None:
+    assert escape_slack(text) == expected
+    assert "\\_" not in escape_slack(text)
+    assert "\\*" not in escape_slack(text)
+
+
+def test_a_slack_template_can_escape_for_slack() -> None:
+    named = record(status="failed", name="a_b *c*")
+    group_events = [status_event(named, "processing", "failed")]
+    templates = Templates(body="{{ operation.blockchain_name|markdown_escape }}")
+    slack = render_message(group_events, named, RenderOptions(dialect="slack"), templates)
+    common = render_message(group_events, named, RenderOptions(), templates)
+    assert slack.body == "a_b ∗c∗"
+    assert common.body == "a\\_b \\*c\\*"
+
+
+# -- "recovered" reads as recovered -----------------------------------------------------------
+
+
+def test_the_recovered_message_says_it_is_history() -> None:
+    since = T0_NS
+    recovered = Event(
+        id="evt_recovered",
+        type=EventType.SOURCE_RECOVERED,
+        source="tok",
+        operation_id="",
+        record_time=since + 720 * S,
+        started_at=since,
+        ended_at=since + 720 * S,
+        error="HTTP 500 from the API",
+    )
+    body = render_message([recovered], None, RenderOptions(format="text")).body
+    line = next(line for line in body.splitlines() if line.startswith("- "))
+    assert "recovered after 12m 00s of failures" in line
+    assert "last error: HTTP 500 from the API" in line
+    assert "recovered · " not in line  # no bare "recovered … — HTTP 500"
+
+
+# -- a long message keeps as much as its budget holds ----------------------------------------
+
+
+def _long_operation() -> tuple[list[Event], Any]:
+    """Six steps of eight sub-steps, 43 transitions, one failure with a long message."""
+    steps = []
+    for number in range(1, 7):
+        subs = []
+        for index in range(1, 9):
+            status = "finished" if number < 6 or index < 3 else ("failed" if index == 3 else "")
+            subs.append(
+                sub(
+                    f"Sub-step {number}.{index} doing work",
+                    status,
+                    index,
+                    start=T0_NS,
+                    end=T0_NS + index * S if status else 0,
+                    message=["quota exceeded for the project " * 3] if status == "failed" else (),
+                )
+            )
+        steps.append(
+            step(
+                f"Step {number} of the deployment",
+                "failed" if number == 6 else "finished",
+                number,
+                subs,
+            )
+        )
+    rec = record(status="failed", steps=steps)
+    found = [
+        event_for(
+            rec,
+            EventType.SUBSTEP_STATUS_CHANGED,
+            step_name=item.name,
+            substep=child.name,
+            from_status="processing",
+            to_status=child.status,
+            started_at=T0_NS,
+            ended_at=T0_NS + S,
+        )
+        for item in steps
+        for child in item.sub_steps
+        if child.status
+    ]
+    return [*found, status_event(rec, "processing", "failed")], rec
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "html", "text"])
+@pytest.mark.parametrize("budget", [600, 1000, 2000, 4000, 8000], ids=lambda b: f"budget-{b}")
+def test_a_cut_message_fits_and_uses_most_of_its_budget(fmt: str, budget: int) -> None:
+    group_events, rec = _long_operation()
+    full = render_message(group_events, rec, RenderOptions(format=fmt)).body
+    assert len(full) > budget
+    body = render_message(group_events, rec, RenderOptions(format=fmt, budget=budget)).body
+    assert len(body) <= budget
+    assert len(body) > 0.8 * budget, (len(body), budget)
+    assert "Sub-step 6.3 doing work" in body  # the failure stays
+    if fmt == "markdown":
+        assert body.count("**") % 2 == 0
+        assert body.count("`") % 2 == 0
+    if fmt == "html":
+        assert body.count("<ul>") == body.count("</ul>")
+        assert body.count("<table") == body.count("</table>")
+
+
+def test_a_4000_character_budget_keeps_most_transitions() -> None:
+    """The review's case: 4,000 characters came out at 787 with 37 transitions dropped."""
+    group_events, rec = _long_operation()
+    body = render_message(group_events, rec, RenderOptions(format="markdown", budget=4000)).body
+    kept = sum(1 for line in body.splitlines() if line.startswith("- "))
+    assert kept >= 20
+    assert len(body) > 3600

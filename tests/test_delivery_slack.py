@@ -1,7 +1,8 @@
 """Slack messages built for Slack: every payload is posted to a local endpoint (the Slack
 sender pointed at 127.0.0.1) and checked against Slack's documented Block Kit limits:
 header <= 150 characters of plain text, section text <= 3,000, at most 50 blocks, plus a
-top-level ``text`` for notifications; no "Apprise" branding."""
+top-level ``text`` for notifications; no "Apprise" branding; API text escaped without
+backslashes (Slack shows them literally)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from delivery_support import (
     T0_NS,
+    FakeClock,
     event_for,
     insert_group,
     make_config,
@@ -31,6 +33,7 @@ from notifier.config import ChannelConfig
 from notifier.model import EventType, OperationRecord
 from notifier.outbox import Dispatcher
 
+S = 1_000_000_000
 HOOK = "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ops"
 TEN_KB = "quota exceeded: " + "the request could not be served " * 320  # ~10 KB, spaces
 
@@ -239,3 +242,44 @@ def test_any_title_and_body_make_a_payload_within_the_limits(title: str, body: s
     assert 0 < len(payload["text"]) <= slack.TEXT_MAX
     kept = "".join(block["text"]["text"] for block in blocks[1:])
     assert "".join(kept.split()) == "".join(body.split())  # nothing lost but whitespace
+
+
+def test_slack_receives_text_without_backslash_escapes(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = sub(
+        "Sub_3 *bold*",
+        "failed",
+        1,
+        start=T0_NS,
+        end=T0_NS + S,
+        message=["quota <exceeded> & [more](x) _now_"],
+    )
+    rec = record(status="failed", name="bcs_prod", steps=[step("Net_work", "failed", 1, [failing])])
+    group_events = [
+        event_for(
+            rec,
+            EventType.SUBSTEP_STATUS_CHANGED,
+            step_name="Net_work",
+            substep="Sub_3 *bold*",
+            from_status="processing",
+            to_status="failed",
+            message=["quota <exceeded> & [more](x) _now_"],
+        ),
+        status_event(rec, "processing", "failed"),
+    ]
+    insert_group(engine, group_events, rec, ["slack"])
+    channel = ChannelConfig(name="slack", urls=("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcO/#ops",))
+    with http_receiver() as receiver:
+        point_slack_at(monkeypatch, receiver)
+        clock = FakeClock()
+        dispatcher = Dispatcher(make_config([channel]), engine, clock=clock, sleep=clock.sleep)
+        assert dispatcher.dispatch_due().sent == 1
+        [payload] = receiver.bodies()
+    text = "\n".join(block["text"]["text"] for block in payload["blocks"][1:])
+    assert {block["text"]["type"] for block in payload["blocks"][1:]} == {"mrkdwn"}
+    assert "\\" not in text  # Slack shows a backslash escape literally
+    assert "Sub_3 ∗bold∗" in text
+    assert "*bcs_prod*" in text  # our bold, in Slack's syntax
+    assert "&lt;exceeded&gt; &amp; [more](x)" in text
+    assert "\u200b_\u200bnow\u200b_\u200b" in text

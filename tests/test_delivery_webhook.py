@@ -21,12 +21,13 @@ from delivery_support import (
     substep_failed,
 )
 from net_support import http_receiver, verify_standard_webhook
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 import notifier
-from notifier.channels.targets import validate_channel
+from notifier.channels.targets import url_key, validate_channel
 from notifier.config import ChannelConfig
 from notifier.outbox import Dispatcher, list_entries
+from notifier.store.schema import outbox
 
 SCHEMA = json.loads(
     (Path(notifier.__file__).parent / "schemas" / "cloudevent.schema.json").read_text()
@@ -189,3 +190,23 @@ def test_a_bad_url_fails_any_command_with_its_key_path_and_exit_78(
     assert result.exit_code == 78
     assert "channels[0].urls[1]" in result.output
     assert "s3cr3t" not in result.output
+
+
+def test_webhook_keys_are_per_url_and_event(engine: Engine) -> None:
+    with http_receiver() as inbox:
+        url = f"webhook://127.0.0.1:{inbox.port}/hook"
+        rec = record(status="failed")
+        group_events = [
+            status_event(rec, "waiting", "processing"),
+            status_event(rec, "processing", "failed"),
+        ]
+        insert_group(engine, group_events, rec, ["h"])
+        clock = FakeClock()
+        config = make_config([ChannelConfig(name="h", urls=(url,))])
+        stats = Dispatcher(config, engine, clock=clock, sleep=clock.sleep).dispatch_due()
+    with engine.connect() as connection:
+        [stored] = connection.execute(select(outbox.c.done_targets)).scalars()
+    done = json.loads(stored)
+    assert stats.sent == 1
+    assert done == [f"{url_key(url)}:{event.id}" for event in group_events]
+    assert all("127.0.0.1" not in key for key in done)

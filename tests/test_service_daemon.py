@@ -28,10 +28,16 @@ from notifier.daemon import (
     InlineExecutor,
     dispatch_counts,
 )
-from notifier.errors import ConfigError, ConfigProblem, SignatureRejected, TransportError
+from notifier.errors import (
+    ConfigError,
+    ConfigProblem,
+    SignatureRejected,
+    StoreError,
+    TransportError,
+)
 from notifier.health import Metrics
 from notifier.model import Event, EventType
-from notifier.outbox import DispatchStats
+from notifier.outbox import DispatchStats, counts_by_state, retry
 from notifier.store.schema import event_groups, outbox
 from notifier.systemd import SystemdNotifier
 
@@ -48,7 +54,8 @@ def make_config(database: str, sources: tuple[str, ...] = ("a",), **service: Any
 
 
 class FakeClock:
-    """Monotonic and wall time that only move when the loop sleeps."""
+    """Monotonic and wall time that only move when the loop sleeps; ``at`` maps a time to
+    an action run when a sleep passes it."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -56,6 +63,7 @@ class FakeClock:
         self.on_stop: Callable[[], None] | None = None
         self.daemon: Daemon | None = None
         self.sleeps: list[float] = []
+        self.at: dict[float, Callable[[], None]] = {}
 
     def monotonic(self) -> float:
         return self.now
@@ -65,7 +73,11 @@ class FakeClock:
 
     def wait(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
+        before, self.now = self.now, self.now + seconds
+        for when, action in sorted(self.at.items()):
+            if before < when <= self.now:
+                del self.at[when]
+                action()
         if self.stop_at is not None and self.now >= self.stop_at and self.daemon is not None:
             if self.on_stop is not None and not self.daemon.stopping:
                 self.on_stop()
@@ -128,6 +140,22 @@ class FakeDispatcher:
             connection.execute(update(outbox).where(outbox.c.id.in_(ids)).values(state="sent"))
         sent = len(ids)
         return {"sent": sent, "retried": 0, "dead": 0}
+
+
+@dataclass
+class FlakyDispatcher(FakeDispatcher):
+    """Raises ``error`` while it is set; ends the run if the loop calls it in a tight loop
+    (so a regression fails the test instead of hanging it)."""
+
+    error: Exception | None = None
+
+    def dispatch_due(self, limit: int | None = None) -> dict[str, int]:
+        if len(self.calls) >= 199 and self.clock.daemon is not None:
+            self.clock.daemon.request_stop()
+        if self.error is not None:
+            self.calls.append((self.clock.now, limit))
+            raise self.error
+        return super().dispatch_due(limit)
 
 
 def idle(name: str, _now: float, _count: int) -> Result:
@@ -455,6 +483,64 @@ def test_a_failing_dispatcher_does_not_stop_polling(
         run_for(daemon, clock, 300)
     assert len(poller.times("a")) == 5
     assert "channel exploded" in caplog.text
+
+
+def test_a_failing_dispatch_backs_off_and_logs_once(
+    engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    add_pending(engine, 1, int(clock.wall() * 1000) - 1000)
+    dispatcher = FlakyDispatcher(clock, engine, error=StoreError("database is locked"))
+    daemon, _, _ = build(with_chat(make_config(database_url)), engine, clock, dispatcher=dispatcher)
+    with caplog.at_level(logging.DEBUG, logger="notifier.daemon"):
+        run_for(daemon, clock, 300)
+    calls = [at for at, _ in dispatcher.calls]
+    assert len(calls) <= 8, calls[:10]
+    pauses = [later - earlier for earlier, later in itertools.pairwise(calls)]
+    assert pauses == sorted(pauses)  # growing pauses
+    assert pauses[0] >= 5
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert "database is locked" in errors[0].getMessage()
+
+
+def test_dispatching_resumes_after_the_failure_clears(
+    engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    add_pending(engine, 1, int(clock.wall() * 1000) - 1000)
+    dispatcher = FlakyDispatcher(clock, engine, error=StoreError("database is locked"))
+
+    def heal() -> None:
+        dispatcher.error = None
+
+    clock.at[20.0] = heal
+    daemon, _, _ = build(with_chat(make_config(database_url)), engine, clock, dispatcher=dispatcher)
+    with caplog.at_level(logging.INFO, logger="notifier.daemon"):
+        run_for(daemon, clock, 120)
+    assert counts_by_state(engine)["sent"] == 1
+    assert "works again after" in caplog.text
+
+
+def test_outbox_retry_is_noticed_within_the_recheck_interval(
+    engine: Engine, database_url: str
+) -> None:
+    clock = FakeClock()
+    now_ms = int(clock.wall() * 1000)
+    add_pending(engine, 1, now_ms - 1000, due_in_ms=1000 + 10**9)  # a retry far in the future
+    dispatcher = FlakyDispatcher(clock, engine)
+
+    def retry_now() -> None:
+        retry(engine, now_ms=int(clock.wall() * 1000), include_pending=True)
+
+    clock.at[91.0] = retry_now  # just after a summary refresh (every 30 s)
+    daemon, _, _ = build(with_chat(make_config(database_url)), engine, clock, dispatcher=dispatcher)
+    run_for(daemon, clock, 200)
+    after = [at for at, _ in dispatcher.calls if at >= 91.0]
+    assert after, dispatcher.calls
+    assert after[0] - 91.0 <= OUTBOX_RECHECK + 0.01  # not the 30 s summary refresh
+    assert counts_by_state(engine)["sent"] == 1
 
 
 # -- stop ------------------------------------------------------------------------------------
