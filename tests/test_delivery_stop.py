@@ -84,7 +84,7 @@ def _config(tmp_path: Path, simulator: Simulator, hook: str) -> Path:
     return config_support.write_config(
         tmp_path,
         service={"poll_interval": 60, "poll_jitter": 0},
-        delivery={"timeout": 30, "max_age": 10**9, "backoff_initial": 0},
+        delivery={"timeout": 30, "max_age": 365 * 86400, "backoff_initial": 0},
         sources=[config_support.sim_source(simulator, "token", "sim", max_retries=0, timeout=2)],
         channels=[config_support.channel("hook", hook)],
     )
