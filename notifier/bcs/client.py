@@ -42,6 +42,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from notifier import __version__
+from notifier.backoff import compute_backoff
 from notifier.bcs import signing
 from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
 from notifier.bcs.errors import REQUEST_ID_HEADER, one_line, signature_echo
@@ -407,7 +408,9 @@ class BcsClient:
             return min(outcome.delay, BACKOFF_CAP)
         throttled = isinstance(outcome.error, ApiError) and outcome.error.status == 429
         base = THROTTLE_BASE if throttled else BACKOFF_BASE
-        return min(BACKOFF_CAP, base * 2.0 ** (attempt - 1) * (1.0 + self._jitter()))
+        return compute_backoff(
+            attempt, base=base, cap=BACKOFF_CAP, jitter="upward", draw=self._jitter()
+        )
 
     # -- AK/SK rejection -----------------------------------------------------------------------
 
