@@ -68,6 +68,13 @@ class Client(Protocol):
     def fetch(self) -> Fetched: ...
 
 
+class SourceClient(Client, Protocol):
+    """A client as the pipeline holds it, one per source: it fetches through this module
+    (never reading a body itself) and is closed when its source goes."""
+
+    def close(self) -> None: ...
+
+
 class RawRecords(Protocol):
     """One response's records as raw JSON values (``RecordStream`` or a decoded body)."""
 
