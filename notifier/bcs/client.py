@@ -33,7 +33,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -45,7 +45,7 @@ from notifier import __version__
 from notifier.backoff import compute_backoff
 from notifier.bcs import signing
 from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
-from notifier.bcs.errors import REQUEST_ID_HEADER, one_line, signature_echo
+from notifier.bcs.errors import REQUEST_ID_HEADER, iso_seconds, one_line, signature_echo
 from notifier.bcs.response import (
     ERROR_BODY_LIMIT,
     BodyTooLarge,
@@ -426,7 +426,7 @@ class BcsClient:
             "Gateway canonical request: %s. Ours: %s",
             self.source.name,
             error.one_line(),
-            _iso(self._signature_rest_until),
+            iso_seconds(self._signature_rest_until),
             echo.replace("\n", "\\n") if echo else "(not given)",
             ours or "(none)",
         )
@@ -443,12 +443,8 @@ class BcsClient:
             code=previous.code,
             message=(
                 f"{previous.error_message} (signature rejected earlier; not signing again "
-                f"before {_iso(self._signature_rest_until)})"
+                f"before {iso_seconds(self._signature_rest_until)})"
             ),
             request_id=previous.request_id,
             url=previous.url,
         )
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
