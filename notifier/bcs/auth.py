@@ -39,9 +39,9 @@ from notifier.bcs import signing
 from notifier.bcs.errors import (
     REDACTED,
     api_error,
-    decode_json,
     header,
     iso_seconds,
+    json_or_none,
     one_line,
     redact,
 )
@@ -273,7 +273,7 @@ class PasswordAuth(BcsAuth):
                 request_id=request_id,
                 url=self.token_url,
             )
-        lifetime = _token_lifetime(decode_json(body), now)
+        lifetime = _token_lifetime(json_or_none(body), now)
         if lifetime is None:
             logger.warning(
                 "%s: IAM gave no readable token.expires_at; assuming the token lasts %d s",

@@ -114,8 +114,9 @@ def iso_seconds(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
-def decode_json(body: bytes) -> Any:
-    """The JSON value of ``body``, or ``None`` when it is not JSON."""
+def json_or_none(body: bytes) -> Any:
+    """The JSON value of an error or token body, or ``None`` when it is not JSON (records
+    are decoded by :func:`notifier.bcs.sanitize.decode_json`, which bounds what it reads)."""
     if not body.strip():
         return None
     try:
@@ -176,7 +177,7 @@ def signature_echo(body: bytes, secrets: Iterable[str] = ()) -> str | None:
     what differed. Header lines carrying credentials and any signature are blanked out.
     """
     found: str | None = None
-    decoded = decode_json(body)
+    decoded = json_or_none(body)
     if isinstance(decoded, Mapping):
         found = _find_echo(decoded)
     if found is None:
@@ -210,7 +211,7 @@ def _find_echo(data: Mapping[str, Any], depth: int = 0) -> str | None:
 def body_message(body: bytes, decoded: Any = None) -> tuple[str | None, str, str | None]:
     """``(code, message, request_id)`` from raw error-body bytes of any shape."""
     if decoded is None:
-        decoded = decode_json(body)
+        decoded = json_or_none(body)
     code, message, request_id = error_fields(decoded)
     if message is None and code is None:
         if isinstance(decoded, Mapping | list):
