@@ -14,11 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from notifier.bcs.source import Listing, fetch_active, fetch_listing, queries_supported
+from notifier.bcs.source import (
+    Listing,
+    SourceClient,
+    fetch_active,
+    fetch_listing,
+    queries_supported,
+)
 from notifier.config import Config, SourceConfig
 from notifier.diff import diff_record
 from notifier.errors import AuthError, SignatureRejected, SourceError
@@ -45,20 +50,6 @@ from notifier.store.repository import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class Fetched(Protocol):
-    @property
-    def body(self) -> Any: ...
-
-    @property
-    def request_id(self) -> str | None: ...
-
-
-class SourceClient(Protocol):
-    def fetch(self) -> Fetched: ...
-
-    def close(self) -> None: ...
 
 
 ClientFactory = Callable[[SourceConfig], SourceClient]

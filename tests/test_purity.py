@@ -9,6 +9,7 @@ import sys
 import pytest
 
 PURE = [
+    "notifier.backoff",
     "notifier.model",
     "notifier.diff",
     "notifier.stalls",

@@ -36,7 +36,15 @@ from urllib.parse import parse_qsl
 import httpx
 
 from notifier.bcs import signing
-from notifier.bcs.errors import REDACTED, api_error, decode_json, header, one_line, redact
+from notifier.bcs.errors import (
+    REDACTED,
+    api_error,
+    header,
+    iso_seconds,
+    json_or_none,
+    one_line,
+    redact,
+)
 from notifier.config import Secret, SourceConfig
 from notifier.errors import ApiError, AuthError
 
@@ -265,7 +273,7 @@ class PasswordAuth(BcsAuth):
                 request_id=request_id,
                 url=self.token_url,
             )
-        lifetime = _token_lifetime(decode_json(body), now)
+        lifetime = _token_lifetime(json_or_none(body), now)
         if lifetime is None:
             logger.warning(
                 "%s: IAM gave no readable token.expires_at; assuming the token lasts %d s",
@@ -282,8 +290,8 @@ class PasswordAuth(BcsAuth):
             self._label,
             self._username,
             self._domain,
-            _iso(self._expires_at),
-            _iso(self._refresh_at),
+            iso_seconds(self._expires_at),
+            iso_seconds(self._refresh_at),
         )
         return token
 
@@ -296,10 +304,6 @@ def _as_auth_error(error: ApiError) -> AuthError:
         request_id=error.request_id,
         url=error.url,
     )
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def _parse_time(value: Any) -> datetime | None:

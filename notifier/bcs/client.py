@@ -13,7 +13,10 @@ failure into a :class:`~notifier.errors.SourceError` subclass; no httpx exceptio
     body over max_response_bytes   -> ResponseTooLarge
     body not a JSON object         -> InvalidResponse
 
-Every error carries the ``X-Request-Id`` response header when there was a response.
+Every error carries the ``X-Request-Id`` response header when there was a response. Reading
+one response (size caps, body decoding, the error mapping) is :mod:`notifier.bcs.response`;
+this module sends the requests, retries them and holds the client's state (token cache,
+signature rest, clock-skew warning).
 
 After a ``SignatureRejected`` the key must rest: five bad signatures in a row lock it for
 5 minutes. The client refuses to sign another request for ``SignatureRejected.min_backoff``
@@ -25,42 +28,57 @@ also covers an IAM login refused under password auth).
 from __future__ import annotations
 
 import logging
-import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from notifier import __version__
+from notifier.backoff import compute_backoff
 from notifier.bcs import signing
 from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
-from notifier.bcs.errors import (
-    REQUEST_ID_HEADER,
-    api_error,
-    html_excerpt,
-    one_line,
-    redact,
-    signature_echo,
+from notifier.bcs.errors import REQUEST_ID_HEADER, iso_seconds, one_line, signature_echo
+from notifier.bcs.response import (
+    ERROR_BODY_LIMIT,
+    BodyTooLarge,
+    Fetched,
+    Streamed,
+    cap_response,
+    date_ns,
+    parse_body,
+    read_body,
+    record_too_large,
+    response_error,
+    retry_after,
+    too_large,
+    transport_error,
 )
 from notifier.bcs.sanitize import decode_json
 from notifier.bcs.stream import DecodeWhole, RecordStream, RecordTooLarge
 from notifier.config import SourceConfig
-from notifier.errors import (
-    ApiError,
-    InvalidResponse,
-    ResponseTooLarge,
-    SignatureRejected,
-    SourceError,
-    TransportError,
-)
+from notifier.errors import ApiError, SignatureRejected, SourceError, TransportError
+
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_CAP",
+    "CLOCK_SKEW_WARNING",
+    "ERROR_BODY_LIMIT",
+    "RECORD_PATH",
+    "THROTTLE_BASE",
+    "USER_AGENT",
+    "BcsClient",
+    "Fetched",
+    "Streamed",
+    "decode_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,32 +94,6 @@ THROTTLE_BASE: Final = 2.0
 BACKOFF_CAP: Final = 30.0
 #: Warn when the server's Date differs from the local clock by more than this (seconds).
 CLOCK_SKEW_WARNING: Final = 600.0
-#: Error bodies are read up to this many bytes (only an excerpt is kept anyway).
-ERROR_BODY_LIMIT: Final = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """One successful answer: the parsed JSON object and where it came from."""
-
-    body: Any
-    request_id: str | None
-    size: int
-    status: int
-    #: the response's ``Date`` header in nanoseconds (the API's clock), None without one
-    server_time_ns: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Streamed(Generic[T]):
-    """One successful streamed answer: what ``consume`` made of its records."""
-
-    value: T
-    request_id: str | None
-    size: int
-    status: int
-    #: the response's ``Date`` header in nanoseconds: the API's clock (stall detection)
-    server_time_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,36 +102,6 @@ class _Retry:
 
     error: SourceError
     delay: float | None = None
-
-
-class _BodyTooLarge(Exception):
-    """Raised from inside a response stream once it passes the size cap."""
-
-    def __init__(self, limit: int, *, declared: int | None, request_id: str | None) -> None:
-        self.limit = limit
-        self.declared = declared
-        self.request_id = request_id
-        super().__init__(limit)
-
-
-class _CappedStream(httpx.SyncByteStream):
-    """A response stream that stops once more than ``limit`` raw bytes came in."""
-
-    def __init__(self, stream: httpx.SyncByteStream, limit: int, request_id: str | None) -> None:
-        self._stream = stream
-        self._limit = limit
-        self._request_id = request_id
-
-    def __iter__(self) -> Iterator[bytes]:
-        received = 0
-        for chunk in self._stream:
-            received += len(chunk)
-            if received > self._limit:
-                raise _BodyTooLarge(self._limit, declared=None, request_id=self._request_id)
-            yield chunk
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 class BcsClient:
@@ -340,15 +302,11 @@ class BcsClient:
                 return self._handle(response)
             finally:
                 response.close()
-        except _BodyTooLarge as exc:
-            raise self._too_large(exc) from exc
+        except BodyTooLarge as exc:
+            raise too_large(exc, self._host) from exc
         except RecordTooLarge as exc:
-            key = "max_record_bytes" if exc.what == "a record" else "max_response_bytes"
-            raise ResponseTooLarge(
-                f"{exc.what} from {self._host} is larger than {exc.limit} bytes "
-                f"({key} = {exc.limit})",
-                request_id=response.headers.get(REQUEST_ID_HEADER) if response else None,
-            ) from exc
+            request_id = response.headers.get(REQUEST_ID_HEADER) if response else None
+            raise record_too_large(exc, self._host, request_id) from exc
         except ApiError as exc:
             # raised by an auth flow (IAM answered an error); 429 and 5xx are worth a retry
             if exc.status == 429 or exc.status >= 500:
@@ -356,7 +314,13 @@ class BcsClient:
             raise
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict) as exc:
             request_id = response.headers.get(REQUEST_ID_HEADER) if response else None
-            error, retryable = self._transport_error(exc, request_id)
+            error, retryable = transport_error(
+                exc,
+                request_id,
+                host=self._host,
+                timeout=self.source.timeout,
+                secrets=self.auth.secrets(),
+            )
             if retryable:
                 return _Retry(error)
             raise error from exc
@@ -365,37 +329,23 @@ class BcsClient:
         status = response.status_code
         request_id = response.headers.get(REQUEST_ID_HEADER)
         if 200 <= status < 300:
-            body = self._read(response, self.source.max_response_bytes, request_id)
+            body = read_body(response, self.source.max_response_bytes, request_id)
             return Fetched(
-                body=self._parse(body, response, request_id),
+                body=parse_body(body, response, request_id),
                 request_id=request_id,
                 size=len(body),
                 status=status,
-                server_time_ns=_date_ns(response.headers.get("Date")),
+                server_time_ns=date_ns(response.headers.get("Date")),
             )
-        body = self._read(response, ERROR_BODY_LIMIT, request_id, truncate=True)
-        error = api_error(
-            status,
-            body,
-            response.headers,
-            signed=self.auth.signed,
-            url=self.url,
-            secrets=self.auth.secrets(),
+        body = read_body(response, ERROR_BODY_LIMIT, request_id, truncate=True)
+        error = response_error(
+            response, body, signed=self.auth.signed, url=self.url, secrets=self.auth.secrets()
         )
-        if 300 <= status < 400:
-            location = one_line(response.headers.get("Location", "?"), 200)
-            error = ApiError(
-                status=status,
-                code=error.code,
-                message=f"unexpected redirect to {location}; check the endpoint",
-                request_id=error.request_id,
-                url=self.url,
-            )
         if isinstance(error, SignatureRejected):
             self._rest_after_rejection(error, body)
             raise error
         if status == 429:
-            return _Retry(error, _retry_after(response.headers, self._clock()))
+            return _Retry(error, retry_after(response.headers, self._clock()))
         if status >= 500:
             return _Retry(error)
         raise error
@@ -420,66 +370,14 @@ class BcsClient:
             request_id,
             stream.size,
             response.status_code,
-            server_time_ns=_date_ns(response.headers.get("Date")),
+            server_time_ns=date_ns(response.headers.get("Date")),
         )
-
-    def _read(
-        self,
-        response: httpx.Response,
-        limit: int,
-        request_id: str | None,
-        *,
-        truncate: bool = False,
-    ) -> bytes:
-        """The decoded body, at most ``limit`` bytes (``truncate``: cut instead of failing)."""
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > limit:
-                if truncate:
-                    chunks.append(chunk[: limit - (size - len(chunk))])
-                    break
-                raise _BodyTooLarge(limit, declared=None, request_id=request_id)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _parse(self, body: bytes, response: httpx.Response, request_id: str | None) -> Any:
-        content_type = response.headers.get("Content-Type", "no Content-Type")
-        try:
-            data = decode_json(body, request_id)
-        except (ValueError, RecursionError) as exc:
-            excerpt = html_excerpt(body[:4096].decode("utf-8", errors="replace"), 80)
-            detail = f"{type(exc).__name__}: {one_line(str(exc), 120)}"
-            raise InvalidResponse(
-                f"HTTP {response.status_code} body is not JSON ({content_type}, "
-                f"{len(body)} bytes; {detail}){': ' + excerpt if excerpt else ''}",
-                request_id=request_id,
-            ) from exc
-        if not isinstance(data, dict):
-            raise InvalidResponse(
-                f"HTTP {response.status_code} body is JSON but not an object "
-                f"(a {type(data).__name__})",
-                request_id=request_id,
-            )
-        return data
 
     # -- response hook: size cap, clock skew ---------------------------------------------------
 
     def _on_response(self, response: httpx.Response) -> None:
         """Runs for every response (IAM and intermediate auth answers included)."""
-        request_id = response.headers.get(REQUEST_ID_HEADER)
-        limit = self.source.max_response_bytes
-        if response.is_success:
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-                raise _BodyTooLarge(limit, declared=int(declared), request_id=request_id)
-        else:
-            # error bodies are cut at ERROR_BODY_LIMIT when read; a small cap must not turn a
-            # retryable 502 page into ResponseTooLarge
-            limit = max(limit, ERROR_BODY_LIMIT)
-        if isinstance(response.stream, httpx.SyncByteStream):
-            response.stream = _CappedStream(response.stream, limit, request_id)
+        cap_response(response, self.source.max_response_bytes)
         self._check_clock(response.headers.get("Date"))
 
     def _check_clock(self, date_header: str | None) -> None:
@@ -503,56 +401,16 @@ class BcsClient:
                 round(skew),
             )
 
-    # -- errors --------------------------------------------------------------------------------
-
-    def _too_large(self, exc: _BodyTooLarge) -> ResponseTooLarge:
-        if exc.declared is not None:
-            detail = f"Content-Length {exc.declared} bytes"
-        else:
-            detail = f"more than {exc.limit} bytes"
-        return ResponseTooLarge(
-            f"response from {self._host} is too large ({detail}; max_response_bytes = {exc.limit})",
-            request_id=exc.request_id,
-        )
-
-    def _transport_error(self, exc: Exception, request_id: str | None) -> tuple[SourceError, bool]:
-        """The error for an httpx exception, and whether another attempt may help."""
-        error, retryable = self._map_transport_error(exc, request_id)
-        error.__cause__ = exc
-        return error, retryable
-
-    def _map_transport_error(
-        self, exc: Exception, request_id: str | None
-    ) -> tuple[SourceError, bool]:
-        name = type(exc).__name__
-        reason = one_line(redact(str(exc), self.auth.secrets()), 200) or name
-        if isinstance(exc, httpx.TimeoutException):
-            phase = {
-                httpx.ConnectTimeout: "connecting to",
-                httpx.ReadTimeout: "reading from",
-                httpx.WriteTimeout: "writing to",
-                httpx.PoolTimeout: "waiting for a connection to",
-            }.get(type(exc), "talking to")
-            message = f"timed out after {self.source.timeout:g} s {phase} {self._host}"
-            return TransportError(message, request_id=request_id), True
-        if isinstance(exc, httpx.DecodingError):
-            message = f"cannot decode the response from {self._host}: {reason}"
-            return InvalidResponse(message, request_id=request_id), False
-        if isinstance(exc, httpx.ConnectError) and _caused_by_tls(exc):
-            message = f"TLS failure connecting to {self._host}: {reason}"
-            return TransportError(message, request_id=request_id), False
-        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError):
-            message = f"network error talking to {self._host} ({name}): {reason}"
-            return TransportError(message, request_id=request_id), True
-        message = f"request to {self._host} failed ({name}): {reason}"
-        return TransportError(message, request_id=request_id), False
+    # -- retries -------------------------------------------------------------------------------
 
     def _delay(self, attempt: int, outcome: _Retry) -> float:
         if outcome.delay is not None:
             return min(outcome.delay, BACKOFF_CAP)
         throttled = isinstance(outcome.error, ApiError) and outcome.error.status == 429
         base = THROTTLE_BASE if throttled else BACKOFF_BASE
-        return min(BACKOFF_CAP, base * 2.0 ** (attempt - 1) * (1.0 + self._jitter()))
+        return compute_backoff(
+            attempt, base=base, cap=BACKOFF_CAP, jitter="upward", draw=self._jitter()
+        )
 
     # -- AK/SK rejection -----------------------------------------------------------------------
 
@@ -568,7 +426,7 @@ class BcsClient:
             "Gateway canonical request: %s. Ours: %s",
             self.source.name,
             error.one_line(),
-            _iso(self._signature_rest_until),
+            iso_seconds(self._signature_rest_until),
             echo.replace("\n", "\\n") if echo else "(not given)",
             ours or "(none)",
         )
@@ -585,62 +443,8 @@ class BcsClient:
             code=previous.code,
             message=(
                 f"{previous.error_message} (signature rejected earlier; not signing again "
-                f"before {_iso(self._signature_rest_until)})"
+                f"before {iso_seconds(self._signature_rest_until)})"
             ),
             request_id=previous.request_id,
             url=previous.url,
         )
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-def _caused_by_tls(exc: BaseException) -> bool:
-    """A TLS handshake/verification failure (retrying will not fix a bad certificate)."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError) or "[SSL" in str(current):
-            return True
-        pending.extend(link for link in (current.__cause__, current.__context__) if link)
-    return False
-
-
-def _date_ns(value: str | None) -> int | None:
-    """An HTTP ``Date`` header in nanoseconds since the epoch, None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    seconds = int(moment.timestamp())
-    return seconds * 1_000_000_000 if seconds > 0 else None
-
-
-def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = moment.timestamp() - now
-    if math.isnan(seconds):
-        return None
-    return max(0.0, seconds)

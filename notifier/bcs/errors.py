@@ -21,6 +21,7 @@ import html
 import json
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -102,8 +103,20 @@ def html_excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
     return one_line(words, limit)
 
 
-def decode_json(body: bytes) -> Any:
-    """The JSON value of ``body``, or ``None`` when it is not JSON."""
+def json_excerpt(body: Mapping[str, Any], limit: int = 200) -> str:
+    """A decoded body as one line of compact JSON, cut at ``limit`` characters."""
+    text = " ".join(json.dumps(body, ensure_ascii=False, default=str).split())
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def iso_seconds(epoch: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC time to the second, for messages."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def json_or_none(body: bytes) -> Any:
+    """The JSON value of an error or token body, or ``None`` when it is not JSON (records
+    are decoded by :func:`notifier.bcs.sanitize.decode_json`, which bounds what it reads)."""
     if not body.strip():
         return None
     try:
@@ -164,7 +177,7 @@ def signature_echo(body: bytes, secrets: Iterable[str] = ()) -> str | None:
     what differed. Header lines carrying credentials and any signature are blanked out.
     """
     found: str | None = None
-    decoded = decode_json(body)
+    decoded = json_or_none(body)
     if isinstance(decoded, Mapping):
         found = _find_echo(decoded)
     if found is None:
@@ -198,7 +211,7 @@ def _find_echo(data: Mapping[str, Any], depth: int = 0) -> str | None:
 def body_message(body: bytes, decoded: Any = None) -> tuple[str | None, str, str | None]:
     """``(code, message, request_id)`` from raw error-body bytes of any shape."""
     if decoded is None:
-        decoded = decode_json(body)
+        decoded = json_or_none(body)
     code, message, request_id = error_fields(decoded)
     if message is None and code is None:
         if isinstance(decoded, Mapping | list):

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from notifier.bcs.errors import json_excerpt
 from notifier.bcs.sanitize import (
     MAX_ID,
     MAX_ITEMS,
@@ -63,13 +64,13 @@ def parse_response(body: Any, *, request_id: str | None = None) -> ParsedRespons
     error = body.get("error_code") or body.get("error")
     if error is not None and "operation_records" not in body:
         raise InvalidResponse(
-            f"an error body came with a success status: {_excerpt(body)}", request_id=request_id
+            f"an error body came with a success status: {json_excerpt(body)}", request_id=request_id
         )
     if "operation_records" not in body and body.get("count") != 0:
         # an empty list must be said, not implied: reading this as "no records" would
         # mark every stored operation gone
         raise InvalidResponse(
-            f"response has no operation_records: {_excerpt(body)}", request_id=request_id
+            f"response has no operation_records: {json_excerpt(body)}", request_id=request_id
         )
     raw_records = body.get("operation_records")
     if raw_records is None:
@@ -113,11 +114,6 @@ def parse_response(body: Any, *, request_id: str | None = None) -> ParsedRespons
         seen.add(record.operation_id)
         records.append(record)
     return ParsedResponse(count=count, records=tuple(records), skipped=tuple(skipped))
-
-
-def _excerpt(body: Mapping[str, Any], limit: int = 200) -> str:
-    text = " ".join(json.dumps(body, ensure_ascii=False, default=str).split())
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _operation_id(raw: Any) -> str:

@@ -17,7 +17,7 @@ Every repair is noted (``notes``) so the parser logs one warning per record nami
 bounded. A value that cannot be repaired (an ``operation_id`` longer than the store's column)
 makes the record malformed: it is skipped like any other malformed record.
 
-Any decoder of operation records (the buffered one in ``bcs.client`` and a streamed one)
+Any decoder of operation records (the buffered one in ``bcs.response`` and a streamed one)
 uses :func:`json_int` and then ``parse.parse_record``, which calls the functions here.
 """
 

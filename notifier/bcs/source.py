@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from notifier.bcs.errors import json_excerpt
 from notifier.bcs.parse import MalformedRecord, parse_record, select
 from notifier.errors import IncompleteResponse, InvalidResponse
 from notifier.model import OperationRecord, canonical_json, normalise_status
@@ -66,6 +67,13 @@ class Client(Protocol):
     """What a poll needs of a client: ``fetch()``; ``fetch_records`` where it exists."""
 
     def fetch(self) -> Fetched: ...
+
+
+class SourceClient(Client, Protocol):
+    """A client as the pipeline holds it, one per source: it fetches through this module
+    (never reading a body itself) and is closed when its source goes."""
+
+    def close(self) -> None: ...
 
 
 class RawRecords(Protocol):
@@ -285,14 +293,14 @@ def _checked_count(raw: RawRecords) -> int:
     error = envelope.get("error_code") or envelope.get("error")
     if error is not None and kind == "absent":
         raise InvalidResponse(
-            f"an error body came with a success status: {_excerpt(envelope)}",
+            f"an error body came with a success status: {json_excerpt(envelope)}",
             request_id=request_id,
         )
     if kind == "absent" and envelope.get("count") != 0:
         # an empty list must be said, not implied: reading this as "no records" would
         # mark every stored operation gone
         raise InvalidResponse(
-            f"response has no operation_records: {_excerpt(envelope)}", request_id=request_id
+            f"response has no operation_records: {json_excerpt(envelope)}", request_id=request_id
         )
     if kind not in ("list", "null", "absent"):
         raise InvalidResponse(f"operation_records is a {kind}, not a list", request_id=request_id)
@@ -339,11 +347,6 @@ def _excluded(raw: Any, filters: Mapping[str, Sequence[str]]) -> bool:
         if isinstance(value, str) and value not in allowed:
             return True
     return False
-
-
-def _excerpt(body: Mapping[str, Any], limit: int = 200) -> str:
-    text = " ".join(json.dumps(body, ensure_ascii=False, default=str).split())
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def merge(listings: Sequence[Listing]) -> Listing:
