@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -496,3 +497,29 @@ class IterStream(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.chunks
+
+
+def test_a_hostile_id_reaches_the_log_printable_and_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The streamed listing names a skipped or repeated record as the parser does: one
+    printable line of at most 160 characters, whatever the id holds."""
+    from notifier.bcs.source import BodyRecords, read_listing
+
+    hostile = "OP-\nforged log line " + "x" * 5000
+    body = {
+        "count": 3,
+        "operation_records": [
+            {"operation_id": hostile, "operation_status": "processing", "record_time": "bad"},
+            {"operation_id": "OP-1", "operation_status": "finished", "record_time": 1},
+            {"operation_id": "OP-1", "operation_status": "finished", "record_time": 1},
+        ],
+    }
+    with caplog.at_level(logging.WARNING, logger="notifier.bcs.source"):
+        read_listing(BodyRecords(body, None), {})
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("appears twice" in line for line in lines)
+    assert lines, "nothing was logged"
+    for line in lines:
+        assert "\n" not in line
+        assert len(line) < 600

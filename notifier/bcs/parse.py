@@ -99,7 +99,7 @@ def parse_response(body: Any, *, request_id: str | None = None) -> ParsedRespons
         except MalformedRecord as exc:
             logger.warning(
                 "skipping malformed operation record %s: %s (request id %s)",
-                _shown_id(operation_id) if operation_id else f"#{index}",
+                shown_id(operation_id) if operation_id else f"#{index}",
                 exc,
                 request_id or "-",
             )
@@ -157,14 +157,14 @@ def parse_record(raw: Any) -> OperationRecord:
         more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
         logger.warning(
             "operation record %s: bounded values from the API: %s%s",
-            _shown_id(operation_id),
+            shown_id(operation_id),
             "; ".join(shown[:5]),
             more,
         )
     return record
 
 
-def _shown_id(operation_id: str) -> str:
+def shown_id(operation_id: str) -> str:
     """An id as a log line shows it: printable, at most 160 characters."""
     return repr(safe_text(operation_id, 160))[1:-1]
 

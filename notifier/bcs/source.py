@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import orjson
 
 from notifier.bcs.errors import json_excerpt
-from notifier.bcs.parse import MalformedRecord, parse_record, select
+from notifier.bcs.parse import MalformedRecord, parse_record, select, shown_id
 from notifier.errors import IncompleteResponse, InvalidResponse
 from notifier.model import OperationRecord, canonical_json, normalise_status
 from notifier.stalls import Sample, finished_samples
@@ -240,7 +240,7 @@ def read_listing(
         if operation_id and operation_id in listed:
             logger.warning(
                 "operation record %s appears twice in one response; keeping the first",
-                operation_id,
+                shown_id(operation_id),
             )
             continue
         if operation_id:
@@ -267,7 +267,7 @@ def read_listing(
             # _CONTENT_ERRORS: a last guard behind notifier.bcs.sanitize (it cannot be stored)
             logger.warning(
                 "skipping malformed operation record %s: %s (request id %s)",
-                operation_id or f"#{index}",
+                shown_id(operation_id) if operation_id else f"#{index}",
                 exc,
                 raw.request_id or "-",
             )
