@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import Secret, find_config_path, load_config, parse_config
+from notifier.config import (
+    ChannelConfig,
+    ChannelValidator,
+    Secret,
+    find_config_path,
+    load_config,
+    parse_config,
+)
 from notifier.errors import ConfigError
 
 MINIMAL = """
@@ -294,3 +301,47 @@ def test_check_config_exits_78_for_a_database_driver_that_is_not_installed(
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
     assert result.exit_code == 78
     assert "service.database: the postgresql driver 'pg8000' is not installed" in result.stderr
+
+
+def test_channel_validators_are_passed_in_and_report_under_the_channels_key_path() -> None:
+    import notifier.channels.targets  # noqa: F401 - importing it must register nothing
+
+    text = MINIMAL + (
+        '[[channels]]\nname = "ok"\nurls = ["console://"]\n'
+        '[[channels]]\nname = "ops"\nurls = ["console://", "json://h.test/"]\n'
+    )
+    seen: list[str] = []
+
+    def validator(channel: ChannelConfig) -> list[tuple[str, str]]:
+        seen.append(channel.name)
+        return [("urls[1]", "refused by the test")] if len(channel.urls) > 1 else []
+
+    assert len(parse_config(text, environ={"BCS_TOKEN": "x"}).channels) == 2  # none passed
+    assert problems_with(text, (validator,)) == ["channels[1].urls[1]: refused by the test"]
+    assert seen == ["ok", "ops"]
+    # an incomplete channel is not handed to a validator (its own problem is reported)
+    seen.clear()
+    assert problems_with(MINIMAL + '[[channels]]\nname = "x"\nurls = []\n', (validator,)) == [
+        "channels[0].urls: at least one apprise URL is required"
+    ]
+    assert seen == []
+
+
+def test_load_config_hands_the_validators_on(tmp_path: Path) -> None:
+    from notifier.channels.targets import validate_channel
+
+    path = tmp_path / "notifier.toml"
+    path.write_text(
+        MINIMAL.replace("${BCS_TOKEN}", "t")
+        + '[[channels]]\nname = "ops"\nurls = ["unknownschema://x.test/"]\n'
+    )
+    assert load_config(path).channels[0].urls == ("unknownschema://x.test/",)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, channel_validators=(validate_channel,))
+    assert [problem.path for problem in raised.value.problems] == ["channels[0].urls[0]"]
+
+
+def problems_with(text: str, validators: tuple[ChannelValidator, ...]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={"BCS_TOKEN": "x"}, channel_validators=validators)
+    return [str(problem) for problem in caught.value.problems]

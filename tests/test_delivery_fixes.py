@@ -45,7 +45,7 @@ from notifier.channels.render import (
     template_context,
     zone,
 )
-from notifier.channels.targets import url_key
+from notifier.channels.targets import url_key, validate_channel
 from notifier.cli import main
 from notifier.config import ChannelConfig, Config, parse_config
 from notifier.daemon import OUTBOX_RECHECK, Components, Daemon, InlineExecutor
@@ -583,7 +583,7 @@ def test_an_unknown_timezone_and_a_broken_template_are_both_reported() -> None:
         """
     )
     with pytest.raises(ConfigError) as raised:
-        parse_config(text)
+        parse_config(text, channel_validators=(validate_channel,))
     paths = sorted(
         problem.path for problem in raised.value.problems if problem.path.startswith("channels")
     )

@@ -7,17 +7,11 @@
 - :mod:`notifier.config.load`: :func:`load_config` / :func:`parse_config` (every section
   validated, every problem reported at once) and :func:`find_config_path`.
 
-Checks that need apprise or Jinja2 (channel URLs, templates) are registered in
-``CHANNEL_VALIDATORS`` by ``notifier.channels.targets``.
+Checks that need apprise or Jinja2 (channel URLs, templates) are not registered here: the
+caller passes them in, ``load_config(path, channel_validators=(validate_channel,))``.
 """
 
-from notifier.config.load import (
-    CHANNEL_VALIDATORS,
-    ChannelValidator,
-    find_config_path,
-    load_config,
-    parse_config,
-)
+from notifier.config.load import ChannelValidator, find_config_path, load_config, parse_config
 from notifier.config.model import (
     AUTH_TYPES,
     CONFIG_ENV_VAR,
@@ -39,7 +33,6 @@ from notifier.config.reader import NUMBER_MAX
 
 __all__ = [
     "AUTH_TYPES",
-    "CHANNEL_VALIDATORS",
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATHS",
     "DEFAULT_DATABASE",

@@ -41,6 +41,11 @@ from notifier.errors import ConfigError, ConfigProblem
 from notifier.model import KNOWN_STATUSES
 from notifier.stalls import MAX_SAMPLES
 
+#: Extra checks of a channel that need what this package stays free of (apprise, Jinja2):
+#: the composition root passes them in (``notifier.channels.targets.validate_channel``).
+#: Each returns ``(key, message)`` problems for one channel, the key relative to it.
+ChannelValidator = Callable[[ChannelConfig], list[tuple[str, str]]]
+
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -58,9 +63,15 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    channel_validators: Sequence[ChannelValidator] = (),
 ) -> Config:
-    """Read and validate a config file; raise ``ConfigError`` listing every problem."""
+    """Read and validate a config file; raise ``ConfigError`` listing every problem.
+
+    ``channel_validators`` check each complete channel further (its URLs, its templates);
+    their problems are config errors like any other."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -75,7 +86,13 @@ def load_config(
     except OSError as exc:
         problem = ConfigProblem("", f"cannot read: {exc.strerror}")
         raise ConfigError([problem], filename=str(file)) from exc
-    return parse_config(text, filename=str(file), base_dir=file.parent, environ=environ)
+    return parse_config(
+        text,
+        filename=str(file),
+        base_dir=file.parent,
+        environ=environ,
+        channel_validators=channel_validators,
+    )
 
 
 def parse_config(
@@ -84,7 +101,9 @@ def parse_config(
     filename: str | None = None,
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    channel_validators: Sequence[ChannelValidator] = (),
 ) -> Config:
+    """Validate a config file's text (see :func:`load_config`)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -100,7 +119,7 @@ def parse_config(
         environ=os.environ if environ is None else environ,
         base_dir=base_dir or Path.cwd(),
     )
-    config = _build(reader, data)
+    config = _build(reader, data, tuple(channel_validators))
     if reader.problems or config is None:
         raise ConfigError(reader.problems, filename=filename)
     return Config(
@@ -210,12 +229,16 @@ def _check_name(reader: Reader, name: str | None, path: str) -> None:
         reader.problem(path, "must be 1-64 letters, digits, '_', '.' or '-'")
 
 
-def _build(reader: Reader, data: dict[str, Any]) -> Config | None:
+def _build(
+    reader: Reader, data: dict[str, Any], channel_validators: Sequence[ChannelValidator]
+) -> Config | None:
     root = Section(reader, data, "")
     service = _build_service(reader, root.table("service"))
     delivery = _build_delivery(root.table("delivery"))
     sources = [_build_source(reader, section) for section in root.tables("sources")]
-    channels = [_build_channel(reader, section) for section in root.tables("channels")]
+    channels = [
+        _build_channel(reader, section, channel_validators) for section in root.tables("channels")
+    ]
     if "sources" not in data:
         reader.problem("sources", "at least one [[sources]] entry is required")
     root.finish()
@@ -423,13 +446,9 @@ def _build_source(reader: Reader, section: Section) -> SourceConfig | None:
     )
 
 
-#: Extra checks for channel URLs and templates, registered by ``notifier.channels`` so this
-#: module stays free of apprise and Jinja2. Each returns problem messages for one channel.
-ChannelValidator = Callable[["ChannelConfig"], list[tuple[str, str]]]
-CHANNEL_VALIDATORS: list[ChannelValidator] = []
-
-
-def _build_channel(reader: Reader, section: Section) -> ChannelConfig | None:
+def _build_channel(
+    reader: Reader, section: Section, validators: Sequence[ChannelValidator]
+) -> ChannelConfig | None:
     name = section.string("name", required=True)
     _check_name(reader, name, section.key_path("name"))
     urls = section.strings("urls")
@@ -474,16 +493,10 @@ def _build_channel(reader: Reader, section: Section) -> ChannelConfig | None:
     if name is None or not urls or dropped:
         return None
     _check_timezone(reader, channel.timezone, section.key_path("timezone"))
-    for key, message in _run_channel_validators(channel):
-        reader.problem(section.key_path(key), message)
+    for validator in validators:
+        for key, message in validator(channel):
+            reader.problem(section.key_path(key), message)
     return channel
-
-
-def _run_channel_validators(channel: ChannelConfig) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-    for validator in CHANNEL_VALIDATORS:
-        found.extend(validator(channel))
-    return found
 
 
 def _check_timezone(reader: Reader, name: str, path: str) -> None:
