@@ -16,6 +16,7 @@ from notifier.config import (
     parse_config,
 )
 from notifier.errors import ConfigError
+from notifier.model import EventType
 
 MINIMAL = """
 [[sources]]
@@ -339,6 +340,22 @@ def test_load_config_hands_the_validators_on(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(path, channel_validators=(validate_channel,))
     assert [problem.path for problem in raised.value.problems] == ["channels[0].urls[0]"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ok"),
+    [(event_type.value, True) for event_type in EventType]
+    + [("*", True), ("source.*", True), ("*.stall", False), ("operation.deleted", False)],
+    ids=str,
+)
+def test_event_globs_are_checked_against_every_event_type(pattern: str, ok: bool) -> None:
+    text = MINIMAL + f'[[channels]]\nname = "c"\nurls = ["console://"]\nevents = ["{pattern}"]\n'
+    if ok:
+        assert parse_config(text, environ={"BCS_TOKEN": "x"}).channels[0].events == (pattern,)
+    else:
+        (found,) = problems(text, BCS_TOKEN="x")
+        known = ", ".join(event_type.value for event_type in EventType)
+        assert found == f"channels[0].events[0]: {pattern!r} matches no event type ({known})"
 
 
 def problems_with(text: str, validators: tuple[ChannelValidator, ...]) -> list[str]:

@@ -25,7 +25,6 @@ from notifier.config.model import (
     AUTH_TYPES,
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATHS,
-    EVENT_TYPE_NAMES,
     FILTER_KEYS,
     POLL_MODES,
     AuthConfig,
@@ -38,13 +37,16 @@ from notifier.config.model import (
 )
 from notifier.config.reader import Reader, Section
 from notifier.errors import ConfigError, ConfigProblem
-from notifier.model import KNOWN_STATUSES
+from notifier.model import KNOWN_STATUSES, EventType
 from notifier.stalls import MAX_SAMPLES
 
 #: Extra checks of a channel that need what this package stays free of (apprise, Jinja2):
 #: the composition root passes them in (``notifier.channels.targets.validate_channel``).
 #: Each returns ``(key, message)`` problems for one channel, the key relative to it.
 ChannelValidator = Callable[[ChannelConfig], list[tuple[str, str]]]
+
+#: The event types a channel's ``events`` globs may match (the enum's, in its order).
+_EVENT_TYPES: Final = tuple(event_type.value for event_type in EventType)
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -463,7 +465,7 @@ def _build_channel(
         if not _glob_matches_any(pattern):
             reader.problem(
                 f"{section.key_path('events')}[{index}]",
-                f"{pattern!r} matches no event type ({', '.join(EVENT_TYPE_NAMES)})",
+                f"{pattern!r} matches no event type ({', '.join(_EVENT_TYPES)})",
             )
     statuses = tuple(status.strip().lower() for status in section.strings("statuses"))
     # a typo ("faild") would silently filter out everything: unknown statuses only on request
@@ -507,4 +509,4 @@ def _check_timezone(reader: Reader, name: str, path: str) -> None:
 
 
 def _glob_matches_any(pattern: str) -> bool:
-    return any(fnmatchcase(event, pattern) for event in EVENT_TYPE_NAMES)
+    return any(fnmatchcase(event, pattern) for event in _EVENT_TYPES)

@@ -20,18 +20,6 @@ AUTH_TYPES: Final = ("token", "password", "aksk")
 #: would vanish from the response and its transition would never be seen.
 FILTER_KEYS: Final = ("blockchain_id", "resource_type", "operation_type")
 POLL_MODES: Final = ("incremental", "full")
-EVENT_TYPE_NAMES: Final = (
-    "operation.created",
-    "operation.status_changed",
-    "step.created",
-    "step.status_changed",
-    "substep.created",
-    "substep.status_changed",
-    "source.unreachable",
-    "source.recovered",
-    "step.stalled",
-    "substep.stalled",
-)
 
 
 class Secret:
