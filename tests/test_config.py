@@ -87,7 +87,45 @@ timezone = "Mars/Olympus"
         "operation.status_changed, step.created, step.status_changed, substep.created, "
         "substep.status_changed, source.unreachable, source.recovered, step.stalled, "
         "substep.stalled)",
+        "channels[0].timezone: unknown time zone 'Mars/Olympus'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [
+        (
+            'name = "ops"\nurls = []\ntimezone = "Mars/Olympus"',
+            [
+                "channels[0].urls: at least one apprise URL is required",
+                "channels[0].timezone: unknown time zone 'Mars/Olympus'",
+            ],
+        ),
+        (
+            'urls = ["console://"]\ntimezone = "Mars/Olympus"',
+            [
+                "channels[0].name: is required",
+                "channels[0].timezone: unknown time zone 'Mars/Olympus'",
+            ],
+        ),
+        (
+            'name = "ops"\nurls = ["json://${HOOK_HOST}/"]\ntimezone = "Mars/Olympus"',
+            [
+                "channels[0].urls[0]: environment variable not set: ${HOOK_HOST}",
+                "channels[0].timezone: unknown time zone 'Mars/Olympus'",
+            ],
+        ),
+        (
+            'name = "ops"\nurls = []\ntimezone = "Europe/Paris"',
+            ["channels[0].urls: at least one apprise URL is required"],
+        ),
+    ],
+    ids=["no-urls", "no-name", "unset-url-variable", "good-zone"],
+)
+def test_an_incomplete_channel_still_reports_a_bad_time_zone(
+    channel: str, expected: list[str]
+) -> None:
+    assert problems(MINIMAL + f"[[channels]]\n{channel}\n", BCS_TOKEN="x") == expected
 
 
 def test_error_message_names_the_file() -> None:

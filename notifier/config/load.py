@@ -492,9 +492,10 @@ def _build_channel(
         max_length=section.number("max_length", 0, minimum=0, integer=True, maximum=10_000_000),
     )
     section.finish()
+    # checked whatever else is wrong with the channel: every problem is reported at once
+    _check_timezone(reader, channel.timezone, section.key_path("timezone"))
     if name is None or not urls or dropped:
         return None
-    _check_timezone(reader, channel.timezone, section.key_path("timezone"))
     for validator in validators:
         for key, message in validator(channel):
             reader.problem(section.key_path(key), message)
