@@ -327,6 +327,34 @@ def test_a_database_that_cannot_be_opened_is_a_config_error(url: str, fragment: 
     assert "DbPw123" not in problem
 
 
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        ("sqlite:///{tmp}/state.db", None),
+        ("postgresql+psycopg://bcs@db.example.test/bcs", None),
+        ("sqlite://", "must name a SQLite file (the state must outlive the process)"),
+        ("sqlite:///:memory:", "must name a SQLite file (the state must outlive the process)"),
+        ("sqlite:///{tmp}", "{tmp} is a directory, not a database file"),
+        (
+            "sqlite:///{tmp}/file/state.db",
+            "cannot create {tmp}/file/state.db: a parent is not a directory",
+        ),
+    ],
+    ids=["file", "postgresql", "no-file", "memory", "directory", "parent-is-a-file"],
+)
+def test_the_database_must_be_a_place_the_state_can_outlive_the_process(
+    tmp_path: Path, database: str, expected: str | None
+) -> None:
+    (tmp_path / "file").write_text("")
+    text = f'[service]\ndatabase = "{database.format(tmp=tmp_path)}"\n' + MINIMAL
+    if expected is None:
+        parse_config(text, environ={"BCS_TOKEN": "x"})
+    else:
+        assert problems(text, BCS_TOKEN="x") == [
+            f"service.database: {expected.format(tmp=tmp_path)}"
+        ]
+
+
 def test_check_config_exits_78_for_a_database_driver_that_is_not_installed(
     tmp_path: Path,
 ) -> None:

@@ -47,7 +47,6 @@ ChannelValidator = Callable[[ChannelConfig], list[tuple[str, str]]]
 
 #: The event types a channel's ``events`` globs may match (the enum's, in its order).
 _EVENT_TYPES: Final = tuple(event_type.value for event_type in EventType)
-
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -169,9 +168,7 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
 def _check_database(reader: Reader, url: str, path: str) -> None:
     """A SQLAlchemy URL of a known backend; a SQLite file whose place can hold a file."""
     # checked here, not at the first connection: a missing driver is a config error
-    from sqlalchemy.engine import make_url
-
-    from notifier.store.db import database_url_problem
+    from notifier.store.db import database_url_problem, sqlite_database
 
     if not url.strip():
         reader.problem(path, "must not be empty (leave it out for the default)")
@@ -183,10 +180,9 @@ def _check_database(reader: Reader, url: str, path: str) -> None:
     if problem is not None:
         reader.problem(path, " ".join(problem.split())[:300])
         return
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    database = sqlite_database(url)
+    if database is None:
         return
-    database = parsed.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         reader.problem(path, "must name a SQLite file (the state must outlive the process)")
         return
