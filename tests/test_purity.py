@@ -16,6 +16,7 @@ PURE = [
     "notifier.bcs.parse",
     "notifier.bcs.signing",
     "notifier.channels.render",
+    "notifier.config",
 ]
 FORBIDDEN = ["httpx", "sqlalchemy", "apprise", "click", "alembic", "requests"]
 
