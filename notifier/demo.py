@@ -317,7 +317,7 @@ class Demo:
     # -- the run --
 
     def run(self) -> DemoReport:
-        from notifier.channels.targets import install_validators
+        from notifier.channels.targets import validate_channel
         from notifier.store import db
 
         started = time.monotonic()
@@ -339,11 +339,11 @@ class Demo:
             simulator.start()
             self._simulator = simulator
             database = f"sqlite:///{scratch / 'state.db'}"
-            install_validators()
             config = parse_config(
                 demo_config_text(simulator, self.options, database),
                 filename="<demo>",
                 base_dir=scratch,
+                channel_validators=(validate_channel,),
             )
             engine = db.make_engine(database)
             db.upgrade(engine, backup=False)

@@ -11,9 +11,18 @@ from click.testing import CliRunner
 from config_support import channel, write_config
 
 from notifier.channels.render import check_templates
+from notifier.channels.targets import validate_channel
 from notifier.cli import main
-from notifier.config import Secret, find_config_path, load_config, parse_config
+from notifier.config import (
+    ChannelConfig,
+    ChannelValidator,
+    Secret,
+    find_config_path,
+    load_config,
+    parse_config,
+)
 from notifier.errors import ConfigError
+from notifier.model import EventType
 
 MINIMAL = """
 [[sources]]
@@ -84,7 +93,45 @@ timezone = "Mars/Olympus"
         "operation.status_changed, step.created, step.status_changed, substep.created, "
         "substep.status_changed, source.unreachable, source.recovered, step.stalled, "
         "substep.stalled)",
+        "channels[0].timezone: unknown time zone 'Mars/Olympus'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [
+        (
+            'name = "ops"\nurls = []\ntimezone = "Mars/Olympus"',
+            [
+                "channels[0].urls: at least one apprise URL is required",
+                "channels[0].timezone: unknown time zone 'Mars/Olympus'",
+            ],
+        ),
+        (
+            'urls = ["console://"]\ntimezone = "Mars/Olympus"',
+            [
+                "channels[0].name: is required",
+                "channels[0].timezone: unknown time zone 'Mars/Olympus'",
+            ],
+        ),
+        (
+            'name = "ops"\nurls = ["json://${HOOK_HOST}/"]\ntimezone = "Mars/Olympus"',
+            [
+                "channels[0].urls[0]: environment variable not set: ${HOOK_HOST}",
+                "channels[0].timezone: unknown time zone 'Mars/Olympus'",
+            ],
+        ),
+        (
+            'name = "ops"\nurls = []\ntimezone = "Europe/Paris"',
+            ["channels[0].urls: at least one apprise URL is required"],
+        ),
+    ],
+    ids=["no-urls", "no-name", "unset-url-variable", "good-zone"],
+)
+def test_an_incomplete_channel_still_reports_a_bad_time_zone(
+    channel: str, expected: list[str]
+) -> None:
+    assert problems(MINIMAL + f"[[channels]]\n{channel}\n", BCS_TOKEN="x") == expected
 
 
 def test_error_message_names_the_file() -> None:
@@ -286,6 +333,34 @@ def test_a_database_that_cannot_be_opened_is_a_config_error(url: str, fragment: 
     assert "DbPw123" not in problem
 
 
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        ("sqlite:///{tmp}/state.db", None),
+        ("postgresql+psycopg://bcs@db.example.test/bcs", None),
+        ("sqlite://", "must name a SQLite file (the state must outlive the process)"),
+        ("sqlite:///:memory:", "must name a SQLite file (the state must outlive the process)"),
+        ("sqlite:///{tmp}", "{tmp} is a directory, not a database file"),
+        (
+            "sqlite:///{tmp}/file/state.db",
+            "cannot create {tmp}/file/state.db: a parent is not a directory",
+        ),
+    ],
+    ids=["file", "postgresql", "no-file", "memory", "directory", "parent-is-a-file"],
+)
+def test_the_database_must_be_a_place_the_state_can_outlive_the_process(
+    tmp_path: Path, database: str, expected: str | None
+) -> None:
+    (tmp_path / "file").write_text("")
+    text = f'[service]\ndatabase = "{database.format(tmp=tmp_path)}"\n' + MINIMAL
+    if expected is None:
+        parse_config(text, environ={"BCS_TOKEN": "x"})
+    else:
+        assert problems(text, BCS_TOKEN="x") == [
+            f"service.database: {expected.format(tmp=tmp_path)}"
+        ]
+
+
 def test_check_config_exits_78_for_a_database_driver_that_is_not_installed(
     tmp_path: Path,
 ) -> None:
@@ -336,8 +411,68 @@ def test_an_unknown_timezone_and_a_broken_template_are_both_reported() -> None:
         """
     )
     with pytest.raises(ConfigError) as raised:
-        parse_config(text)
+        parse_config(text, channel_validators=(validate_channel,))
     paths = sorted(
         problem.path for problem in raised.value.problems if problem.path.startswith("channels")
     )
     assert paths == ["channels[0].body", "channels[0].timezone", "channels[0].title"]
+
+
+def test_channel_validators_are_passed_in_and_report_under_the_channels_key_path() -> None:
+    import notifier.channels.targets  # noqa: F401 - importing it must register nothing
+
+    text = MINIMAL + (
+        '[[channels]]\nname = "ok"\nurls = ["console://"]\n'
+        '[[channels]]\nname = "ops"\nurls = ["console://", "json://h.test/"]\n'
+    )
+    seen: list[str] = []
+
+    def validator(channel: ChannelConfig) -> list[tuple[str, str]]:
+        seen.append(channel.name)
+        return [("urls[1]", "refused by the test")] if len(channel.urls) > 1 else []
+
+    assert len(parse_config(text, environ={"BCS_TOKEN": "x"}).channels) == 2  # none passed
+    assert problems_with(text, (validator,)) == ["channels[1].urls[1]: refused by the test"]
+    assert seen == ["ok", "ops"]
+    # an incomplete channel is not handed to a validator (its own problem is reported)
+    seen.clear()
+    assert problems_with(MINIMAL + '[[channels]]\nname = "x"\nurls = []\n', (validator,)) == [
+        "channels[0].urls: at least one apprise URL is required"
+    ]
+    assert seen == []
+
+
+def test_load_config_hands_the_validators_on(tmp_path: Path) -> None:
+    from notifier.channels.targets import validate_channel
+
+    path = tmp_path / "notifier.toml"
+    path.write_text(
+        MINIMAL.replace("${BCS_TOKEN}", "t")
+        + '[[channels]]\nname = "ops"\nurls = ["unknownschema://x.test/"]\n'
+    )
+    assert load_config(path).channels[0].urls == ("unknownschema://x.test/",)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, channel_validators=(validate_channel,))
+    assert [problem.path for problem in raised.value.problems] == ["channels[0].urls[0]"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ok"),
+    [(event_type.value, True) for event_type in EventType]
+    + [("*", True), ("source.*", True), ("*.stall", False), ("operation.deleted", False)],
+    ids=str,
+)
+def test_event_globs_are_checked_against_every_event_type(pattern: str, ok: bool) -> None:
+    text = MINIMAL + f'[[channels]]\nname = "c"\nurls = ["console://"]\nevents = ["{pattern}"]\n'
+    if ok:
+        assert parse_config(text, environ={"BCS_TOKEN": "x"}).channels[0].events == (pattern,)
+    else:
+        (found,) = problems(text, BCS_TOKEN="x")
+        known = ", ".join(event_type.value for event_type in EventType)
+        assert found == f"channels[0].events[0]: {pattern!r} matches no event type ({known})"
+
+
+def problems_with(text: str, validators: tuple[ChannelValidator, ...]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={"BCS_TOKEN": "x"}, channel_validators=validators)
+    return [str(problem) for problem in caught.value.problems]

@@ -132,14 +132,14 @@ def test_summary_lines_tell_what_happened(scratch_tmp: Path) -> None:
 
 
 def test_the_demo_config_is_a_valid_config_with_the_simulators_credentials() -> None:
-    from notifier.channels.targets import install_validators
+    from notifier.channels.targets import validate_channel
     from notifier.config import parse_config
     from notifier.simulator import Simulator
 
-    install_validators()
     simulator = Simulator(seed=3)
     config = parse_config(
-        demo_config_text(simulator, DemoOptions(auth="password"), "sqlite:///x.db")
+        demo_config_text(simulator, DemoOptions(auth="password"), "sqlite:///x.db"),
+        channel_validators=(validate_channel,),
     )
     (source,) = config.sources
     assert source.endpoint == simulator.endpoint

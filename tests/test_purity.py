@@ -17,6 +17,7 @@ PURE = [
     "notifier.bcs.parse",
     "notifier.bcs.signing",
     "notifier.channels.render",
+    "notifier.config",
 ]
 FORBIDDEN = ["httpx", "sqlalchemy", "apprise", "click", "alembic", "requests"]
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import config_support
@@ -231,3 +232,37 @@ def test_help_imports_no_heavy_library(command: list[str]) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_run_checks_channel_urls_at_start_and_at_each_reload(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run`` hands the channel checks to ``load_config`` itself (no registry filled by an
+    import): an unloadable URL is a config error at start (exit 78) and in a reload."""
+    import notifier.daemon
+    from notifier.config import Config
+    from notifier.errors import ConfigError
+
+    config = write_config(tmp_path, database_url)
+    good = config.read_text()
+    bad = good + '\n[[channels]]\nname = "ops"\nurls = ["unknownschema://x.test/"]\n'
+    config.write_text(bad)
+    result = CliRunner().invoke(main, ["--config", str(config), "run"])
+    assert result.exit_code == 78, result.output
+    assert "channels[0].urls[0]" in result.output
+
+    loaders: list[Callable[[], Config]] = []
+
+    def serve(config: Config, *, config_loader: Callable[[], Config], **_: object) -> int:
+        loaders.append(config_loader)
+        return 0
+
+    monkeypatch.setattr(notifier.daemon, "serve", serve)
+    config.write_text(good)
+    result = CliRunner().invoke(main, ["--config", str(config), "run"], env={"NOTIFY_SOCKET": ""})
+    assert result.exit_code == 0, result.output
+    (loader,) = loaders
+    config.write_text(bad)
+    with pytest.raises(ConfigError) as raised:
+        loader()
+    assert [problem.path for problem in raised.value.problems] == ["channels[0].urls[0]"]

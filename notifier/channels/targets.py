@@ -5,7 +5,7 @@
 - :func:`build_targets` turns a channel's URLs into :class:`Target` objects, one per URL,
   each remembering its apprise plugin instance (so apprise's per-service state and our
   pacing survive between dispatches).
-- :func:`validate_channel` is registered in ``config.CHANNEL_VALIDATORS``: a URL apprise
+- :func:`validate_channel` is passed to ``load_config`` by the CLI: a URL apprise
   cannot load, a malformed webhook secret or a broken template is a config error with its
   key path. :func:`validate_channels` offers the same as ``ConfigProblem`` values.
 
@@ -31,7 +31,6 @@ from apprise.manager_plugins import NotificationManager
 from apprise.plugins.email import NotifyEmail
 from apprise.plugins.slack import NotifySlack
 
-from notifier import config as config_module
 from notifier.channels import email as email_channel
 from notifier.channels import slack as slack_channel
 from notifier.channels.console import NotifyConsole
@@ -257,15 +256,8 @@ def validate_channels(config: Config) -> list[ConfigProblem]:
     return problems
 
 
-def install_validators() -> None:
-    """Make ``load_config`` check channel URLs and templates (idempotent)."""
-    if validate_channel not in config_module.CHANNEL_VALIDATORS:
-        config_module.CHANNEL_VALIDATORS.append(validate_channel)
-
-
 def channel_summary(targets: Sequence[Target]) -> str:
     return ", ".join(target.safe_url for target in targets)
 
 
 register_plugins()
-install_validators()

@@ -11,7 +11,7 @@ from typing import NoReturn
 import click
 
 from notifier import __version__
-from notifier.config import Config, find_config_path, load_config
+from notifier.config import ChannelValidator, Config, find_config_path, load_config
 from notifier.errors import ConfigError, NotifierError
 from notifier.logsetup import Redactor, config_secrets, configure
 
@@ -45,18 +45,22 @@ class Context:
         templates unchecked (they need apprise): for ``poll``, which checks them once it
         has something to deliver."""
         if self._config is None or (check_channels and not self._channels_checked):
-            if check_channels:
-                # apprise is needed to check channel URLs and templates, like every other key
-                from notifier.channels.targets import install_validators
-
-                install_validators()
+            validators = channel_validators() if check_channels else ()
             try:
-                self._config = load_config(self.config_path)
+                self._config = load_config(self.config_path, channel_validators=validators)
             except ConfigError as exc:
                 fail_config(exc)
             self._channels_checked = check_channels
             self.redactor.update(config_secrets(self._config))
         return self._config
+
+
+def channel_validators() -> tuple[ChannelValidator, ...]:
+    """The checks of channel URLs and templates ``load_config`` is given (they import
+    apprise, so only the commands that check channels pay for it)."""
+    from notifier.channels.targets import validate_channel
+
+    return (validate_channel,)
 
 
 def fail_config(exc: ConfigError) -> NoReturn:

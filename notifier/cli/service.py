@@ -19,6 +19,7 @@ from notifier.cli.base import (
     EX_CONFIG,
     EX_UNAVAILABLE,
     Context,
+    channel_validators,
     fail,
     main,
     pass_context,
@@ -29,13 +30,6 @@ from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreErr
 logger = logging.getLogger("notifier.cli")
 
 LOG_FORMAT_CHOICES = ("journal", "text", "json")
-
-
-def _register_channel_checks() -> None:
-    """Load the channel validators (apprise URLs, templates) before a config is read."""
-    from notifier.channels.targets import install_validators
-
-    install_validators()
 
 
 def _explicit_log_level() -> str | None:
@@ -75,14 +69,12 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     # loading its plugins) must not come out in another format; the level stays that of
     # the one-shot commands until the config (and with it every secret to mask) is known
     logsetup.configure(log_format, explicit_level or "error", redactor=context.redactor)
-    _register_channel_checks()
     config = context.config()
     redactor = logsetup.Redactor(logsetup.config_secrets(config))
     logsetup.configure(log_format, explicit_level or config.service.log_level, redactor=redactor)
 
     def load() -> Config:
-        _register_channel_checks()
-        return load_config(context.config_path)
+        return load_config(context.config_path, channel_validators=channel_validators())
 
     def on_reload(_old: Config, new: Config) -> None:
         redactor.update(logsetup.config_secrets(new))

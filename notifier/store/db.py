@@ -76,6 +76,15 @@ def database_url_problem(url: str) -> str | None:
     return None
 
 
+def sqlite_database(url: str) -> str | None:
+    """The database part of a SQLite URL (``""`` when it names none); None for another
+    backend. ``url`` must be one :func:`database_url_problem` accepts."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return parsed.database or ""
+
+
 def database_exists(url: str) -> bool:
     """False for a SQLite file that does not exist yet (opening it would create it)."""
     parsed = make_url(url)

@@ -11,182 +11,43 @@ outside the service find them too), then next to the config file.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from notifier.config.model import (
+    AUTH_TYPES,
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATHS,
+    FILTER_KEYS,
+    POLL_MODES,
+    AuthConfig,
+    ChannelConfig,
+    Config,
+    DeliveryConfig,
+    HttpConfig,
+    ServiceConfig,
+    SourceConfig,
+)
+from notifier.config.reader import Reader, Section
 from notifier.errors import ConfigError, ConfigProblem
-from notifier.model import KNOWN_STATUSES
+from notifier.model import KNOWN_STATUSES, EventType
 from notifier.stalls import MAX_SAMPLES
 
-CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
-DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
-#: four slashes: an absolute path (three would be relative to the working directory)
-DEFAULT_DATABASE: Final = "sqlite:////var/lib/bcs-notifier/state.db"
+#: Extra checks of a channel that need what this package stays free of (apprise, Jinja2):
+#: the composition root passes them in (``notifier.channels.targets.validate_channel``).
+#: Each returns ``(key, message)`` problems for one channel, the key relative to it.
+ChannelValidator = Callable[[ChannelConfig], list[tuple[str, str]]]
 
-AUTH_TYPES: Final = ("token", "password", "aksk")
-#: ``operation_status`` is deliberately not a filter: an operation leaving the filtered status
-#: would vanish from the response and its transition would never be seen.
-FILTER_KEYS: Final = ("blockchain_id", "resource_type", "operation_type")
-POLL_MODES: Final = ("incremental", "full")
-EVENT_TYPE_NAMES: Final = (
-    "operation.created",
-    "operation.status_changed",
-    "step.created",
-    "step.status_changed",
-    "substep.created",
-    "substep.status_changed",
-    "source.unreachable",
-    "source.recovered",
-    "step.stalled",
-    "substep.stalled",
-)
+#: The event types a channel's ``events`` globs may match (the enum's, in its order).
+_EVENT_TYPES: Final = tuple(event_type.value for event_type in EventType)
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ENV_RE: Final = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str`` (so never in a log line)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """Optional ``[service.http]`` listener for ``/healthz`` and ``/metrics``."""
-
-    listen: str = "127.0.0.1"
-    port: int = 9310
-    stale_after: float = 0.0  # 0: three poll intervals plus the unreachable threshold
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    database: str = DEFAULT_DATABASE
-    poll_interval: float = 60.0
-    active_poll_interval: float = 5.0
-    poll_jitter: float = 0.1
-    notify_existing: bool = False
-    unreachable_after: float = 300.0
-    log_level: str = "info"
-    http: HttpConfig | None = None
-    #: stall detection: max(stall_floor, stall_factor x p95) of >= stall_min_samples
-    stall_factor: float = 2.0
-    stall_min_samples: int = 10
-    stall_floor: float = 600.0
-    stall_reminders: bool = False
-    #: "incremental": short status lists per cycle, a complete listing every
-    #: ``full_poll_interval`` seconds; "full": one complete listing every cycle
-    poll_mode: str = "incremental"
-    full_poll_interval: float = 900.0
-
-
-@dataclass(frozen=True)
-class DeliveryConfig:
-    """``[delivery]``: how the outbox retries."""
-
-    max_attempts: int = 12
-    max_age: float = 86400.0
-    backoff_initial: float = 10.0
-    backoff_max: float = 3600.0
-    timeout: float = 15.0
-    batch_size: int = 100
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    type: str
-    token: Secret | None = None
-    iam_endpoint: str | None = None
-    domain: str | None = None
-    username: str | None = None
-    password: Secret | None = None
-    project_name: str | None = None
-    access_key: Secret | None = None
-    secret_key: Secret | None = None
-    security_token: Secret | None = None
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    endpoint: str
-    project_id: str
-    auth: AuthConfig
-    filters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    timeout: float = 10.0
-    max_retries: int = 3
-    #: a listing is decoded as a stream: this caps the whole body (time, not memory) ...
-    max_response_bytes: int = 1024 * 1024 * 1024
-    verify_tls: bool = True
-    ca_file: str | None = None
-    #: ... and this one record of it (memory: a record is decoded whole)
-    max_record_bytes: int = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    name: str
-    urls: tuple[str, ...]
-    events: tuple[str, ...] = ("*",)
-    statuses: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ()
-    blockchains: tuple[str, ...] = ()
-    resource_types: tuple[str, ...] = ()
-    operation_types: tuple[str, ...] = ()
-    timezone: str = "UTC"
-    title: str | None = None
-    body: str | None = None
-    max_length: int = 0  # 0: the target's own limit
-
-
-@dataclass(frozen=True)
-class Config:
-    service: ServiceConfig
-    delivery: DeliveryConfig
-    sources: tuple[SourceConfig, ...]
-    channels: tuple[ChannelConfig, ...]
-    path: Path | None = None
-
-    def source(self, name: str) -> SourceConfig:
-        for source in self.sources:
-            if source.name == name:
-                return source
-        raise KeyError(name)
-
-    def channel(self, name: str) -> ChannelConfig:
-        for channel in self.channels:
-            if channel.name == name:
-                return channel
-        raise KeyError(name)
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -203,9 +64,15 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    channel_validators: Sequence[ChannelValidator] = (),
 ) -> Config:
-    """Read and validate a config file; raise ``ConfigError`` listing every problem."""
+    """Read and validate a config file; raise ``ConfigError`` listing every problem.
+
+    ``channel_validators`` check each complete channel further (its URLs, its templates);
+    their problems are config errors like any other."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -220,7 +87,13 @@ def load_config(
     except OSError as exc:
         problem = ConfigProblem("", f"cannot read: {exc.strerror}")
         raise ConfigError([problem], filename=str(file)) from exc
-    return parse_config(text, filename=str(file), base_dir=file.parent, environ=environ)
+    return parse_config(
+        text,
+        filename=str(file),
+        base_dir=file.parent,
+        environ=environ,
+        channel_validators=channel_validators,
+    )
 
 
 def parse_config(
@@ -229,7 +102,9 @@ def parse_config(
     filename: str | None = None,
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    channel_validators: Sequence[ChannelValidator] = (),
 ) -> Config:
+    """Validate a config file's text (see :func:`load_config`)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -240,12 +115,12 @@ def parse_config(
     except ValueError as exc:  # an integer literal past Python's digit limit
         problem = ConfigProblem("", f"not valid TOML: {' '.join(str(exc).split())[:160]}")
         raise ConfigError([problem], filename=filename) from exc
-    reader = _Reader(
+    reader = Reader(
         problems=[],
         environ=os.environ if environ is None else environ,
         base_dir=base_dir or Path.cwd(),
     )
-    config = _build(reader, data)
+    config = _build(reader, data, tuple(channel_validators))
     if reader.problems or config is None:
         raise ConfigError(reader.problems, filename=filename)
     return Config(
@@ -257,226 +132,17 @@ def parse_config(
     )
 
 
-# -- validation -------------------------------------------------------------------------------
-
-
-_MISSING: Final = object()
-
-
-@dataclass
-class _Reader:
-    problems: list[ConfigProblem]
-    environ: Mapping[str, str]
-    base_dir: Path
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(ConfigProblem(path, message))
-
-    def section(self, data: Any, path: str) -> _Section | None:
-        if not isinstance(data, dict):
-            self.problem(path, f"must be a table, not {_type_name(data)}")
-            return None
-        return _Section(self, data, path)
-
-    def interpolate(self, value: str, path: str) -> str | None:
-        missing: list[str] = []
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            name = match.group(1)
-            if name not in self.environ:
-                missing.append(name)
-                return ""
-            return self.environ[name]
-
-        result = _ENV_RE.sub(replace, value)
-        if missing:
-            names = ", ".join(f"${{{name}}}" for name in missing)
-            self.problem(path, f"environment variable not set: {names}")
-            return None
-        return result
-
-    def read_secret_file(self, raw: str, path: str) -> str | None:
-        candidate = Path(raw).expanduser()
-        if not candidate.is_absolute():
-            places = [self.base_dir / "credentials" / candidate, self.base_dir / candidate]
-            credentials = self.environ.get("CREDENTIALS_DIRECTORY")
-            if credentials:
-                places.insert(0, Path(credentials) / candidate)
-            candidate = next((place for place in places if place.is_file()), places[-1])
-        try:
-            return candidate.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            self.problem(path, f"cannot read {candidate}: {exc.strerror}")
-            return None
-
-
-#: The upper bound of any number in the file without a tighter one of its own (seconds:
-#: about 31 years); larger values are typing mistakes, and would overflow timers.
-NUMBER_MAX: Final = 1e9
 #: Upper bounds of keys in seconds.
 _DAY: Final = 86_400.0
 _WEEK: Final = 7 * _DAY
 
 
-def _shown_number(value: float) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 30 else f"{text[:12]}... ({len(text)} digits)"
-
-
-def _type_name(value: Any) -> str:
-    return {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-class _Section:
-    """One TOML table being read: typed getters that record problems instead of raising."""
-
-    def __init__(self, reader: _Reader, data: dict[str, Any], path: str) -> None:
-        self.reader = reader
-        self.data = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def raw(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.data.get(key, _MISSING)
-
-    def string(self, key: str, default: Any = _MISSING, *, required: bool = False) -> Any:
-        value = self.raw(key)
-        path = self.key_path(key)
-        if value is _MISSING:
-            if required:
-                self.reader.problem(path, "is required")
-            return None if default is _MISSING else default
-        if not isinstance(value, str):
-            self.reader.problem(path, f"must be a string, not {_type_name(value)}")
-            return None if default is _MISSING else default
-        result = self.reader.interpolate(value, path)
-        if result is not None and required and not result.strip():
-            self.reader.problem(path, "must not be empty")
-        return result
-
-    def number(
-        self,
-        key: str,
-        default: float,
-        *,
-        minimum: float | None = None,
-        integer: bool = False,
-        maximum: float = NUMBER_MAX,
-    ) -> Any:
-        """A finite number in ``[minimum, maximum]`` (every number has an upper bound:
-        ``NUMBER_MAX`` unless the key has a tighter one)."""
-        value = self.raw(key)
-        path = self.key_path(key)
-        if value is _MISSING:
-            return default
-        allowed = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, allowed):
-            kind = "an integer" if integer else "a number"
-            self.reader.problem(path, f"must be {kind}, not {_type_name(value)}")
-            return default
-        if not math.isfinite(value):
-            self.reader.problem(path, f"must be a finite number, not {value}")
-            return default
-        if minimum is not None and value < minimum:
-            self.reader.problem(path, f"must be at least {minimum:g}, not {_shown_number(value)}")
-            return default
-        if value > maximum:
-            self.reader.problem(path, f"must be at most {maximum:g}, not {_shown_number(value)}")
-            return default
-        return value if integer else float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, bool):
-            self.reader.problem(
-                self.key_path(key), f"must be true or false, not {_type_name(value)}"
-            )
-            return default
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        """A string or a list of strings (each interpolated)."""
-        value = self.raw(key)
-        path = self.key_path(key)
-        if value is _MISSING:
-            return default
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-            self.reader.problem(path, "must be a string or a list of strings")
-            return default
-        result: list[str] = []
-        for index, item in enumerate(items):
-            text = self.reader.interpolate(item, f"{path}[{index}]")
-            if text is not None:
-                result.append(text)
-        return tuple(result)
-
-    def secret(self, key: str, *, required: bool = False) -> Secret | None:
-        """``key`` or ``key_file``: exactly one of them."""
-        file_key = f"{key}_file"
-        path = self.key_path(key)
-        if self.has(key) and self.has(file_key):
-            self.reader.problem(path, f"give either {key} or {file_key}, not both")
-        if self.has(file_key):
-            file_name = self.string(file_key)
-            self.raw(key)
-            if file_name is None:
-                return None
-            content = self.reader.read_secret_file(file_name, self.key_path(file_key))
-            if content is not None and not content:
-                self.reader.problem(self.key_path(file_key), "the file is empty")
-            return Secret(content) if content else None
-        value = self.string(key, required=required)
-        return Secret(value) if value else None
-
-    def table(self, key: str) -> _Section | None:
-        value = self.raw(key)
-        if value is _MISSING:
-            return None
-        return self.reader.section(value, self.key_path(key))
-
-    def tables(self, key: str) -> Iterator[_Section]:
-        value = self.raw(key)
-        if value is _MISSING:
-            return
-        if not isinstance(value, list):
-            self.reader.problem(self.key_path(key), f"must be an array of tables ([[{key}]])")
-            return
-        for index, item in enumerate(value):
-            section = self.reader.section(item, f"{self.key_path(key)}[{index}]")
-            if section is not None:
-                yield section
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.seen:
-                self.reader.problem(self.key_path(key), "unknown key")
-
-
-def _check(reader: _Reader, ok: bool, path: str, message: str) -> None:
+def _check(reader: Reader, ok: bool, path: str, message: str) -> None:
     if not ok:
         reader.problem(path, message)
 
 
-def _check_url(reader: _Reader, value: str | None, path: str) -> None:
+def _check_url(reader: Reader, value: str | None, path: str) -> None:
     if not value:
         return
     if _CONTROL_RE.search(value):
@@ -499,12 +165,10 @@ def _check_url(reader: _Reader, value: str | None, path: str) -> None:
 _CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
 
 
-def _check_database(reader: _Reader, url: str, path: str) -> None:
+def _check_database(reader: Reader, url: str, path: str) -> None:
     """A SQLAlchemy URL of a known backend; a SQLite file whose place can hold a file."""
     # checked here, not at the first connection: a missing driver is a config error
-    from sqlalchemy.engine import make_url
-
-    from notifier.store.db import database_url_problem
+    from notifier.store.db import database_url_problem, sqlite_database
 
     if not url.strip():
         reader.problem(path, "must not be empty (leave it out for the default)")
@@ -516,10 +180,9 @@ def _check_database(reader: _Reader, url: str, path: str) -> None:
     if problem is not None:
         reader.problem(path, " ".join(problem.split())[:300])
         return
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    database = sqlite_database(url)
+    if database is None:
         return
-    database = parsed.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         reader.problem(path, "must name a SQLite file (the state must outlive the process)")
         return
@@ -530,7 +193,7 @@ def _check_database(reader: _Reader, url: str, path: str) -> None:
         reader.problem(path, f"cannot create {database}: a parent is not a directory")
 
 
-def _check_ca_file(reader: _Reader, ca_file: str | None, path: str) -> None:
+def _check_ca_file(reader: Reader, ca_file: str | None, path: str) -> None:
     """An existing file of PEM certificates (read as TLS verification will read it)."""
     import ssl
 
@@ -549,7 +212,7 @@ def _check_ca_file(reader: _Reader, ca_file: str | None, path: str) -> None:
         reader.problem(path, f"{ca_file}: not a file of PEM certificates ({exc})")
 
 
-def _check_unique(reader: _Reader, names: Sequence[tuple[str, str | None]], what: str) -> None:
+def _check_unique(reader: Reader, names: Sequence[tuple[str, str | None]], what: str) -> None:
     seen: set[str] = set()
     for path, name in names:
         if name is None:
@@ -559,17 +222,21 @@ def _check_unique(reader: _Reader, names: Sequence[tuple[str, str | None]], what
         seen.add(name)
 
 
-def _check_name(reader: _Reader, name: str | None, path: str) -> None:
+def _check_name(reader: Reader, name: str | None, path: str) -> None:
     if name and not _NAME_RE.match(name):
         reader.problem(path, "must be 1-64 letters, digits, '_', '.' or '-'")
 
 
-def _build(reader: _Reader, data: dict[str, Any]) -> Config | None:
-    root = _Section(reader, data, "")
+def _build(
+    reader: Reader, data: dict[str, Any], channel_validators: Sequence[ChannelValidator]
+) -> Config | None:
+    root = Section(reader, data, "")
     service = _build_service(reader, root.table("service"))
     delivery = _build_delivery(root.table("delivery"))
     sources = [_build_source(reader, section) for section in root.tables("sources")]
-    channels = [_build_channel(reader, section) for section in root.tables("channels")]
+    channels = [
+        _build_channel(reader, section, channel_validators) for section in root.tables("channels")
+    ]
     if "sources" not in data:
         reader.problem("sources", "at least one [[sources]] entry is required")
     root.finish()
@@ -600,7 +267,7 @@ def _build(reader: _Reader, data: dict[str, Any]) -> Config | None:
     )
 
 
-def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
+def _build_service(reader: Reader, section: Section | None) -> ServiceConfig:
     if section is None:
         return ServiceConfig()
     defaults = ServiceConfig()
@@ -670,7 +337,7 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
     return service
 
 
-def _build_delivery(section: _Section | None) -> DeliveryConfig:
+def _build_delivery(section: Section | None) -> DeliveryConfig:
     if section is None:
         return DeliveryConfig()
     defaults = DeliveryConfig()
@@ -692,7 +359,7 @@ def _build_delivery(section: _Section | None) -> DeliveryConfig:
     return delivery
 
 
-def _build_auth(reader: _Reader, section: _Section | None, path: str) -> AuthConfig | None:
+def _build_auth(reader: Reader, section: Section | None, path: str) -> AuthConfig | None:
     if section is None:
         reader.problem(path, "is required ([sources.auth] with a type)")
         return None
@@ -725,7 +392,7 @@ def _build_auth(reader: _Reader, section: _Section | None, path: str) -> AuthCon
     return auth
 
 
-def _build_source(reader: _Reader, section: _Section) -> SourceConfig | None:
+def _build_source(reader: Reader, section: Section) -> SourceConfig | None:
     name = section.string("name", required=True)
     _check_name(reader, name, section.key_path("name"))
     endpoint = section.string("endpoint", required=True)
@@ -777,13 +444,9 @@ def _build_source(reader: _Reader, section: _Section) -> SourceConfig | None:
     )
 
 
-#: Extra checks for channel URLs and templates, registered by ``notifier.channels`` so this
-#: module stays free of apprise and Jinja2. Each returns problem messages for one channel.
-ChannelValidator = Callable[["ChannelConfig"], list[tuple[str, str]]]
-CHANNEL_VALIDATORS: list[ChannelValidator] = []
-
-
-def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
+def _build_channel(
+    reader: Reader, section: Section, validators: Sequence[ChannelValidator]
+) -> ChannelConfig | None:
     name = section.string("name", required=True)
     _check_name(reader, name, section.key_path("name"))
     urls = section.strings("urls")
@@ -798,7 +461,7 @@ def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
         if not _glob_matches_any(pattern):
             reader.problem(
                 f"{section.key_path('events')}[{index}]",
-                f"{pattern!r} matches no event type ({', '.join(EVENT_TYPE_NAMES)})",
+                f"{pattern!r} matches no event type ({', '.join(_EVENT_TYPES)})",
             )
     statuses = tuple(status.strip().lower() for status in section.strings("statuses"))
     # a typo ("faild") would silently filter out everything: unknown statuses only on request
@@ -825,22 +488,17 @@ def _build_channel(reader: _Reader, section: _Section) -> ChannelConfig | None:
         max_length=section.number("max_length", 0, minimum=0, integer=True, maximum=10_000_000),
     )
     section.finish()
+    # checked whatever else is wrong with the channel: every problem is reported at once
+    _check_timezone(reader, channel.timezone, section.key_path("timezone"))
     if name is None or not urls or dropped:
         return None
-    _check_timezone(reader, channel.timezone, section.key_path("timezone"))
-    for key, message in _run_channel_validators(channel):
-        reader.problem(section.key_path(key), message)
+    for validator in validators:
+        for key, message in validator(channel):
+            reader.problem(section.key_path(key), message)
     return channel
 
 
-def _run_channel_validators(channel: ChannelConfig) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-    for validator in CHANNEL_VALIDATORS:
-        found.extend(validator(channel))
-    return found
-
-
-def _check_timezone(reader: _Reader, name: str, path: str) -> None:
+def _check_timezone(reader: Reader, name: str, path: str) -> None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -848,4 +506,4 @@ def _check_timezone(reader: _Reader, name: str, path: str) -> None:
 
 
 def _glob_matches_any(pattern: str) -> bool:
-    return any(fnmatchcase(event, pattern) for event in EVENT_TYPE_NAMES)
+    return any(fnmatchcase(event, pattern) for event in _EVENT_TYPES)
