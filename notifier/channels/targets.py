@@ -46,7 +46,7 @@ from notifier.channels.senders import (
 )
 from notifier.channels.webhook import NotifyCloudEventWebhook, WebhookSender
 from notifier.config import ChannelConfig, Config, DeliveryConfig
-from notifier.errors import ConfigProblem
+from notifier.errors import ConfigProblem, UnloadableURL
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,6 @@ def register_plugins() -> None:
 
 def _asset() -> apprise.AppriseAsset:
     return apprise.AppriseAsset(secure_logging=True, async_mode=False)
-
-
-class UnloadableURL(ValueError):
-    """apprise cannot load a URL; the message is safe to show (no secrets)."""
 
 
 def load_plugin(url: str) -> Any:

@@ -56,12 +56,12 @@ from notifier.channels.render.templates import (
     TEMPLATE_MAX_OPERATIONS,
     TEMPLATE_MAX_OUTPUT,
     TEMPLATE_MAX_SECONDS,
-    TemplateError,
     Templates,
     check_templates,
     sample_events,
     template_context,
 )
+from notifier.errors import TemplateError
 
 __all__ = [
     "DIALECTS",

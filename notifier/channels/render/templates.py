@@ -28,6 +28,7 @@ from notifier.channels.render.document import (
     zone,
 )
 from notifier.channels.render.escape import escape_markdown, escape_slack, one_line, shorten
+from notifier.errors import TemplateError
 from notifier.model import Event, EventType, OperationRecord, Step, SubStep
 
 #: Every (format, dialect) a message can be rendered in; templates are checked in each.
@@ -37,10 +38,6 @@ _FORMAT_DIALECTS: Final = (
     ("html", "commonmark"),
     ("text", "commonmark"),
 )
-
-
-class TemplateError(ValueError):
-    """A channel template failed to compile or render (the message is one line)."""
 
 
 #: Work one template rendering may do: ``range`` items created (Jinja2's own sandbox caps one
