@@ -7,7 +7,7 @@
   pacing survive between dispatches).
 - :func:`validate_channel` is registered in ``config.CHANNEL_VALIDATORS``: a URL apprise
   cannot load, a malformed webhook secret or a broken template is a config error with its
-  key path. :func:`validate_channels` offers the same as ``ConfigProblem`` values.
+  key path.
 
 Each target sends through the :class:`~notifier.channels.senders.Sender` of its kind
 (:func:`~notifier.channels.senders.sender_for`, the one switch): webhooks, Slack and email
@@ -24,7 +24,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import apprise
 from apprise.manager_plugins import NotificationManager
@@ -45,12 +45,11 @@ from notifier.channels.senders import (
     sender_for,
 )
 from notifier.channels.webhook import NotifyCloudEventWebhook, WebhookSender
-from notifier.config import ChannelConfig, Config, DeliveryConfig
-from notifier.errors import ConfigProblem, UnloadableURL
+from notifier.config import ChannelConfig, DeliveryConfig
+from notifier.errors import UnloadableURL
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_SCHEMAS: Final = frozenset({"webhook", "webhooks"})
 TargetKind = Literal["message", "webhook"]
 _MANAGER = NotificationManager()  # type: ignore[no-untyped-call]  # apprise is untyped here
 
@@ -244,23 +243,10 @@ def validate_channel(channel: ChannelConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def validate_channels(config: Config) -> list[ConfigProblem]:
-    """The same checks for a loaded config, as ``ConfigProblem`` values with full key paths."""
-    problems: list[ConfigProblem] = []
-    for position, channel in enumerate(config.channels):
-        for key, message in validate_channel(channel):
-            problems.append(ConfigProblem(f"channels[{position}].{key}", message))
-    return problems
-
-
 def install_validators() -> None:
     """Make ``load_config`` check channel URLs and templates (idempotent)."""
     if validate_channel not in config_module.CHANNEL_VALIDATORS:
         config_module.CHANNEL_VALIDATORS.append(validate_channel)
-
-
-def channel_summary(targets: Sequence[Target]) -> str:
-    return ", ".join(target.safe_url for target in targets)
 
 
 register_plugins()
