@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any, Final, Literal
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from notifier.channels.render.escape import one_line, shorten
@@ -30,7 +30,6 @@ from notifier.model import (
 )
 from notifier.stalls import step_span
 
-Format = Literal["markdown", "html", "text"]
 FORMATS: Final = ("markdown", "html", "text")
 DIALECTS: Final = ("commonmark", "slack")
 

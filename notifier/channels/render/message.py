@@ -23,7 +23,7 @@ from notifier.channels.render.document import (
     notify_type,
     zone,
 )
-from notifier.channels.render.escape import escape_html, escape_markdown, escape_text, shorten
+from notifier.channels.render.escape import ESCAPERS, escape_text, shorten
 from notifier.channels.render.templates import Templates, template_context
 from notifier.model import Event, OperationRecord, describe
 
@@ -57,7 +57,7 @@ def render_message(
 def plain_message(events: Sequence[Event], options: RenderOptions) -> Message:
     """The last resort when the default message cannot be built from some stored data: one
     escaped line per event (the ``events`` command's form), cut to the budget."""
-    escape = {"markdown": escape_markdown, "html": escape_html}.get(options.format, escape_text)
+    escape = ESCAPERS.get(options.format, escape_text)
     lines = [escape(describe(event)) for event in events]
     separator = "<br>\n" if options.format == "html" else "\n"
     body = separator.join(lines) or escape("(no events)")
