@@ -152,6 +152,8 @@ class RenderOptions:
 
 @dataclass(frozen=True)
 class Transition:
+    """One event as a line: what changed, when, and what the API said about it."""
+
     symbol: str
     subject: str  # raw; "" for the operation itself
     kind: str  # "Operation", "Step", "Sub-step", "Source"
@@ -166,6 +168,8 @@ class Transition:
 
 @dataclass(frozen=True)
 class SubLine:
+    """A sub-step of the step tree, as the record holds it now."""
+
     symbol: str
     name: str
     status: str
@@ -179,6 +183,8 @@ class SubLine:
 
 @dataclass(frozen=True)
 class StepLine:
+    """A step of the step tree with its sub-steps (some summarised or hidden by ``cut``)."""
+
     number: int
     symbol: str
     name: str
@@ -191,6 +197,9 @@ class StepLine:
 
 @dataclass(frozen=True)
 class Document:
+    """What a message says, as raw API text: ``markup`` escapes and writes it, ``cut`` makes
+    it smaller."""
+
     headline: tuple[tuple[str, bool], ...]  # (raw text, emphasised)
     transitions: tuple[Transition, ...]
     omitted_transitions: int
@@ -423,6 +432,9 @@ def build_document(
         omitted_steps=0,
         facts=tuple(facts),
     )
+
+
+# -- the title ------------------------------------------------------------------------------
 
 
 def default_title(events: Sequence[Event], record: OperationRecord | None, limit: int) -> str:
