@@ -17,7 +17,13 @@ package, with ``raise ... from exc``::
     │   └── ResponseTooLarge        the body exceeded the configured size cap
     ├── StoreError                  the database failed or has the wrong schema
     │   └── AlreadyRunning          another ``run`` holds the database
-    └── DeliveryError               a channel could not deliver (retried later)
+    ├── TemplateError               a channel template failed to compile or render
+    └── UnloadableURL               apprise cannot load a channel URL
+
+A delivery that fails is not an exception: a sender returns a failed ``SendResult`` and the
+outbox retries the row later or, for good, marks it dead. A few exceptions are private
+signals inside one module (``bcs``'s record decoding) and never leave it; ``tests/
+test_errors.py`` lists them.
 """
 
 from __future__ import annotations
@@ -141,5 +147,12 @@ class AlreadyRunning(StoreError):
     """Another ``bcs-notifier run`` holds this database."""
 
 
-class DeliveryError(NotifierError):
-    """A channel could not deliver; the outbox retries it later."""
+class TemplateError(NotifierError, ValueError):
+    """A channel template failed to compile or render (the message is one line).
+
+    Also a ``ValueError``, as it always was: it is raised from inside Jinja2's sandbox
+    calls, where library code may tell errors apart by that base."""
+
+
+class UnloadableURL(NotifierError):
+    """apprise cannot load a URL; the message is safe to show (no secrets)."""

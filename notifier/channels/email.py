@@ -183,7 +183,6 @@ class EmailSender:
             return SendResult(
                 False,
                 self.scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500],
-                timed_out=isinstance(exc, TimeoutError),
             )
         return SendResult(True)
 

@@ -35,8 +35,6 @@ SenderKind = Literal["message", "webhook"]
 class SendResult:
     ok: bool
     error: str | None = None
-    #: The request ran out of time (the receiver did not answer within the timeout).
-    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class AppriseSender:
         ]
         reason = messages[-1] if messages else f"apprise reported {result.status.name}"
         text = self.scrub(" ".join(str(reason).split()))[:500]
-        return SendResult(False, text, timed_out="timeout" in text.lower())
+        return SendResult(False, text)
 
     def close(self) -> None:
         self._apprise = None

@@ -200,7 +200,6 @@ class SlackSender:
             return SendResult(
                 False,
                 self.scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:500],
-                timed_out=isinstance(exc, httpx.TimeoutException),
             )
         if response.status_code != 200:
             reason = " ".join(response.text.split())[:200]

@@ -7,7 +7,7 @@
   pacing survive between dispatches).
 - :func:`validate_channel` is passed to ``load_config`` by the CLI: a URL apprise
   cannot load, a malformed webhook secret or a broken template is a config error with its
-  key path. :func:`validate_channels` offers the same as ``ConfigProblem`` values.
+  key path.
 
 Each target sends through the :class:`~notifier.channels.senders.Sender` of its kind
 (:func:`~notifier.channels.senders.sender_for`, the one switch): webhooks, Slack and email
@@ -24,7 +24,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import apprise
 from apprise.manager_plugins import NotificationManager
@@ -44,12 +44,11 @@ from notifier.channels.senders import (
     sender_for,
 )
 from notifier.channels.webhook import NotifyCloudEventWebhook, WebhookSender
-from notifier.config import ChannelConfig, Config, DeliveryConfig
-from notifier.errors import ConfigProblem
+from notifier.config import ChannelConfig, DeliveryConfig
+from notifier.errors import UnloadableURL
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_SCHEMAS: Final = frozenset({"webhook", "webhooks"})
 TargetKind = Literal["message", "webhook"]
 _MANAGER = NotificationManager()  # type: ignore[no-untyped-call]  # apprise is untyped here
 
@@ -67,10 +66,6 @@ def register_plugins() -> None:
 
 def _asset() -> apprise.AppriseAsset:
     return apprise.AppriseAsset(secure_logging=True, async_mode=False)
-
-
-class UnloadableURL(ValueError):
-    """apprise cannot load a URL; the message is safe to show (no secrets)."""
 
 
 def load_plugin(url: str) -> Any:
@@ -245,19 +240,6 @@ def validate_channel(channel: ChannelConfig) -> list[tuple[str, str]]:
     for key, message in check_templates(channel.title, channel.body, channel.timezone):
         problems.append((key, message))
     return problems
-
-
-def validate_channels(config: Config) -> list[ConfigProblem]:
-    """The same checks for a loaded config, as ``ConfigProblem`` values with full key paths."""
-    problems: list[ConfigProblem] = []
-    for position, channel in enumerate(config.channels):
-        for key, message in validate_channel(channel):
-            problems.append(ConfigProblem(f"channels[{position}].{key}", message))
-    return problems
-
-
-def channel_summary(targets: Sequence[Target]) -> str:
-    return ", ".join(target.safe_url for target in targets)
 
 
 register_plugins()

@@ -77,13 +77,6 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def generate_secret() -> str:
-    """A fresh ``whsec_`` secret (32 random bytes), for docs and ``test-channel`` hints."""
-    import secrets
-
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
-
-
 def _as_cloudevent(body: str, title: str, notify_type: Any) -> tuple[str, bytes]:
     """``(id, bytes)`` to send: the body itself when it is a CloudEvent, else a wrapper."""
     try:
@@ -319,7 +312,6 @@ class WebhookSender:
             return SendResult(
                 False,
                 self.scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:500],
-                timed_out=isinstance(exc, httpx.TimeoutException),
             )
         if 200 <= response.status_code < 300:
             return SendResult(True)
