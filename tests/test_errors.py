@@ -17,7 +17,7 @@ from notifier.errors import NotifierError, TemplateError, UnloadableURL
 #: caught.
 SIGNALS = {
     # bcs.client: the size cap hit inside a response stream, mapped to ResponseTooLarge
-    "_BodyTooLarge",
+    "BodyTooLarge",
     # bcs.parse -> bcs.source: one record skipped with a warning, the rest still read
     "MalformedRecord",
     # bcs.stream -> bcs.client: a record past its cap, mapped to ResponseTooLarge / a skip
