@@ -92,6 +92,8 @@ class ServiceConfig:
     unreachable_after: float = 300.0
     log_level: str = "info"
     http: HttpConfig | None = None
+    #: PostgreSQL: seconds a source's lease lasts unless renewed (every third of it)
+    lease_ttl: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -518,6 +520,7 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         ),
         log_level=(log_level or defaults.log_level).lower(),
         http=http,
+        lease_ttl=section.number("lease_ttl", defaults.lease_ttl, minimum=1),
     )
     _check(
         reader,

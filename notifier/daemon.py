@@ -16,6 +16,11 @@ within ``OUTBOX_RECHECK`` seconds of another process making a row due (``outbox 
 Rows of channels that are not configured are never due. A dispatch that raises is retried
 after a backoff (5 s doubling to 5 min), its traceback logged once per kind of failure.
 
+Several instances (PostgreSQL): a :class:`~notifier.leadership.LeaseKeeper` decides which
+sources this instance leads; only those are polled, each poll under its lease's fence; a
+newly led source is polled at once; every instance delivers (claimed outbox rows). SIGTERM
+releases the leases first, so another instance takes over within one active interval.
+
 SIGTERM/SIGINT: stop submitting, let running jobs finish (the current step), give due
 deliveries ``stop_grace`` seconds, exit 0; nothing undelivered is lost, it stays in the
 outbox. SIGHUP: reload the config; an invalid one is logged and the running one kept.
@@ -43,8 +48,16 @@ from typing import Any, Final, Protocol
 from sqlalchemy import Engine
 
 from notifier.config import Config, SourceConfig
-from notifier.errors import ConfigError, NotifierError, SignatureRejected, SourceError
+from notifier.errors import (
+    ConfigError,
+    LeaseLost,
+    NotifierError,
+    SignatureRejected,
+    SourceError,
+    StoreError,
+)
 from notifier.health import HealthReport, Metrics
+from notifier.leadership import LeaseKeeper
 from notifier.model import Event, describe
 from notifier.store.status import (
     OutboxSummary,
@@ -224,8 +237,11 @@ class Daemon:
         wait: Callable[[float], None] | None = None,
         executor: ExecutorLike | None = None,
         rng: random.Random | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.config = config
+        self._leases = leases  # None: the only instance on this database (polls everything)
+        self._store_error_kinds: set[str] = set()
         self.engine = engine
         self.options = options or DaemonOptions()
         self.metrics = metrics or Metrics()
@@ -314,6 +330,7 @@ class Daemon:
                 schedule.last_poll_at = _seconds(state.last_poll_at)
                 schedule.last_success_at = _seconds(state.last_success_at)
             self._schedules[source.name] = schedule
+        self._publish_leader_metrics()
         self._refresh_summary(force=True)
 
     def run(self) -> int:
@@ -338,6 +355,7 @@ class Daemon:
             self.reload()
         self._collect()
         if not self._stop.is_set():
+            self._maintain_leases()
             self._submit_due_polls()
             self._collect()  # inline executors finish at once
             self._maybe_dispatch()
@@ -361,14 +379,30 @@ class Daemon:
             key=lambda s: s.next_at,
         )
         for schedule in due:
+            fence = None
+            if self._leases is not None:
+                if not self._leases.leads(schedule.name):
+                    continue  # another instance leads it (or nobody yet): standby
+                fence = self._leases.fence(schedule.name)
             schedule.job_started = now
-            schedule.job = self._submit(self._poll_job(components.poller, schedule.config))
+            schedule.job = self._submit(self._poll_job(components.poller, schedule.config, fence))
 
-    def _poll_job(self, poller: PollerLike, source: SourceConfig) -> Callable[[], _PollOutcome]:
+    def _poll_job(
+        self, poller: PollerLike, source: SourceConfig, fence: Any = None
+    ) -> Callable[[], _PollOutcome]:
         def job() -> _PollOutcome:
             started = time.monotonic()
             try:
-                result = poller.poll_source(source)
+                if fence is None:
+                    result = poller.poll_source(source)
+                else:  # several instances: the poll's transaction checks the lease last
+                    result = poller.poll_source(source, fence=fence)  # type: ignore[call-arg]
+            except LeaseLost as exc:
+                logger.warning("%s: %s", source.name, exc)
+                return _PollOutcome(None, exc, time.monotonic() - started)
+            except StoreError as exc:  # the database is down: one traceback per kind
+                self._store_failed(source.name, exc)
+                return _PollOutcome(None, exc, time.monotonic() - started)
             except Exception as exc:  # a bug or a store failure: log it, keep the loop alive
                 logger.exception("polling source %s failed unexpectedly", source.name)
                 return _PollOutcome(None, exc, time.monotonic() - started)
@@ -411,6 +445,11 @@ class Daemon:
         name = schedule.name
         if name not in self._schedules or self._schedules[name] is not schedule:
             return  # the source was removed by a reload while it was polled
+        if isinstance(outcome.error, LeaseLost):
+            if self._leases is not None:
+                self._leases.drop(name)
+            self._recheck_leases()
+            return  # nothing was written; whoever leads the source now polls it
         result = outcome.result
         duration = result.duration if result is not None else outcome.duration
         error: BaseException | None = outcome.error
@@ -433,6 +472,7 @@ class Daemon:
                     "source %s works again after %d failed poll(s)", name, schedule.failures
                 )
             schedule.failures = 0
+            self._store_error_kinds.clear()
             schedule.last_error = None
             schedule.last_error_kind = None
             schedule.last_success_at = now_wall
@@ -629,6 +669,8 @@ class Daemon:
         ]
         deadlines.extend(s.next_at for s in self._schedules.values() if s.job is None)
         deadlines.append(self._summary_at + SUMMARY_MAX_AGE)
+        if self._leases is not None:
+            deadlines.append(self._leases.next_at)
         delay = min(deadlines) - now
         if self.options.watchdog_interval:
             delay = min(delay, self.options.watchdog_interval)
@@ -705,6 +747,11 @@ class Daemon:
                 "consecutive_failures": schedule.failures,
                 "last_error": schedule.last_error,
             }
+            if self._leases is not None:
+                leads = self._leases.leads(schedule.name)
+                sources[schedule.name]["leader"] = leads
+                if not leads:
+                    continue  # another instance polls it: its freshness is not ours to judge
             if age > stale_after:
                 reasons.append(f"source {schedule.name}: no successful poll for {age:.0f}s")
         if self._stop.is_set():
@@ -714,7 +761,60 @@ class Daemon:
             "outbox": {"pending": self._summary.pending, "dead": self._summary.dead},
             "stale_after": stale_after,
         }
+        if self._leases is not None:
+            details["instance"] = self._leases.holder
+            details["cluster"] = self._cluster_view()
         return HealthReport(not reasons, tuple(reasons), details)
+
+    # -- leases (several instances on one database) --
+
+    def _maintain_leases(self) -> None:
+        """Renew and take leases when due; a newly led source is polled at once."""
+        keeper = self._leases
+        if keeper is None or not keeper.due():
+            return
+        busy = [s.name for s in self._schedules.values() if s.job is not None]
+        changes = keeper.maintain(list(self._schedules), busy)
+        now = self._clock()
+        for name in changes.gained:
+            schedule = self._schedules.get(name)
+            if schedule is not None and schedule.job is None:
+                schedule.next_at = now
+        self._publish_leader_metrics()
+
+    def _recheck_leases(self) -> None:
+        if self._leases is not None:
+            self._leases.next_at = -math.inf
+
+    def _publish_leader_metrics(self) -> None:
+        keeper = self._leases
+        for name in self._schedules:
+            leads = (keeper is None or keeper.leads(name)) and not self._stop.is_set()
+            self.metrics.set("leader", 1 if leads else 0, source=name)
+
+    def _cluster_view(self) -> Any:
+        """Every instance on the database and what it leads (for ``/healthz``)."""
+        from notifier.store.lease import leadership
+
+        try:
+            view = leadership(self.engine)
+        except NotifierError as exc:
+            return {"error": str(exc)}
+        return None if view is None else view.to_dict()
+
+    def _store_failed(self, source: str, exc: StoreError) -> None:
+        """A poll could not reach the database: a traceback once per kind, then one line."""
+        kind = type(exc.__cause__ or exc).__name__
+        if kind in self._store_error_kinds:
+            logger.warning("%s: the database failed again: %s", source, _one_line(exc))
+            return
+        self._store_error_kinds.add(kind)
+        logger.error(
+            "%s: the database failed (%s); polls retry with backoff (logged once per kind)",
+            source,
+            _one_line(exc),
+            exc_info=exc,
+        )
 
     # -- reload --
 
@@ -782,6 +882,7 @@ class Daemon:
                 logger.info("reload: source %s removed", name)
                 del self._schedules[name]
                 self.metrics.remove("source_up", source=name)
+                self.metrics.remove("leader", source=name)
                 self.metrics.remove("source_consecutive_failures", source=name)
                 self.metrics.remove("source_last_success_timestamp_seconds", source=name)
         for name, source in wanted.items():
@@ -811,6 +912,9 @@ class Daemon:
 
     def _shutdown(self) -> None:
         grace = self.options.stop_grace
+        if self._leases is not None:  # first: another instance takes over at once
+            self._leases.release_all()
+            self._publish_leader_metrics()
         self.notifier.stopping("stopping: finishing the current step")
         logger.info("stopping: finishing running polls, then up to %.0fs for due deliveries", grace)
         self._drain_jobs()
@@ -968,6 +1072,7 @@ def serve(
     metrics = Metrics()
     engine = db.make_engine(config.service.database)
     lock = InstanceLock(engine)
+    keeper: LeaseKeeper | None = None
     listener: list[HealthServer] = []  # the running health listener, if any
 
     def start_http(settings: Config, health: Callable[[], HealthReport]) -> None:
@@ -992,10 +1097,9 @@ def serve(
                 logger.error("reload: the health listener could not start: %s", exc)
 
     try:
-        lock.acquire()
-        notifier.status("migrating the database")
-        revision = db.upgrade(engine)
+        revision = _open_store(engine, lock, notifier)
         logger.info("database %s at revision %s", _safe_url(engine), revision)
+        keeper = _lease_keeper(config, engine)
         daemon = Daemon(
             config,
             engine,
@@ -1007,6 +1111,7 @@ def serve(
             ),
             config_loader=config_loader,
             on_reload=reload_extras,
+            leases=keeper,
         )
         with daemon.signal_handlers():
             daemon.start()
@@ -1034,3 +1139,91 @@ def serve(
 
 def _safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
+
+
+#: Waiting for the database at start: 1 s doubling up to this, until it answers or SIGTERM.
+STORE_RETRY_MAX: Final = 30.0
+
+
+def _open_store(engine: Engine, lock: Any, notifier: SystemdNotifier) -> str:
+    """Lock (single-instance databases) and migrate; while the database cannot be reached,
+    retry with backoff (logged once per kind of failure) instead of exiting, so systemd's
+    restart limit never gives up during a database outage. Returns the revision."""
+    from notifier.errors import AlreadyRunning
+    from notifier.store import db
+    from notifier.store.claims import Claims
+    from notifier.store.lease import MULTI_INSTANCE_BACKENDS
+
+    multi = engine.url.get_backend_name() in MULTI_INSTANCE_BACKENDS
+    stop = threading.Event()
+    kinds: set[str] = set()
+    delay = 1.0
+
+    def on_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                if not multi:
+                    lock.acquire()
+                notifier.status("migrating the database")
+                revision = db.upgrade(engine)
+                if not multi:  # the only instance: a crashed run's claims are void
+                    Claims(engine, 1.0).clear_all()
+                if kinds:
+                    logger.info("the database answers again")
+                return revision
+            except AlreadyRunning:
+                raise
+            except StoreError as exc:
+                if not _unreachable(exc):
+                    raise
+                lock.release()
+                kind = type(exc.__cause__ or exc).__name__
+                if kind not in kinds:
+                    kinds.add(kind)
+                    logger.error(
+                        "cannot reach the database (%s); retrying with backoff up to %.0fs "
+                        "(logged once per kind of failure)",
+                        _one_line(exc),
+                        STORE_RETRY_MAX,
+                    )
+                notifier.notify(
+                    "STATUS=waiting for the database",
+                    f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}",
+                )
+                if stop.wait(delay):
+                    raise StoreError("stopped while waiting for the database") from exc
+                delay = min(STORE_RETRY_MAX, delay * 2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _unreachable(exc: StoreError) -> bool:
+    """A connection failure (server down, restarting, refused), not a broken schema."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    cause = exc.__cause__
+    if isinstance(cause, OperationalError):
+        return True
+    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
+
+
+def _lease_keeper(config: Config, engine: Engine) -> LeaseKeeper | None:
+    """A lease keeper on databases shared by several instances (PostgreSQL), else None."""
+    from notifier.store.lease import MULTI_INSTANCE_BACKENDS, LeaseStore, new_holder_id
+
+    if engine.url.get_backend_name() not in MULTI_INSTANCE_BACKENDS:
+        return None
+    service = config.service
+    store = LeaseStore(engine, new_holder_id(), service.lease_ttl)
+    keeper = LeaseKeeper(store, service.lease_ttl, interval=service.active_poll_interval)
+    logger.info(
+        "joining as instance %s: leases of %gs; polling only the sources this instance leads",
+        store.holder,
+        service.lease_ttl,
+    )
+    return keeper

@@ -28,6 +28,12 @@ exponential backoff and jitter (``[delivery]`` settings, persisted in ``next_att
 until ``max_attempts`` or ``max_age``, then it is ``dead`` and stays visible
 (``outbox list``) until ``outbox retry`` or ``outbox purge``.
 
+Claims (``store/claims.py``): any instance may dispatch; a dispatch claims its due rows
+(``FOR UPDATE SKIP LOCKED``, a claim token and expiry), extends the claim while it sends,
+writes a row's result only while the claim is still its own and releases the rest at its
+end, so two instances never send the same row; after a crash, at most the request in flight
+is repeated (same webhook-id) once the claim expired.
+
 Pacing: a service's own rate (apprise's ``request_rate_per_sec``, e.g. Slack's 1.2 s) is
 kept between two sends to the same target; a dispatch waits at most ``pacing_budget``
 seconds in total and defers the rest (no attempt counted), so a backlog never bursts.
@@ -52,6 +58,7 @@ from notifier.channels.targets import SendResult, Target, UnloadableURL, build_t
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, cloudevent
+from notifier.store.claims import Claims, claim_ttl, new_token, owned
 from notifier.store.schema import event_groups, events, outbox
 from notifier.store.status import next_attempt_at
 
@@ -219,6 +226,9 @@ class Dispatcher:
         self._waited = 0.0
         self._warned_unconfigured: dict[str, float] = {}
         self._reported: set[tuple[str, str]] = set()
+        self._claims = Claims(engine, claim_ttl(config.service.lease_ttl))
+        self._token = new_token()
+        self._held_at = 0.0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -228,13 +238,17 @@ class Dispatcher:
         self._waited = 0.0
         now_ms = self._now_ms()
         batch = limit if limit is not None else self.config.delivery.batch_size
+        self._token, self._held_at = new_token(), self.clock()
         try:
-            bundles = self._load_bundles(now_ms, batch)
-            self._warn_unconfigured()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read the outbox: {exc}") from exc
-        for channel_name, rows in bundles:
-            self._dispatch_bundle(channel_name, rows, stats)
+            try:
+                bundles = self._load_bundles(now_ms, batch)
+                self._warn_unconfigured()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot read the outbox: {exc}") from exc
+            for channel_name, rows in bundles:
+                self._dispatch_bundle(channel_name, rows, stats)
+        finally:
+            self._release_claim()
         if stats.handled:
             logger.info(
                 "dispatched: %d sent, %d retrying, %d dead, %d deferred",
@@ -287,19 +301,8 @@ class Dispatcher:
     def _load_bundles(self, now_ms: int, batch: int) -> list[tuple[str, list[_Row]]]:
         """Due rows grouped per (channel, source, operation), each group with every pending
         row of that operation (older ones first) so messages coalesce and keep their order."""
-        due_query = (
-            select(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id)
-            .join(event_groups, event_groups.c.id == outbox.c.group_id)
-            .where(
-                outbox.c.state == PENDING,
-                outbox.c.next_attempt_at <= now_ms,
-                outbox.c.channel.in_(list(self._channels)),
-            )
-            .order_by(outbox.c.next_attempt_at, outbox.c.id)
-            .limit(batch)
-        )
+        keys = self._claims.claim_due(self._token, list(self._channels), now_ms, batch)
         with self.engine.connect() as connection:
-            keys = list(dict.fromkeys(tuple(row) for row in connection.execute(due_query)))
             by_key: dict[tuple[str, str, str], list[_Row]] = {key: [] for key in keys}
             for chunk in _chunks(keys, 300):
                 for row in self._load_rows(connection, chunk):
@@ -323,6 +326,7 @@ class Dispatcher:
             .join(event_groups, event_groups.c.id == outbox.c.group_id)
             .where(
                 outbox.c.state == PENDING,
+                owned(self._token),
                 tuple_(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id).in_(
                     list(keys)
                 ),
@@ -462,6 +466,7 @@ class Dispatcher:
 
     def _deliver(self, target: Target, **message: str) -> SendResult:
         self._flush_done()  # every earlier success is committed before more network I/O
+        self._hold_claim()
         result = target.send(**message)
         self._last_send[target.pacing_key] = self.clock()
         return result
@@ -589,12 +594,29 @@ class Dispatcher:
                 for row in self._unsaved.values():
                     connection.execute(
                         update(outbox)
-                        .where(outbox.c.id == row.id)
+                        .where(outbox.c.id == row.id, owned(self._token))
                         .values(done_targets=json.dumps(row.done), updated_at=now_ms)
                     )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record a delivery: {exc}") from exc
         self._unsaved.clear()
+
+    def _hold_claim(self) -> None:
+        """Before a request: extend the claim once a third of its time has passed; stop
+        (ClaimLost) when it is no longer this dispatch's."""
+        now = self.clock()
+        if (now - self._held_at) * 1000 < self._claims.ttl_ms / 3:
+            return
+        self._claims.hold(self._token, self._now_ms())
+        self._held_at = now
+
+    def _release_claim(self) -> None:
+        """End of a dispatch: record successes a failure left unsaved, drop the claim."""
+        try:
+            self._flush_done()
+            self._claims.release(self._token)
+        except StoreError as exc:  # the claims expire by themselves
+            logger.debug("cannot release the outbox claim: %s", exc)
 
     def _complete(self, row: _Row) -> bool:
         """Whether every target of the row's channel has what the row carries for it."""
@@ -656,8 +678,18 @@ class Dispatcher:
                         }
                 values["updated_at"] = now_ms
                 values["done_targets"] = json.dumps(row.done)
-                connection.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+                values.update(claim_token=None, claim_expires_at=None)
+                written = connection.execute(
+                    update(outbox).where(outbox.c.id == row.id, owned(self._token)).values(**values)
+                )
                 self._unsaved.pop(row.id, None)
+                if written.rowcount != 1:
+                    logger.warning(
+                        "delivery %d: its claim expired and another instance took it over; "
+                        "its result here is not recorded",
+                        row.id,
+                    )
+                    continue
                 if state:
                     stats.count(channel, state)
 

@@ -24,6 +24,7 @@ from notifier.diff import diff_record
 from notifier.errors import AuthError, SignatureRejected, SourceError
 from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
 from notifier.routing import channels_for
+from notifier.store.lease import Fence
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
@@ -119,7 +120,11 @@ class Poller:
     def poll_all(self, *, dry_run: bool = False) -> list[PollResult]:
         return [self.poll_source(source, dry_run=dry_run) for source in self.config.sources]
 
-    def poll_source(self, source: SourceConfig, *, dry_run: bool = False) -> PollResult:
+    def poll_source(
+        self, source: SourceConfig, *, dry_run: bool = False, fence: Fence | None = None
+    ) -> PollResult:
+        """Poll one source and record what changed. ``fence``: the lease this poll runs
+        under (several instances); its check ends the write, LeaseLost when it was lost."""
         started = self.timer()
         now_ms = int(self.clock() * 1000)
         state = self.repository.source_state(source.name)
@@ -128,7 +133,13 @@ class Poller:
             # rejections in a row lock it for 5 minutes), also after a restart
             resting = _resting_error(source, state, now_ms)
             result = self._failure(
-                source, resting, now_ms, dry_run=dry_run, state=state, keep_last_error=True
+                source,
+                resting,
+                now_ms,
+                dry_run=dry_run,
+                state=state,
+                keep_last_error=True,
+                fence=fence,
             )
             return replace(result, duration=self.timer() - started)
         client = self._client(source)
@@ -141,7 +152,7 @@ class Poller:
                 state = replace(state, rest_until=int(rest_until * 1000))
                 if dry_run:  # the one write a dry run makes: it protects the key
                     self.repository.save_rest(source.name, int(rest_until * 1000))
-            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
+            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state, fence=fence)
             return replace(result, duration=self.timer() - started)
         records = select(parsed.records, source.filters)
         result = self._success(
@@ -152,6 +163,7 @@ class Poller:
             skipped=parsed.skipped,
             keep_absent=parsed.skipped_unidentified,
             dry_run=dry_run,
+            fence=fence,
         )
         return replace(result, duration=self.timer() - started, skipped=parsed.skipped)
 
@@ -177,6 +189,7 @@ class Poller:
         skipped: Sequence[str],
         keep_absent: bool,
         dry_run: bool,
+        fence: Fence | None = None,
     ) -> PollResult:
         name = source.name
         index = self.repository.snapshot_index(name)
@@ -264,6 +277,7 @@ class Poller:
                 gone=gone,
                 returned=returned,
                 groups=groups,
+                fence=fence,
             )
         )
         written_events = tuple(event for group in written for event in group.events)
@@ -280,6 +294,7 @@ class Poller:
         dry_run: bool,
         state: SourceState,
         keep_last_error: bool = False,
+        fence: Fence | None = None,
     ) -> PollResult:
         """Record a failed poll; ``keep_last_error`` keeps the reason that caused a rest."""
         name = source.name
@@ -307,7 +322,7 @@ class Poller:
         if dry_run:
             return PollResult(name, active=active, error=error)
         written = self.repository.write_cycle(
-            CycleWrite(state=new_state, now_ms=now_ms, groups=groups)
+            CycleWrite(state=new_state, now_ms=now_ms, groups=groups, fence=fence)
         )
         events = tuple(event for group in written for event in group.events)
         return PollResult(name, events, tuple(written), active, error)

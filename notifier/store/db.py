@@ -22,6 +22,7 @@ from notifier.errors import StoreError
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT = 10  # seconds to reach a database server
 
 
 def migrations_path() -> Path:
@@ -41,8 +42,15 @@ def make_engine(url: str) -> Engine:
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {}
+    if not is_sqlite:
+        # a connection the server dropped (pg_terminate_backend, restart) is noticed and
+        # replaced at checkout instead of failing the next poll
+        options["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql":
+            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     try:
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, **options)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot open database: {exc}") from exc
     if is_sqlite:
@@ -70,7 +78,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _alembic_config(engine: Engine) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_path()))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    url = engine.url.render_as_string(hide_password=False)
+    # configparser interpolates "%": a socket directory spelled "%2Frun%2Fpostgresql" (or a
+    # password with "%") must reach Alembic as written
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord
+from notifier.store.lease import Fence
 from notifier.store.schema import event_groups, events, outbox, snapshots, source_state
 
 _CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
@@ -67,6 +68,8 @@ class CycleWrite:
     gone: Sequence[str] = ()
     returned: Sequence[str] = ()  # marked gone before, present again with unchanged content
     groups: Sequence[EventGroup] = ()
+    #: the poller's lease (several instances): checked as the transaction's last statement
+    fence: Fence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,10 @@ class Repository:
             with self.engine.begin() as connection:
                 self._write_snapshots(connection, write)
                 self._write_state(connection, write.state)
-                return self._write_groups(connection, write.groups, write.now_ms)
+                written = self._write_groups(connection, write.groups, write.now_ms)
+                if write.fence is not None:  # last: a lost lease rolls all of it back
+                    write.fence.check(connection)
+                return written
         except SQLAlchemyError as exc:
             raise StoreError(f"could not store the cycle of {write.state.source}: {exc}") from exc
 

@@ -1,0 +1,78 @@
+"""A real PostgreSQL for the tests: ONE server (the ``pgserver`` package's bundled
+PostgreSQL 16) for the whole run, started on first use, and a fresh database per test.
+
+The server listens on a unix socket only (no TCP port), so URLs carry the socket directory
+as ``?host=%2F...``: the spelling that used to crash Alembic's configparser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import create_engine, text
+
+
+class PostgresServer:
+    def __init__(self, directory: Path) -> None:
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir, which warns without XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            self.server: Any = pgserver.get_server(str(directory), cleanup_mode="stop")
+        self.directory = directory
+        self.socket_dir = str(directory)
+
+    def url(self, database: str = "postgres") -> str:
+        """A SQLAlchemy URL for ``database`` (psycopg 3, socket directory escaped)."""
+        return f"postgresql+psycopg://postgres@/{database}?host={quote(self.socket_dir, safe='')}"
+
+    def create_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        self.admin(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def admin(self, statement: str, **parameters: Any) -> list[Any]:
+        """Run one statement on the maintenance database (autocommit); its rows."""
+        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                result = connection.execute(text(statement), parameters)
+                return list(result) if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def terminate_backends(self, database: str) -> int:
+        """``pg_terminate_backend`` of every session on ``database``; how many."""
+        rows = self.admin(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = :name AND pid <> pg_backend_pid()",
+            name=database,
+        )
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        with warnings.catch_warnings(), contextlib.suppress(Exception):
+            warnings.simplefilter("ignore")
+            self.server.cleanup()
+
+
+@contextlib.contextmanager
+def postgres_server(directory: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(directory)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def database_name(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).database)
