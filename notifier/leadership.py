@@ -94,7 +94,7 @@ class LeaseKeeper:
         changes = LeaseChanges()
         now = self._clock()
         self.next_at = now + self.interval
-        before = set(self.led())
+        before = set(self._held)
         try:
             self.store.heartbeat()
             live = self.store.live_instances()

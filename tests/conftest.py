@@ -39,11 +39,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def postgres() -> Iterator[Any]:
     """ONE real PostgreSQL server for the whole run (``pg_support``), started on first use."""
     from pg_support import postgres_server
 
-    with postgres_server(tmp_path_factory.mktemp("pg")) as server:
+    with postgres_server() as server:
         yield server
 
 

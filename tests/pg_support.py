@@ -8,6 +8,8 @@ as ``?host=%2F...``: the spelling that used to crash Alembic's configparser.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -28,6 +30,10 @@ class PostgresServer:
             self.server: Any = pgserver.get_server(str(directory), cleanup_mode="stop")
         self.directory = directory
         self.socket_dir = str(directory)
+        # a throw-away server: no durability, so databases and the shutdown are quick
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            self.admin(f"ALTER SYSTEM SET {setting} = off")
+        self.admin("SELECT pg_reload_conf()")
 
     def url(self, database: str = "postgres") -> str:
         """A SQLAlchemy URL for ``database`` (psycopg 3, socket directory escaped)."""
@@ -64,12 +70,17 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server(directory: Path) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
+    """A server in a fresh directory under /tmp (as root, pgserver runs PostgreSQL as its own
+    user, which cannot enter pytest's private temporary directories); removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="bcs-pg-"))
+    directory.chmod(0o755)
     server = PostgresServer(directory)
     try:
         yield server
     finally:
         server.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def database_name(url: str) -> str:
