@@ -63,6 +63,17 @@ class PostgresServer:
         )
         return int(rows[0][0])
 
+    def terminate_process_sessions(self, database: str, pid: int) -> int:
+        """``pg_terminate_backend`` of the sessions one ``bcs-notifier`` process opened on
+        ``database`` (their ``application_name`` carries its pid); how many."""
+        rows = self.admin(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = :name AND application_name = :application",
+            name=database,
+            application=f"bcs-notifier[{pid}]",
+        )
+        return int(rows[0][0])
+
     def close(self) -> None:
         with warnings.catch_warnings(), contextlib.suppress(Exception):
             warnings.simplefilter("ignore")
