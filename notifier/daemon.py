@@ -242,6 +242,7 @@ class Daemon:
         self.config = config
         self._leases = leases  # None: the only instance on this database (polls everything)
         self._store_error_kinds: set[str] = set()
+        self._summary_failing = False
         self.engine = engine
         self.options = options or DaemonOptions()
         self.metrics = metrics or Metrics()
@@ -591,7 +592,7 @@ class Daemon:
                 "keeps failing (logged once per kind of failure)",
                 _one_line(exc),
                 delay,
-                exc_info=exc,
+                exc_info=None if _is_outage(exc) else exc,
             )
         else:
             logger.debug(
@@ -645,8 +646,11 @@ class Daemon:
                 self.engine, int(self._wall() * 1000), self._channel_names()
             )
         except NotifierError as exc:
-            logger.warning("cannot read the outbox: %s", exc)
+            if not self._summary_failing:  # once per outage, not every cycle
+                logger.warning("cannot read the outbox: %s", _one_line(exc))
+            self._summary_failing = True
             return
+        self._summary_failing = False
         self._summary_at = now
         self._summary_dirty = False
         summary = self._summary
@@ -813,7 +817,7 @@ class Daemon:
             "%s: the database failed (%s); polls retry with backoff (logged once per kind)",
             source,
             _one_line(exc),
-            exc_info=exc,
+            exc_info=None if _is_outage(exc) else exc,  # a connection failure needs no trace
         )
 
     # -- reload --
@@ -1200,6 +1204,10 @@ def _open_store(engine: Engine, lock: Any, notifier: SystemdNotifier) -> str:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, StoreError) and _unreachable(exc)
 
 
 def _unreachable(exc: StoreError) -> bool:

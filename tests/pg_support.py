@@ -22,14 +22,8 @@ from sqlalchemy import create_engine, text
 
 class PostgresServer:
     def __init__(self, directory: Path) -> None:
-        with warnings.catch_warnings():
-            # pgserver asks platformdirs for a runtime dir, which warns without XDG_RUNTIME_DIR
-            warnings.simplefilter("ignore")
-            import pgserver
-
-            self.server: Any = pgserver.get_server(str(directory), cleanup_mode="stop")
         self.directory = directory
-        self.socket_dir = str(directory)
+        self.start()
         # a throw-away server: no durability, so databases and the shutdown are quick
         for setting in ("fsync", "synchronous_commit", "full_page_writes"):
             self.admin(f"ALTER SYSTEM SET {setting} = off")
@@ -37,7 +31,11 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         """A SQLAlchemy URL for ``database`` (psycopg 3, socket directory escaped)."""
-        return f"postgresql+psycopg://postgres@/{database}?host={quote(self.socket_dir, safe='')}"
+        return self.url_for(self.directory, database)
+
+    @staticmethod
+    def url_for(directory: Path, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={quote(str(directory), safe='')}"
 
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:16]}"
@@ -73,6 +71,19 @@ class PostgresServer:
             application=f"bcs-notifier[{pid}]",
         )
         return int(rows[0][0])
+
+    def start(self) -> None:
+        """Start (or start again) the server of ``directory``."""
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir, which warns without XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            self.server: Any = pgserver.get_server(str(self.directory), cleanup_mode="stop")
+
+    def stop(self) -> None:
+        """Stop the server (the data stays; ``start`` brings it back)."""
+        self.close()
 
     def close(self) -> None:
         with warnings.catch_warnings(), contextlib.suppress(Exception):
