@@ -23,6 +23,12 @@ OP = "BCSSVC01-99-1618218591906093855"
 DEPENDENT = "Create Other Dependent Resource"
 
 
+@pytest.fixture
+def engine(store_engine: Engine) -> Engine:
+    """Every pipeline test runs on a migrated SQLite file and on a real PostgreSQL database."""
+    return store_engine
+
+
 def make_config(
     *,
     channels: Sequence[dict[str, Any]] = (),
