@@ -7,6 +7,9 @@ live instances)`` and hands extra ones over (releases leases of idle sources abo
 share while other instances run), so the sources spread over the instances and every
 source has exactly one poller. An instance leading nothing is a standby.
 
+Below its share, an instance also tries again the moment the first other lease runs out
+(read from the database), so a takeover after a crash takes ``lease_ttl`` and a little.
+
 A lease counts as held only until ``lease_ttl`` (minus a safety margin) after its last
 successful renewal on this host's monotonic clock; the database's own expiry and the
 fencing check of every poll transaction (``store/lease.py``) make that safe even when this
@@ -31,6 +34,8 @@ logger = logging.getLogger(__name__)
 SAFETY: float = 0.8
 #: After a failed renewal (database down), try again this soon.
 RETRY_AFTER: float = 1.0
+#: A standby below its share tries again this long after another lease's expiry.
+EXPIRY_MARGIN: float = 0.02
 
 
 @dataclass
@@ -120,6 +125,8 @@ class LeaseKeeper:
                 lease = self.store.acquire(name)
                 if lease is not None:
                     self._held[name] = _Held(lease, now)
+            if len(self._held) < share:  # wake when the first other lease runs out
+                self._wake_at_expiry(now, [name for name in sources if name not in self._held])
             if live > 1 and len(self._held) > share:
                 extra = [name for name in sorted(self._held) if name not in busy]
                 extra = extra[: len(self._held) - share]
@@ -152,6 +159,12 @@ class LeaseKeeper:
         for name in changes.lost:
             logger.info("no longer leading source %s", name)
         return changes
+
+    def _wake_at_expiry(self, now: float, sources: Sequence[str]) -> None:
+        remaining = self.store.remaining(sources)
+        if remaining:
+            soonest = now + min(remaining.values()) / 1000 + EXPIRY_MARGIN
+            self.next_at = min(self.next_at, max(now + 0.1, soonest))  # never a busy loop
 
     def release_all(self) -> None:
         """Stop: let every lease go at once, leave the instance list."""

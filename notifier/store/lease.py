@@ -186,6 +186,23 @@ class LeaseStore:
             raise StoreError(f"cannot release leases: {_one_line(exc)}") from exc
         return int(result.rowcount or 0)
 
+    def remaining(self, sources: Iterable[str]) -> dict[str, int]:
+        """Milliseconds until each other holder's lease of ``sources`` expires (the
+        database's clock), so a standby can try again the moment one runs out."""
+        names = list(sources)
+        if not names:
+            return {}
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(
+                    select(leases.c.source, (leases.c.expires_at - self._now).label("left")).where(
+                        leases.c.source.in_(names), leases.c.holder != self.holder
+                    )
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the leases: {_one_line(exc)}") from exc
+        return {str(row.source): max(0, int(row.left)) for row in rows}
+
     def fence(self, lease: Lease) -> Fence:
         return Fence(lease.source, lease.holder, lease.epoch)
 
