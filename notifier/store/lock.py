@@ -108,7 +108,8 @@ class InstanceLock:
             connection.close()
             raise AlreadyRunning(
                 f"another bcs-notifier run holds the instance lock on this {backend} database: "
-                "stop it first"
+                "stop it first (several instances on one database are supported on "
+                "PostgreSQL only)"
             )
         connection.commit()
         self._connection = connection
