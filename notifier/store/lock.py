@@ -171,7 +171,6 @@ class InstanceLock:
 
 
 _ADVISORY: Final[dict[str, str]] = {
-    "postgresql": "SELECT pg_try_advisory_lock(:key)",
     # GET_LOCK is server-wide: the name carries the database (hashed: at most 64 characters)
     "mysql": "SELECT GET_LOCK(CONCAT('bcs-notifier-', SHA1(CONCAT(DATABASE(), :key))), 0)",
     "mariadb": "SELECT GET_LOCK(CONCAT('bcs-notifier-', SHA1(CONCAT(DATABASE(), :key))), 0)",
