@@ -13,8 +13,8 @@ Below its share, an instance also tries again the moment the first other lease r
 A lease counts as held only until ``lease_ttl`` (minus a safety margin) after its last
 successful renewal on this host's monotonic clock; the database's own expiry and the
 fencing check of every poll transaction (``store/lease.py``) make that safe even when this
-process was frozen. Database failures are logged once per kind and retried every second;
-the leases lapse by themselves meanwhile.
+process was frozen. Database failures are logged once per kind and retried with backoff
+(1 s doubling up to the renewal interval); the leases lapse by themselves meanwhile.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class LeaseKeeper:
         self._error_kinds: set[str] = set()
         self.next_at = -math.inf
         self.failing = False
+        self._failures = 0
 
     @property
     def holder(self) -> str:
@@ -146,6 +147,7 @@ class LeaseKeeper:
             if self.failing:
                 logger.info("the database works again: leases renewed")
             self.failing = False
+            self._failures = 0
             self._error_kinds.clear()
         for name in list(self._held):  # lapsed while the database could not be reached
             if not self.leads(name):
@@ -179,7 +181,9 @@ class LeaseKeeper:
             logger.warning("cannot release the leases (they expire by themselves): %s", exc)
 
     def _failed(self, exc: StoreError) -> None:
-        self.next_at = self._clock() + min(self.interval, RETRY_AFTER)
+        self._failures += 1
+        delay = min(self.interval, RETRY_AFTER * 2 ** min(self._failures - 1, 16))
+        self.next_at = self._clock() + delay
         self.failing = True
         kind = type(exc.__cause__ or exc).__name__
         if kind in self._error_kinds:
@@ -187,8 +191,8 @@ class LeaseKeeper:
             return
         self._error_kinds.add(kind)
         logger.error(
-            "cannot renew leases (%s); retrying every %.0fs, the leases lapse meanwhile "
-            "(logged once per kind of failure)",
+            "cannot renew leases (%s); retrying with backoff up to every %.0fs, the leases "
+            "lapse meanwhile (logged once per kind of failure)",
             exc,
-            min(self.interval, RETRY_AFTER),
+            self.interval,
         )

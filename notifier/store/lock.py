@@ -44,7 +44,7 @@ def lock_file_for(engine: Engine) -> Path | None:
 
 
 def advisory_key(name: str = LOCK_NAME) -> int:
-    """A stable signed 64-bit key for ``pg_try_advisory_lock``."""
+    """A stable signed 64-bit key, part of the MySQL/MariaDB lock name."""
     digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
