@@ -112,7 +112,8 @@ def fail_over(group: Cluster, sim: GatedSimulator, *, graceful: bool) -> tuple[f
 
     seen = wait(polled, 120, "the next poll")
     leader.wait(60)
-    leader.start()
+    leader.start()  # back as a standby before the next round, so every round has the same
+    wait(lambda: "running:" in leader.stderr(), 120, "the restarted instance")  # standbys
     return taken - start, seen - start
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from e2e_support import Service
 from net_support import WAIT
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import ProgrammingError
 
 from notifier.store import db
 from notifier.store.lease import database_now_ms
@@ -43,12 +44,15 @@ class Cluster:
     def lease(self, source: str) -> tuple[int, int] | None:
         """(pid of the holder, epoch) of the valid lease of ``source``, if any."""
         now = database_now_ms(self.engine.url.get_backend_name())
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(leases.c.holder, leases.c.epoch).where(
-                    leases.c.source == source, leases.c.expires_at > now
-                )
-            ).first()
+        try:
+            with self.engine.connect() as connection:
+                row = connection.execute(
+                    select(leases.c.holder, leases.c.epoch).where(
+                        leases.c.source == source, leases.c.expires_at > now
+                    )
+                ).first()
+        except ProgrammingError:  # not migrated yet: the instances are still starting
+            return None
         if row is None:
             return None
         return int(str(row.holder).split(":")[-2]), int(row.epoch)
