@@ -721,6 +721,9 @@ class Daemon:
             parts.append(f"active: {', '.join(sorted(active))}")
         summary = self._summary
         parts.append(f"outbox {summary.pending} pending, {summary.dead} dead")
+        if self._leases is not None:
+            led = self._leases.led()
+            parts.append(f"leads {', '.join(led)}" if led else "standby")
         return "; ".join(parts)
 
     def _report_status(self) -> None:

@@ -65,6 +65,8 @@ def test_instances_split_the_sources_and_hand_them_over_on_stop(store_engine: En
     second, second_poller = _instance(store_engine, "host:2:b", clock)
     second.cycle()
     assert second_poller.calls == []  # a standby: both sources are leased
+    assert second.status_line().endswith("; standby")
+    assert first.status_line().endswith("; leads s1, s2")
     health = second.health().details
     assert health["sources"]["s1"]["leader"] is False
     assert _metric(second, "s1").endswith(" 0")
