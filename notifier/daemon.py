@@ -59,6 +59,7 @@ from notifier.errors import (
 from notifier.health import HealthReport, Metrics
 from notifier.leadership import LeaseKeeper
 from notifier.model import Event, describe
+from notifier.store.lease import Fence
 from notifier.store.status import (
     OutboxSummary,
     next_attempt_at,
@@ -389,7 +390,7 @@ class Daemon:
             schedule.job = self._submit(self._poll_job(components.poller, schedule.config, fence))
 
     def _poll_job(
-        self, poller: PollerLike, source: SourceConfig, fence: Any = None
+        self, poller: PollerLike, source: SourceConfig, fence: Fence | None = None
     ) -> Callable[[], _PollOutcome]:
         def job() -> _PollOutcome:
             started = time.monotonic()

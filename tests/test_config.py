@@ -215,3 +215,13 @@ def test_a_bad_url_error_does_not_echo_its_password() -> None:
     )
     found = problems(text, BCS_TOKEN="x")
     assert found == ["sources[0].endpoint: must be an http(s) URL, not 'ftp://user:********@host'"]
+
+
+def test_lease_ttl_defaults_to_15_seconds_and_is_checked() -> None:
+    config = parse_config(MINIMAL, environ={"BCS_TOKEN": "t"})
+    assert config.service.lease_ttl == 15
+    short = parse_config("[service]\nlease_ttl = 3\n" + MINIMAL, environ={"BCS_TOKEN": "t"})
+    assert short.service.lease_ttl == 3
+    found = problems("[service]\nlease_ttl = 0\n" + MINIMAL, BCS_TOKEN="t")
+    assert len(found) == 1
+    assert found[0].startswith("service.lease_ttl: ")
