@@ -88,8 +88,8 @@ class Claims:
             )
             .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(batch)
-            .with_for_update(of=outbox, skip_locked=True)
         )
+        due = self._skip_locked(due)
         try:
             with self.engine.begin() as connection:
                 found = connection.execute(due).all()
@@ -124,10 +124,17 @@ class Claims:
                     list(keys)
                 ),
             )
-            .with_for_update(of=outbox, skip_locked=True)
         )
-        ids = list(connection.scalars(siblings))
+        ids = list(connection.scalars(self._skip_locked(siblings)))
         self._claim_rows(connection, token, ids, now_ms)
+
+    def _skip_locked(self, query: Any) -> Any:
+        """``FOR UPDATE OF outbox SKIP LOCKED`` where several instances dispatch
+        (PostgreSQL); SQLite serialises writers anyway, and the single-instance MySQL/MariaDB
+        install keeps working on versions without SKIP LOCKED."""
+        if self.engine.url.get_backend_name() != "postgresql":
+            return query
+        return query.with_for_update(of=outbox, skip_locked=True)
 
     def hold(self, token: str, now_ms: int) -> int:
         """Extend the claim of every row this token still holds; raise ClaimLost when it
