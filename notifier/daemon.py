@@ -57,9 +57,10 @@ from notifier.errors import (
     StoreError,
 )
 from notifier.health import HealthReport, Metrics
-from notifier.leadership import LeaseKeeper
+from notifier.leadership import LeaseKeeper, keeper_for
 from notifier.model import Event, describe
 from notifier.store.lease import Fence
+from notifier.store.startup import is_outage, open_store
 from notifier.store.status import (
     OutboxSummary,
     next_attempt_at,
@@ -593,7 +594,7 @@ class Daemon:
                 "keeps failing (logged once per kind of failure)",
                 _one_line(exc),
                 delay,
-                exc_info=None if _is_outage(exc) else exc,
+                exc_info=None if is_outage(exc) else exc,
             )
         else:
             logger.debug(
@@ -821,7 +822,7 @@ class Daemon:
             "%s: the database failed (%s); polls retry with backoff (logged once per kind)",
             source,
             _one_line(exc),
-            exc_info=None if _is_outage(exc) else exc,  # a connection failure needs no trace
+            exc_info=None if is_outage(exc) else exc,  # a connection failure needs no trace
         )
 
     # -- reload --
@@ -1105,9 +1106,9 @@ def serve(
                 logger.error("reload: the health listener could not start: %s", exc)
 
     try:
-        revision = _open_store(engine, lock, notifier)
+        revision = open_store(engine, lock, notifier)
         logger.info("database %s at revision %s", _safe_url(engine), revision)
-        keeper = _lease_keeper(config, engine)
+        keeper = keeper_for(config, engine)
         daemon = Daemon(
             config,
             engine,
@@ -1147,95 +1148,3 @@ def serve(
 
 def _safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
-
-
-#: Waiting for the database at start: 1 s doubling up to this, until it answers or SIGTERM.
-STORE_RETRY_MAX: Final = 30.0
-
-
-def _open_store(engine: Engine, lock: Any, notifier: SystemdNotifier) -> str:
-    """Lock (single-instance databases) and migrate; while the database cannot be reached,
-    retry with backoff (logged once per kind of failure) instead of exiting, so systemd's
-    restart limit never gives up during a database outage. Returns the revision."""
-    from notifier.errors import AlreadyRunning
-    from notifier.store import db
-    from notifier.store.claims import Claims
-    from notifier.store.lease import MULTI_INSTANCE_BACKENDS
-
-    multi = engine.url.get_backend_name() in MULTI_INSTANCE_BACKENDS
-    stop = threading.Event()
-    kinds: set[str] = set()
-    delay = 1.0
-
-    def on_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while True:
-            try:
-                if not multi:
-                    lock.acquire()
-                notifier.status("migrating the database")
-                revision = db.upgrade(engine)
-                if not multi:  # the only instance: a crashed run's claims are void
-                    Claims(engine, 1.0).clear_all()
-                if kinds:
-                    logger.info("the database answers again")
-                return revision
-            except AlreadyRunning:
-                raise
-            except StoreError as exc:
-                if not _unreachable(exc):
-                    raise
-                lock.release()
-                kind = type(exc.__cause__ or exc).__name__
-                if kind not in kinds:
-                    kinds.add(kind)
-                    logger.error(
-                        "cannot reach the database (%s); retrying with backoff up to %.0fs "
-                        "(logged once per kind of failure)",
-                        _one_line(exc),
-                        STORE_RETRY_MAX,
-                    )
-                notifier.notify(
-                    "STATUS=waiting for the database",
-                    f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}",
-                )
-                if stop.wait(delay):
-                    raise StoreError("stopped while waiting for the database") from exc
-                delay = min(STORE_RETRY_MAX, delay * 2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, StoreError) and _unreachable(exc)
-
-
-def _unreachable(exc: StoreError) -> bool:
-    """A connection failure (server down, restarting, refused), not a broken schema."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    cause = exc.__cause__
-    if isinstance(cause, OperationalError):
-        return True
-    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
-
-
-def _lease_keeper(config: Config, engine: Engine) -> LeaseKeeper | None:
-    """A lease keeper on databases shared by several instances (PostgreSQL), else None."""
-    from notifier.store.lease import MULTI_INSTANCE_BACKENDS, LeaseStore, new_holder_id
-
-    if engine.url.get_backend_name() not in MULTI_INSTANCE_BACKENDS:
-        return None
-    service = config.service
-    store = LeaseStore(engine, new_holder_id(), service.lease_ttl)
-    keeper = LeaseKeeper(store, service.lease_ttl, interval=service.active_poll_interval)
-    logger.info(
-        "joining as instance %s: leases of %gs; polling only the sources this instance leads",
-        store.holder,
-        service.lease_ttl,
-    )
-    return keeper

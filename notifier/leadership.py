@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
+
+from notifier.config import Config
 from notifier.errors import StoreError
 from notifier.store.lease import Fence, Lease, LeaseStore, fair_share, preference
 
@@ -196,3 +199,19 @@ class LeaseKeeper:
             exc,
             self.interval,
         )
+
+
+def keeper_for(config: Config, engine: Engine) -> LeaseKeeper | None:
+    """A lease keeper on databases shared by several instances (PostgreSQL), else None."""
+    from notifier.store.lease import MULTI_INSTANCE_BACKENDS, new_holder_id
+
+    if engine.url.get_backend_name() not in MULTI_INSTANCE_BACKENDS:
+        return None
+    service = config.service
+    store = LeaseStore(engine, new_holder_id(), service.lease_ttl)
+    logger.info(
+        "joining as instance %s: leases of %gs; polling only the sources this instance leads",
+        store.holder,
+        service.lease_ttl,
+    )
+    return LeaseKeeper(store, service.lease_ttl, interval=service.active_poll_interval)
