@@ -60,7 +60,7 @@ from notifier.health import HealthReport, Metrics
 from notifier.leadership import LeaseKeeper, keeper_for
 from notifier.model import Event, describe
 from notifier.store.lease import Fence
-from notifier.store.startup import is_outage, open_store
+from notifier.store.startup import StoppedWaiting, is_outage, open_store
 from notifier.store.status import (
     OutboxSummary,
     next_attempt_at,
@@ -1139,6 +1139,9 @@ def serve(
             code = daemon.run()
         logger.info("stopped")
         return code
+    except StoppedWaiting:
+        logger.info("stopped while waiting for the database")
+        return 0
     finally:
         stop_http()
         notifier.close()

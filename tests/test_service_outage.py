@@ -83,3 +83,22 @@ def test_run_waits_for_the_database_and_survives_it_going_away(tmp_path: Path) -
         if server is not None:
             server.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sigterm_while_waiting_for_the_database_is_a_clean_stop(tmp_path: Path) -> None:
+    missing = tmp_path / "no-server-here"
+    missing.mkdir()
+    with GatedSimulator(seed=13, story=STORY) as sim, webhook_receiver() as receiver:
+        url = PostgresServer.url_for(missing)
+        source = sim_source(sim, "aksk", "prod", timeout=10, max_retries=0)
+        config = write_config(tmp_path, [source], receiver.url, database=url)
+        service = Service(config, tmp_path)
+        service.start()
+        try:
+            _wait_log(service, "cannot reach the database")
+            service.send(signal.SIGTERM)
+            assert service.wait() == 0
+        finally:
+            service.kill()
+        assert "stopped while waiting for the database" in service.stderr()
+        assert "Traceback" not in service.stderr()

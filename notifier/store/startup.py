@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 STORE_RETRY_MAX: Final = 30.0
 
 
+class StoppedWaiting(StoreError):
+    """SIGTERM/SIGINT arrived while waiting for the database: a clean stop."""
+
+
 class Notifier(Protocol):
     def status(self, text: str) -> bool: ...
     def notify(self, *lines: str) -> bool: ...
@@ -78,7 +82,7 @@ def open_store(engine: Engine, lock: Any, notifier: Notifier) -> str:
                     f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}",
                 )
                 if stop.wait(delay):
-                    raise StoreError("stopped while waiting for the database") from exc
+                    raise StoppedWaiting("stopped while waiting for the database") from exc
                 delay = min(STORE_RETRY_MAX, delay * 2)
     finally:
         for sig, handler in previous.items():
