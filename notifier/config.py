@@ -101,6 +101,8 @@ class ServiceConfig:
     stall_min_samples: int = 10
     stall_floor: float = 600.0
     stall_reminders: bool = False
+    #: PostgreSQL: seconds a source's lease lasts unless renewed (every third of it)
+    lease_ttl: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -533,6 +535,7 @@ def _build_service(reader: _Reader, section: _Section | None) -> ServiceConfig:
         ),
         stall_floor=section.number("stall_floor", defaults.stall_floor, minimum=0),
         stall_reminders=section.boolean("stall_reminders", defaults.stall_reminders),
+        lease_ttl=section.number("lease_ttl", defaults.lease_ttl, minimum=1),
     )
     _check(
         reader,

@@ -26,6 +26,7 @@ from notifier.model import Event, EventType, OperationRecord, canonical_json, ev
 from notifier.routing import channels_for
 from notifier.stalls import StallSettings, api_now_ns
 from notifier.store.durations import StallWatch
+from notifier.store.lease import Fence
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
@@ -131,7 +132,11 @@ class Poller:
     def poll_all(self, *, dry_run: bool = False) -> list[PollResult]:
         return [self.poll_source(source, dry_run=dry_run) for source in self.config.sources]
 
-    def poll_source(self, source: SourceConfig, *, dry_run: bool = False) -> PollResult:
+    def poll_source(
+        self, source: SourceConfig, *, dry_run: bool = False, fence: Fence | None = None
+    ) -> PollResult:
+        """Poll one source and record what changed. ``fence``: the lease this poll runs
+        under (several instances); its check ends the write, LeaseLost when it was lost."""
         started = self.timer()
         now_ms = int(self.clock() * 1000)
         state = self.repository.source_state(source.name)
@@ -140,7 +145,13 @@ class Poller:
             # rejections in a row lock it for 5 minutes), also after a restart
             resting = _resting_error(source, state, now_ms)
             result = self._failure(
-                source, resting, now_ms, dry_run=dry_run, state=state, keep_last_error=True
+                source,
+                resting,
+                now_ms,
+                dry_run=dry_run,
+                state=state,
+                keep_last_error=True,
+                fence=fence,
             )
             return replace(result, duration=self.timer() - started)
         client = self._client(source)
@@ -159,7 +170,7 @@ class Poller:
                 state = replace(state, rest_until=int(rest_until * 1000))
                 if dry_run:  # the one write a dry run makes: it protects the key
                     self.repository.save_rest(source.name, int(rest_until * 1000))
-            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
+            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state, fence=fence)
             return replace(result, duration=self.timer() - started)
         records = select(parsed.records, source.filters)
         result = self._success(
@@ -171,6 +182,7 @@ class Poller:
             keep_absent=parsed.skipped_unidentified,
             dry_run=dry_run,
             server_time_ns=getattr(fetched, "server_time_ns", None),
+            fence=fence,
         )
         return replace(result, duration=self.timer() - started, skipped=parsed.skipped)
 
@@ -197,6 +209,7 @@ class Poller:
         keep_absent: bool,
         dry_run: bool,
         server_time_ns: int | None = None,
+        fence: Fence | None = None,
     ) -> PollResult:
         name = source.name
         index = self.repository.snapshot_index(name)
@@ -294,6 +307,7 @@ class Poller:
                 returned=returned,
                 groups=groups,
                 stalls=stalls.write,
+                fence=fence,
             )
         )
         written_events = tuple(event for group in written for event in group.events)
@@ -310,6 +324,7 @@ class Poller:
         dry_run: bool,
         state: SourceState,
         keep_last_error: bool = False,
+        fence: Fence | None = None,
     ) -> PollResult:
         """Record a failed poll; ``keep_last_error`` keeps the reason that caused a rest."""
         name = source.name
@@ -337,7 +352,7 @@ class Poller:
         if dry_run:
             return PollResult(name, active=active, error=error)
         written = self.repository.write_cycle(
-            CycleWrite(state=new_state, now_ms=now_ms, groups=groups)
+            CycleWrite(state=new_state, now_ms=now_ms, groups=groups, fence=fence)
         )
         events = tuple(event for group in written for event in group.events)
         return PollResult(name, events, tuple(written), active, error)

@@ -294,3 +294,13 @@ def test_check_config_exits_78_for_a_database_driver_that_is_not_installed(
     result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
     assert result.exit_code == 78
     assert "service.database: the postgresql driver 'pg8000' is not installed" in result.stderr
+
+
+def test_lease_ttl_defaults_to_15_seconds_and_is_checked() -> None:
+    config = parse_config(MINIMAL, environ={"BCS_TOKEN": "t"})
+    assert config.service.lease_ttl == 15
+    short = parse_config("[service]\nlease_ttl = 3\n" + MINIMAL, environ={"BCS_TOKEN": "t"})
+    assert short.service.lease_ttl == 3
+    found = problems("[service]\nlease_ttl = 0\n" + MINIMAL, BCS_TOKEN="t")
+    assert len(found) == 1
+    assert found[0].startswith("service.lease_ttl: ")

@@ -1,60 +1,35 @@
 """The delivery fast path: webhooks over httpx with our User-Agent, results committed in
 batches by the writer thread (also while the next send hangs), and the dispatcher's stop:
 no row taken after it, a send cut short by it is not an attempt. The store tests run on
-SQLite and on a real PostgreSQL (pgserver, a unix socket in a temporary directory)."""
+SQLite and on the suite's real PostgreSQL (conftest's ``store_engine``)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from delivery_support import insert_group, make_config, record, status_event
 from net_support import http_receiver
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, select
 
 from notifier import __version__
 from notifier.config import ChannelConfig
 from notifier.errors import StoreError
 from notifier.outbox import Dispatcher
-from notifier.store import db
 from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import outbox
 
 WAIT = 30.0
-_databases = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
-    """A migrated store: the SQLite file of ``engine``, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield engine
-        return
-    server = request.getfixturevalue("postgres")
-    uri = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    name = f"fastpath_{next(_databases)}"
-    admin = create_engine(uri, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    pg = db.make_engine(uri.replace("/postgres?", f"/{name}?", 1))
-    db.upgrade(pg)
-    yield pg
-    pg.dispose()
+@pytest.fixture
+def store(store_engine: Engine) -> Engine:
+    """A migrated store: a SQLite file or a fresh database of the session's PostgreSQL
+    (conftest's ``store_engine``)."""
+    return store_engine
 
 
 def _rows(engine: Engine) -> list[tuple[str, int, list[str]]]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import Engine, func, select
-from stall_pg_support import fresh_database
 
 from notifier.stalls import (
     ALERT_RETENTION_NS,
@@ -18,7 +16,6 @@ from notifier.stalls import (
     StallPlan,
     StallSettings,
 )
-from notifier.store import db
 from notifier.store.durations import StallWatch, StallWrite, duration_table, write_stalls
 from notifier.store.schema import stall_alerts, step_durations
 
@@ -27,13 +24,10 @@ OTHER = DurationKey("BCSSVC01", "01", "Upgrade", "")
 T0 = 1_800_000_000 * NS
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, database_url: str) -> Iterator[Engine]:
+@pytest.fixture
+def engine(store_engine: Engine) -> Engine:
     """A database migrated to head through Alembic: a SQLite file, or PostgreSQL."""
-    engine = db.make_engine(database_url) if request.param == "sqlite" else fresh_database()()
-    db.upgrade(engine, backup=False)
-    yield engine
-    engine.dispose()
+    return store_engine
 
 
 def samples(key: DurationKey, count: int, *, first: int = 0) -> list[Sample]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from notifier.errors import IncompleteResponse, InvalidResponse
-from notifier.model import OperationRecord, Step, SubStep, normalise_status
+from notifier.model import OPERATION_ID_MAX, OperationRecord, Step, SubStep, normalise_status
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,11 @@ def parse_record(raw: Any) -> OperationRecord:
     operation_id = _operation_id(raw)
     if not operation_id:
         raise MalformedRecord("operation_id is missing or not a string")
+    if len(operation_id) > OPERATION_ID_MAX:
+        raise MalformedRecord(
+            f"operation_id is {len(operation_id)} characters long (at most {OPERATION_ID_MAX} "
+            "are stored)"
+        )
     operation_type = raw.get("operation_type")
     if isinstance(operation_type, int) and not isinstance(operation_type, bool):
         operation_type = f"{operation_type:02d}"  # the API's codes keep a leading zero

@@ -16,8 +16,10 @@ What this keeps:
   the dispatch stops and the rows stay pending (retried later, never dropped).
 
 Writes for one row keep their order (later values win). This is the only place that writes
-a dispatch's results: claim checks (``FOR UPDATE SKIP LOCKED`` claims) belong in
-:func:`_statement`'s ``WHERE``.
+a dispatch's results. With a claim ``token`` (store/claims.py) every statement matches it in
+its ``WHERE``, and each batch first locks its rows and keeps only those the token still
+claims: a row whose claim expired and was taken over by another instance records nothing
+here, with one warning, and is listed in :attr:`ResultWriter.lost`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError
+from notifier.store.claims import owned
 from notifier.store.schema import outbox
 
 logger = logging.getLogger(__name__)
@@ -43,16 +46,25 @@ MAX_PENDING: Final = 200
 CLOSE_TIMEOUT: Final = 60.0
 
 
-def _statement(columns: tuple[str, ...]) -> Any:
+_CHUNK: Final = 500  # keeps IN (...) lists under SQLite's variable limit
+
+
+def _statement(columns: tuple[str, ...], token: str | None) -> Any:
     values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in columns}
-    return update(outbox).where(outbox.c.id == bindparam("row_id")).values(**values)
+    statement = update(outbox).where(outbox.c.id == bindparam("row_id"))
+    if token is not None:
+        statement = statement.where(owned(token))
+    return statement.values(**values)
 
 
 class ResultWriter:
-    """Commits outbox row updates from a writer thread, in batches. One per dispatch."""
+    """Commits outbox row updates from a writer thread, in batches. One per dispatch;
+    ``token``: the dispatch's claim, which every write must still hold."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, token: str | None = None) -> None:
         self.engine = engine
+        self.token = token
+        self._lost: set[int] = set()
         self._lock = threading.Condition()
         self._pending: dict[int, dict[str, Any]] = {}  # row id -> column values (merged)
         self._busy = False
@@ -94,6 +106,12 @@ class ResultWriter:
             thread = self._thread
         if thread is not None:
             thread.join(CLOSE_TIMEOUT)
+
+    @property
+    def lost(self) -> frozenset[int]:
+        """Rows whose results were not recorded: their claim was no longer this token's."""
+        with self._lock:
+            return frozenset(self._lost)
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -139,12 +157,39 @@ class ResultWriter:
                 self._lock.notify_all()
 
     def _commit(self, batch: Mapping[int, Mapping[str, Any]]) -> None:
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row_id, values in batch.items():
-            columns = tuple(sorted(values))
-            params = {f"v_{name}": value for name, value in values.items()}
-            params["row_id"] = row_id
-            groups.setdefault(columns, []).append(params)
         with self.engine.begin() as connection:
+            lost = self._not_owned(connection, list(batch))
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row_id, values in batch.items():
+                if row_id in lost:
+                    continue
+                columns = tuple(sorted(values))
+                params = {f"v_{name}": value for name, value in values.items()}
+                params["row_id"] = row_id
+                groups.setdefault(columns, []).append(params)
             for columns, rows in groups.items():
-                connection.execute(_statement(columns), rows)
+                connection.execute(_statement(columns, self.token), rows)
+        for row_id in sorted(lost):
+            logger.warning(
+                "delivery %d: its claim expired and another instance took it over; "
+                "its result here is not recorded",
+                row_id,
+            )
+        with self._lock:
+            self._lost.update(lost)
+
+    def _not_owned(self, connection: Connection, ids: list[int]) -> set[int]:
+        """Of ``ids``, those this token no longer claims; the others stay locked (``FOR
+        UPDATE``) until the batch commits, so no takeover slips in between."""
+        if self.token is None:
+            return set()
+        held: set[int] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            query = (
+                select(outbox.c.id)
+                .where(outbox.c.id.in_(chunk), owned(self.token))
+                .with_for_update()
+            )
+            held.update(connection.scalars(query))
+        return set(ids) - held

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord
 from notifier.store.durations import StallWrite, write_stalls
+from notifier.store.lease import Fence
 from notifier.store.schema import event_groups, events, outbox, snapshots, source_state
 
 _CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
@@ -70,6 +71,8 @@ class CycleWrite:
     groups: Sequence[EventGroup] = ()
     #: learned durations and stall alert state (notifier.store.durations)
     stalls: StallWrite | None = None
+    #: the poller's lease (several instances): checked as the transaction's last statement
+    fence: Fence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,10 @@ class Repository:
                 self._write_state(connection, write.state)
                 if write.stalls is not None:
                     write_stalls(connection, write.stalls)
-                return self._write_groups(connection, write.groups, write.now_ms)
+                written = self._write_groups(connection, write.groups, write.now_ms)
+                if write.fence is not None:  # last: a lost lease rolls all of it back
+                    write.fence.check(connection)
+                return written
         except SQLAlchemyError as exc:
             raise StoreError(f"could not store the cycle of {write.state.source}: {exc}") from exc
 
