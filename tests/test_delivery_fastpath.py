@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from delivery_support import insert_group, make_config, record, status_event
 from net_support import http_receiver
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, select, update
 
 from notifier import __version__
 from notifier.config import ChannelConfig
@@ -97,6 +97,31 @@ def test_the_writer_commits_in_batches(store: Engine) -> None:
         writer.close()
     assert writer.commits < len(ids) / 2  # batches, not one transaction per result
     assert [done for _, _, done in _rows(store)] == [[f"k{row_id}"] for row_id in ids]
+
+
+def test_the_writer_records_only_rows_its_claim_still_holds(store: Engine) -> None:
+    """With a claim token every write matches it: a row claimed by another token (taken
+    over) keeps its values and is reported as lost; the others are written."""
+    _fill(store, 3)
+    with store.connect() as connection:
+        ids = list(connection.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars())
+    expires = int(time.time() * 1000) + 60_000
+    with store.begin() as connection:
+        for row_id, token in zip(ids, ["mine", "mine", "theirs"], strict=True):
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(claim_token=token, claim_expires_at=expires)
+            )
+    writer = ResultWriter(store, token="mine")
+    try:
+        for row_id in ids:
+            writer.write(row_id, {"done_targets": json.dumps(["k"])})
+        writer.flush()
+    finally:
+        writer.close()
+    assert writer.lost == {ids[2]}
+    assert [done for _, _, done in _rows(store)] == [["k"], ["k"], []]
 
 
 def test_a_failed_commit_is_a_store_error(tmp_path: Path) -> None:

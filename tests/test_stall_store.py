@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import Engine, func, select
 
+from notifier.model import OPERATION_ID_MAX
 from notifier.stalls import (
     ALERT_RETENTION_NS,
     NS,
@@ -117,3 +118,17 @@ def test_old_alerts_are_dropped_after_the_retention(engine: Engine) -> None:
     with engine.connect() as connection:
         left = connection.execute(select(stall_alerts.c.operation_id)).scalars().all()
     assert left == ["op-3"]
+
+
+def test_an_operation_id_as_long_as_the_snapshots_allow_is_learned_and_alerted(
+    engine: Engine,
+) -> None:
+    """Migration 0004 lets snapshots hold 512-character operation ids; the stall tables
+    take them too (PostgreSQL enforces the length: a shorter column failed the cycle)."""
+    long_id = "BCSSVC01-99-" + "7" * (OPERATION_ID_MAX - 12)
+    sample = Sample(KEY, long_id, 5 * NS, T0)
+    opened = alert(long_id)
+    write(engine, StallWrite("a", [sample], plan=StallPlan(opened=(opened,)), now_ns=T0))
+    watch = StallWatch(engine, StallSettings())
+    assert watch.usual([KEY], [])[KEY].samples == 1
+    assert [a.operation_id for a in watch.alerts("a", [])] == [long_id]

@@ -4,17 +4,18 @@ claim is taken over. On a migrated SQLite file and on a real PostgreSQL database
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
 from delivery_support import NOW_MS, FakeClock, insert_group, make_config, record, status_event
-from net_support import http_receiver
+from net_support import WAIT, http_receiver
 from sqlalchemy import Engine, select, update
 
 from notifier.config import ChannelConfig
-from notifier.outbox import Dispatcher
+from notifier.outbox import Dispatcher, DispatchStats
 from notifier.store.claims import ClaimLost, Claims
 from notifier.store.schema import outbox
 
@@ -135,3 +136,41 @@ def test_a_dispatch_that_fails_releases_its_claim(store_engine: Engine) -> None:
     rows = _rows(store_engine)
     assert {row.claim_token for row in rows} == {None}
     assert {row.attempts for row in rows} == {1}
+
+
+def test_a_success_whose_claim_was_taken_over_in_flight_is_not_recorded(
+    store_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request is on the wire past the claim's expiry and another instance takes the
+    row over: the late success goes through the batched result writer, which matches the
+    claim token, so it records nothing, says so once, and is not counted as sent."""
+    _groups(store_engine, 1)
+    with http_receiver() as receiver:
+        receiver.hold_next()
+        hooks = ChannelConfig(name="hooks", urls=(f"webhook://{receiver.base}/",))
+        clock = FakeClock()
+        slow = Dispatcher(make_config([hooks]), store_engine, clock=clock, sleep=clock.sleep)
+        found: list[DispatchStats] = []
+        worker = threading.Thread(target=lambda: found.append(slow.dispatch_due()), daemon=True)
+        with caplog.at_level(logging.WARNING, logger="notifier"):
+            worker.start()
+            assert receiver.wait_held(WAIT)
+            later = slow._now_ms() + slow._claims.ttl_ms + 1
+            assert Claims(store_engine, ttl=60).claim_due("other", ["hooks"], later, 10)
+            receiver.release()
+            worker.join(WAIT)
+            assert not worker.is_alive()
+    (stats,) = found
+    assert (stats.sent, stats.handled) == (0, 0)
+    (row,) = _rows(store_engine)
+    assert (row.state, row.attempts, row.done_targets, row.claim_token) == (
+        "pending",
+        0,
+        "[]",
+        "other",
+    )
+    warnings = [r.getMessage() for r in caplog.records if "took it over" in r.getMessage()]
+    assert warnings == [
+        f"delivery {row.id}: its claim expired and another instance took it "
+        "over; its result here is not recorded"
+    ]
