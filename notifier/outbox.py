@@ -41,8 +41,9 @@ Claims (``store/claims.py``): any instance may dispatch; a dispatch claims its d
 (``FOR UPDATE SKIP LOCKED``, a claim token and expiry), extends the claim while it sends,
 writes a row's result only while the claim is still its own (the ResultWriter's statements
 match the claim token; a taken-over row records nothing, with a warning) and releases the
-rest at its end, so two instances never send the same row; after a crash, only what was not
-recorded yet is repeated (same webhook-id) once the claim expired.
+claim at its end, once they are committed, so two instances never send the same row;
+after a crash, only what was not recorded yet is repeated (same webhook-id) once the claim
+expired.
 
 Pacing: a service's own rate (apprise's ``request_rate_per_sec``, e.g. Slack's 1.2 s) is
 kept between two sends to the same target; a dispatch waits at most ``pacing_budget``
@@ -774,7 +775,6 @@ class Dispatcher:
                     }
             values["updated_at"] = now_ms
             values["done_targets"] = json.dumps(row.done)
-            values.update(claim_token=None, claim_expires_at=None)  # the row's claim ends here
             self._write(row.id, values)
             self._unsaved.pop(row.id, None)
             if state:

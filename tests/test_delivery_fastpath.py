@@ -9,16 +9,18 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from delivery_support import insert_group, make_config, record, status_event
 from net_support import http_receiver
-from sqlalchemy import Engine, create_engine, select, update
+from sqlalchemy import Engine, create_engine, event, select, update
 
 from notifier import __version__
 from notifier.config import ChannelConfig
 from notifier.errors import StoreError
 from notifier.outbox import Dispatcher
+from notifier.store import db
 from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import outbox
 
@@ -122,6 +124,38 @@ def test_the_writer_records_only_rows_its_claim_still_holds(store: Engine) -> No
         writer.close()
     assert writer.lost == {ids[2]}
     assert [done for _, _, done in _rows(store)] == [["k"], ["k"], []]
+
+
+def test_a_batch_whose_connection_the_server_dropped_is_committed_again(postgres: Any) -> None:
+    """``pg_terminate_backend`` of the writer's session just before its batch: the batch is
+    committed again on a fresh connection instead of failing the dispatch (which would send
+    its rows a second time)."""
+    pg = db.make_engine(postgres.create_database())
+    try:
+        db.upgrade(pg)
+        _fill(pg, 3)
+        dropped: list[int] = []
+
+        @event.listens_for(pg, "before_cursor_execute")
+        def drop(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+            if not dropped and statement.lstrip().startswith("UPDATE outbox"):
+                pid = connection.connection.dbapi_connection.info.backend_pid
+                postgres.admin("SELECT pg_terminate_backend(:pid)", pid=pid)
+                dropped.append(pid)
+
+        with pg.connect() as connection:
+            ids = list(connection.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars())
+        writer = ResultWriter(pg)
+        try:
+            for row_id in ids:
+                writer.write(row_id, {"done_targets": json.dumps(["k"])})
+            writer.flush()
+        finally:
+            writer.close()
+        assert len(dropped) == 1
+        assert [done for _, _, done in _rows(pg)] == [["k"]] * 3
+    finally:
+        pg.dispose()
 
 
 def test_a_failed_commit_is_a_store_error(tmp_path: Path) -> None:

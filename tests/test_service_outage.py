@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from config_support import sim_source
@@ -21,7 +22,12 @@ from e2e_support import (
 )
 from net_support import WAIT
 from pg_support import PostgresServer
+from sqlalchemy import event
 from test_e2e_scale import STORY
+
+from notifier.errors import StoreError
+from notifier.store import db
+from notifier.store.repository import Repository
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +107,27 @@ def test_sigterm_while_waiting_for_the_database_is_a_clean_stop(tmp_path: Path) 
             service.kill()
         assert "stopped while waiting for the database" in service.stderr()
         assert "Traceback" not in service.stderr()
+
+
+def test_a_read_whose_session_the_server_ended_is_a_store_error(postgres: PostgresServer) -> None:
+    """The server ends the session after the query answered: closing the connection (its
+    rollback) fails too, and that is a StoreError (an outage, retried with one log line
+    per kind), not an unexpected error with a traceback."""
+    engine = db.make_engine(postgres.create_database())
+    try:
+        db.upgrade(engine)
+        ended: list[int] = []
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def end_session(connection: Any, *_: Any) -> None:
+            if not ended:
+                pid = connection.connection.dbapi_connection.info.backend_pid
+                postgres.admin("SELECT pg_terminate_backend(:pid)", pid=pid)
+                ended.append(pid)
+
+        with pytest.raises(StoreError, match="database query failed"):
+            Repository(engine).snapshot_index("prod")
+        assert ended
+        assert Repository(engine).snapshot_index("prod") == {}  # a fresh session next time
+    finally:
+        engine.dispose()

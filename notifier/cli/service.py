@@ -67,7 +67,6 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     """The service: poll, diff, store, deliver, until SIGTERM/SIGINT (SIGHUP reloads)."""
     from notifier import logsetup
     from notifier.config import load_config
-    from notifier.daemon import ServeOptions, serve
 
     log_format = log_format or logsetup.default_format()
     explicit_level = _explicit_log_level()
@@ -75,6 +74,8 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     # loading its plugins) must not come out in another format; the level stays that of
     # the one-shot commands until the config (and with it every secret to mask) is known
     logsetup.configure(log_format, explicit_level or "error", redactor=context.redactor)
+    from notifier.daemon import ServeOptions, serve  # after: importing it loads Alembic, which logs
+
     _register_channel_checks()
     config = context.config()
     redactor = logsetup.Redactor(logsetup.config_secrets(config))

@@ -8,8 +8,8 @@ A row already claimed by a live claim is not due for anyone else; an expired cla
 dispatcher crashed or froze) is taken over. While it sends, the dispatcher extends its
 claim (:meth:`Claims.hold`) before every request once a third of the claim's time has
 passed, and stops when the claim is no longer its own; every write of a row's result
-matches the token, so only the claim's owner marks a row sent. What a dispatch leaves
-unfinished is released at its end.
+matches the token, so only the claim's owner marks a row sent. The claim stays on the rows
+until the dispatch has committed its results and releases it at its end.
 
 The claim's clock is the dispatcher's (the same as ``next_attempt_at``).
 """

@@ -11,6 +11,9 @@ What this keeps:
   while the next send hangs (the writer does not wait for the sender), so a crash re-sends
   only what was not recorded yet, with the same ``webhook-id``;
 - at most :data:`MAX_PENDING` results wait: the sender waits for the writer beyond that;
+- a batch whose connection the server dropped (``pg_terminate_backend``, a restart) is
+  committed again on a fresh one, up to :data:`ATTEMPTS` times: its statements set the
+  same values again, so a commit that went through before the drop changes nothing;
 - :meth:`ResultWriter.flush` returns once every noted result is committed, and re-raises
   (as ``StoreError``) a commit that failed; after a failure nothing more is accepted, so
   the dispatch stops and the rows stay pending (retried later, never dropped).
@@ -19,7 +22,9 @@ Writes for one row keep their order (later values win). This is the only place t
 a dispatch's results. With a claim ``token`` (store/claims.py) every statement matches it in
 its ``WHERE``, and each batch first locks its rows and keeps only those the token still
 claims: a row whose claim expired and was taken over by another instance records nothing
-here, with one warning, and is listed in :attr:`ResultWriter.lost`.
+here, with one warning, and is listed in :attr:`ResultWriter.lost`. The claim stays on the
+rows until the dispatch releases it (``Claims.release``), so a batch committed again still
+matches it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from notifier.errors import StoreError
 from notifier.store.claims import owned
@@ -42,6 +47,7 @@ logger = logging.getLogger(__name__)
 BATCH: Final = 50
 LINGER: Final = 0.02  # seconds
 MAX_PENDING: Final = 200
+ATTEMPTS: Final = 3  # commits of one batch while the server drops the connection
 #: Seconds :meth:`ResultWriter.close` waits for the writer thread to end.
 CLOSE_TIMEOUT: Final = 60.0
 
@@ -157,6 +163,16 @@ class ResultWriter:
                 self._lock.notify_all()
 
     def _commit(self, batch: Mapping[int, Mapping[str, Any]]) -> None:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self._commit_once(batch)
+                return
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt == ATTEMPTS:
+                    raise
+                logger.debug("recording delivery results: connection lost, again: %s", exc)
+
+    def _commit_once(self, batch: Mapping[int, Mapping[str, Any]]) -> None:
         with self.engine.begin() as connection:
             lost = self._not_owned(connection, list(batch))
             groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}

@@ -368,7 +368,11 @@ class _Connection:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self.connection is not None  # noqa: S101 - set in __enter__
-        self.connection.close()
+        try:
+            self.connection.close()  # rolls back: fails too when the server went away
+        except SQLAlchemyError as failed:
+            if exc is None:
+                raise StoreError(f"database query failed: {failed}") from failed
         if isinstance(exc, SQLAlchemyError):
             raise StoreError(f"database query failed: {exc}") from exc
 
