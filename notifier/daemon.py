@@ -18,7 +18,12 @@ within ``OUTBOX_RECHECK`` seconds of another process making a row due (``outbox 
 Rows of channels that are not configured are never due. A dispatch that raises is retried
 after a backoff (5 s doubling to 5 min), its traceback logged once per kind of failure.
 
-SIGTERM/SIGINT: stop submitting; within ``stop_grace`` seconds of the signal, let running
+Several instances (PostgreSQL): a :class:`~notifier.leadership.LeaseKeeper` decides which
+sources this instance leads; only those are polled, each poll under its lease's fence; a
+newly led source is polled at once; every instance delivers (claimed outbox rows).
+
+SIGTERM/SIGINT: release the leases first (another instance takes over within one active
+interval), stop submitting; within ``stop_grace`` seconds of the signal, let running
 jobs finish and send what is due, then exit 0. The grace bounds everything: the dispatcher
 stops taking rows when it runs out and bounds each send by what is left of it; a poll or a
 send still running then is left behind (jobs run on daemon threads, so they never hold the
@@ -51,14 +56,18 @@ from notifier.config import Config, SourceConfig
 from notifier.errors import (
     AuthError,
     ConfigError,
+    LeaseLost,
     NotifierError,
     SignatureRejected,
     SourceError,
     StoreError,
 )
 from notifier.health import HealthReport, Metrics
+from notifier.leadership import LeaseKeeper, keeper_for
 from notifier.model import Event, describe
 from notifier.store.guard import MARKER_SUFFIX, DatabaseFile
+from notifier.store.lease import Fence
+from notifier.store.startup import StoppedWaiting, is_outage, open_store
 from notifier.store.status import (
     OutboxSummary,
     next_attempt_at,
@@ -288,8 +297,11 @@ class Daemon:
         wait: Callable[[float], None] | None = None,
         executor: ExecutorLike | None = None,
         rng: random.Random | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.config = config
+        self._leases = leases  # None: the only instance on this database (polls everything)
+        self._summary_failing = False
         self.engine = engine
         self.options = options or DaemonOptions()
         self.metrics = metrics or Metrics()
@@ -380,6 +392,7 @@ class Daemon:
                 schedule.last_poll_at = _seconds(state.last_poll_at)
                 schedule.last_success_at = _seconds(state.last_success_at)
             self._schedules[source.name] = schedule
+        self._publish_leader_metrics()
         self._refresh_summary(force=True)
 
     def run(self) -> int:
@@ -405,6 +418,7 @@ class Daemon:
         self._check_database()
         self._collect()
         if not self._stop.is_set() and self._database_lost is None:
+            self._maintain_leases()
             self._submit_due_polls()
             self._collect()  # inline executors finish at once
             self._maybe_dispatch()
@@ -448,14 +462,27 @@ class Daemon:
             key=lambda s: s.next_at,
         )
         for schedule in due:
+            fence = None
+            if self._leases is not None:
+                if not self._leases.leads(schedule.name):
+                    continue  # another instance leads it (or nobody yet): standby
+                fence = self._leases.fence(schedule.name)
             schedule.job_started = now
-            schedule.job = self._submit(self._poll_job(components.poller, schedule.config))
+            schedule.job = self._submit(self._poll_job(components.poller, schedule.config, fence))
 
-    def _poll_job(self, poller: PollerLike, source: SourceConfig) -> Callable[[], _PollOutcome]:
+    def _poll_job(
+        self, poller: PollerLike, source: SourceConfig, fence: Fence | None = None
+    ) -> Callable[[], _PollOutcome]:
         def job() -> _PollOutcome:
             started = time.monotonic()
             try:
-                result = poller.poll_source(source)
+                if fence is None:
+                    result = poller.poll_source(source)
+                else:  # several instances: the poll's transaction checks the lease last
+                    result = poller.poll_source(source, fence=fence)  # type: ignore[call-arg]
+            except LeaseLost as exc:
+                logger.warning("%s: %s", source.name, exc)
+                return _PollOutcome(None, exc, time.monotonic() - started)
             except Exception as exc:  # a bug or a store failure: logged by _record_poll
                 return _PollOutcome(None, exc, time.monotonic() - started)
             return _PollOutcome(result, None, time.monotonic() - started)
@@ -497,6 +524,11 @@ class Daemon:
         name = schedule.name
         if name not in self._schedules or self._schedules[name] is not schedule:
             return  # the source was removed by a reload while it was polled
+        if isinstance(outcome.error, LeaseLost):
+            if self._leases is not None:
+                self._leases.drop(name)
+            self._recheck_leases()
+            return  # nothing was written; whoever leads the source now polls it
         result = outcome.result
         duration = result.duration if result is not None else outcome.duration
         error: BaseException | None = outcome.error
@@ -699,7 +731,7 @@ class Daemon:
                 "keeps failing (logged once per kind of failure)",
                 _one_line(exc),
                 delay,
-                exc_info=exc,
+                exc_info=None if is_outage(exc) else exc,
             )
         else:
             logger.debug(
@@ -753,8 +785,11 @@ class Daemon:
                 self.engine, int(self._wall() * 1000), self._channel_names()
             )
         except NotifierError as exc:
-            logger.warning("cannot read the outbox: %s", exc)
+            if not self._summary_failing:  # once per outage, not every cycle
+                logger.warning("cannot read the outbox: %s", _one_line(exc))
+            self._summary_failing = True
             return
+        self._summary_failing = False
         self._summary_at = now
         self._summary_dirty = False
         summary = self._summary
@@ -777,6 +812,8 @@ class Daemon:
         ]
         deadlines.extend(s.next_at for s in self._schedules.values() if s.job is None)
         deadlines.append(self._summary_at + SUMMARY_MAX_AGE)
+        if self._leases is not None:
+            deadlines.append(self._leases.next_at)
         delay = min(deadlines) - now
         if self.options.watchdog_interval:
             delay = min(delay, self.options.watchdog_interval)
@@ -825,6 +862,9 @@ class Daemon:
             parts.append(f"active: {', '.join(sorted(active))}")
         summary = self._summary
         parts.append(f"outbox {summary.pending} pending, {summary.dead} dead")
+        if self._leases is not None:
+            led = self._leases.led()
+            parts.append(f"leads {', '.join(led)}" if led else "standby")
         return "; ".join(parts)
 
     def _report_status(self) -> None:
@@ -857,6 +897,11 @@ class Daemon:
                 "resting_until": _iso(schedule.rest_until),
                 "rest_reason": schedule.rest_reason,
             }
+            if self._leases is not None:
+                leads = self._leases.leads(schedule.name)
+                sources[schedule.name]["leader"] = leads
+                if not leads:
+                    continue  # another instance polls it: its freshness is not ours to judge
             if age > stale_after:
                 reasons.append(f"source {schedule.name}: no successful poll for {age:.0f}s")
         if self._database_lost is not None:
@@ -868,7 +913,46 @@ class Daemon:
             "outbox": {"pending": self._summary.pending, "dead": self._summary.dead},
             "stale_after": stale_after,
         }
+        if self._leases is not None:
+            details["instance"] = self._leases.holder
+            details["cluster"] = self._cluster_view()
         return HealthReport(not reasons, tuple(reasons), details)
+
+    # -- leases (several instances on one database) --
+
+    def _maintain_leases(self) -> None:
+        """Renew and take leases when due; a newly led source is polled at once."""
+        keeper = self._leases
+        if keeper is None or not keeper.due():
+            return
+        busy = [s.name for s in self._schedules.values() if s.job is not None]
+        changes = keeper.maintain(list(self._schedules), busy)
+        now = self._clock()
+        for name in changes.gained:
+            schedule = self._schedules.get(name)
+            if schedule is not None and schedule.job is None:
+                schedule.next_at = now
+        self._publish_leader_metrics()
+
+    def _recheck_leases(self) -> None:
+        if self._leases is not None:
+            self._leases.next_at = -math.inf
+
+    def _publish_leader_metrics(self) -> None:
+        keeper = self._leases
+        for name in self._schedules:
+            leads = (keeper is None or keeper.leads(name)) and not self._stop.is_set()
+            self.metrics.set("leader", 1 if leads else 0, source=name)
+
+    def _cluster_view(self) -> Any:
+        """Every instance on the database and what it leads (for ``/healthz``)."""
+        from notifier.store.lease import leadership
+
+        try:
+            view = leadership(self.engine)
+        except NotifierError as exc:
+            return {"error": str(exc)}
+        return None if view is None else view.to_dict()
 
     # -- reload --
 
@@ -936,6 +1020,7 @@ class Daemon:
                 logger.info("reload: source %s removed", name)
                 del self._schedules[name]
                 self.metrics.remove("source_up", source=name)
+                self.metrics.remove("leader", source=name)
                 self.metrics.remove("source_consecutive_failures", source=name)
                 self.metrics.remove("source_last_success_timestamp_seconds", source=name)
         for name, source in wanted.items():
@@ -966,6 +1051,9 @@ class Daemon:
     def _shutdown(self) -> None:
         grace = self.options.stop_grace
         deadline = self._clock() + grace
+        if self._leases is not None:  # first: another instance takes over at once
+            self._leases.release_all()
+            self._publish_leader_metrics()
         self.notifier.stopping("stopping: finishing the current step")
         logger.info("stopping: up to %.0fs for running jobs and due deliveries", grace)
         components = self._components
@@ -1154,6 +1242,7 @@ def serve(
     metrics = Metrics()
     engine = db.make_engine(config.service.database)
     lock = InstanceLock(engine)
+    keeper: LeaseKeeper | None = None
     listener: list[HealthServer] = []  # the running health listener, if any
 
     def start_http(settings: Config, health: Callable[[], HealthReport]) -> None:
@@ -1178,10 +1267,9 @@ def serve(
                 logger.error("reload: the health listener could not start: %s", exc)
 
     try:
-        lock.acquire()
-        notifier.status("migrating the database")
-        revision = db.upgrade(engine)
+        revision = open_store(engine, lock, notifier)
         logger.info("database %s at revision %s", _safe_url(engine), revision)
+        keeper = keeper_for(config, engine)
         daemon = Daemon(
             config,
             engine,
@@ -1193,6 +1281,7 @@ def serve(
             ),
             config_loader=config_loader,
             on_reload=reload_extras,
+            leases=keeper,
         )
         with daemon.signal_handlers():
             daemon.start()
@@ -1211,6 +1300,9 @@ def serve(
             code = daemon.run()
         logger.info("stopped")
         return code
+    except StoppedWaiting:
+        logger.info("stopped while waiting for the database")
+        return 0
     finally:
         stop_http()
         notifier.close()

@@ -16,7 +16,8 @@ package, with ``raise ... from exc``::
     │   │   └── IncompleteResponse  ``count`` larger than the records returned
     │   └── ResponseTooLarge        the body exceeded the configured size cap
     ├── StoreError                  the database failed or has the wrong schema
-    │   └── AlreadyRunning          another ``run`` holds the database
+    │   ├── AlreadyRunning          another ``run`` holds the database
+    │   └── LeaseLost               this instance no longer leads the source (fenced out)
     ├── TemplateError               a channel template failed to compile or render
     └── UnloadableURL               apprise cannot load a channel URL
 
@@ -145,6 +146,11 @@ class StoreError(NotifierError):
 
 class AlreadyRunning(StoreError):
     """Another ``bcs-notifier run`` holds this database."""
+
+
+class LeaseLost(StoreError):
+    """The poll's lease on its source expired or was taken over: its transaction rolled
+    back, nothing of it was written (the fencing check)."""
 
 
 class TemplateError(NotifierError, ValueError):

@@ -87,6 +87,7 @@ class Metrics:
         self.gauge("last_cycle_timestamp_seconds", "Unix time the run loop last went round.")
         self.gauge("database_lost", "1 once the SQLite database file was deleted or replaced.")
         self.gauge("build_info", "Always 1; the version is a label.")
+        self.gauge("leader", "1 while this instance leads (polls) the source, by source.")
         self.histogram(
             "poll_duration_seconds", "Time one poll took, by source.", POLL_DURATION_BUCKETS
         )

@@ -20,6 +20,8 @@ from typing import Any
 KNOWN_STATUSES = frozenset({"waiting", "processing", "finished", "failed", "stop"})
 TERMINAL_STATUSES = frozenset({"finished", "failed", "stop"})
 ACTIVE_STATUSES = frozenset({"waiting", "processing"})
+#: The longest operation id stored (a key column); a record with a longer one is skipped.
+OPERATION_ID_MAX = 512
 
 OPERATION_TYPE_NAMES: Mapping[str, str] = {
     "99": "OpCreate",

@@ -37,6 +37,14 @@ Stopping: :meth:`Dispatcher.stop_within` makes a running dispatch stop taking ro
 time is up and bounds each send by what is left of it; a send cut short by the stop is not
 a failed attempt: its rows stay due as they were, for the next start.
 
+Claims (``store/claims.py``): any instance may dispatch; a dispatch claims its due rows
+(``FOR UPDATE SKIP LOCKED``, a claim token and expiry), extends the claim while it sends,
+writes a row's result only while the claim is still its own (the ResultWriter's statements
+match the claim token; a taken-over row records nothing, with a warning) and releases the
+claim at its end, once they are committed, so two instances never send the same row;
+after a crash, only what was not recorded yet is repeated (same webhook-id) once the claim
+expired.
+
 Pacing: a service's own rate (apprise's ``request_rate_per_sec``, e.g. Slack's 1.2 s) is
 kept between two sends to the same target; a dispatch waits at most ``pacing_budget``
 seconds in total and defers the rest (no attempt counted), so a backlog never bursts.
@@ -48,7 +56,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypedDict
 
@@ -68,6 +76,7 @@ from notifier.channels.targets import SendResult, Target, UnloadableURL, build_t
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, event_body
+from notifier.store.claims import Claims, claim_ttl, new_token, owned
 from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import event_groups, events, outbox
 from notifier.store.status import next_attempt_at
@@ -110,11 +119,11 @@ class DispatchStats:
     def channel(self, name: str) -> ChannelStats:
         return self.channels.setdefault(name, ChannelStats())
 
-    def count(self, channel: str, state: str) -> None:
+    def count(self, channel: str, state: str, by: int = 1) -> None:
         stats = self.channel(channel)
         attribute = {SENT: "sent", DEAD: "dead", PENDING: "failed", "deferred": "deferred"}[state]
-        setattr(stats, attribute, getattr(stats, attribute) + 1)
-        setattr(self, attribute, getattr(self, attribute) + 1)
+        setattr(stats, attribute, getattr(stats, attribute) + by)
+        setattr(self, attribute, getattr(self, attribute) + by)
 
     @property
     def handled(self) -> int:
@@ -240,7 +249,11 @@ class Dispatcher:
         self._warned_unconfigured: dict[str, float] = {}
         self._reported: set[tuple[str, str]] = set()
         self._writer: ResultWriter | None = None
+        self._counted: dict[int, tuple[str, str]] = {}  # row id -> (channel, state) counted
         self._stop_at: float | None = None  # self.clock() time; set by stop_within()
+        self._claims = Claims(engine, claim_ttl(config.service.lease_ttl))
+        self._token = new_token()
+        self._held_at = 0.0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -250,22 +263,27 @@ class Dispatcher:
         self._waited = 0.0
         now_ms = self._now_ms()
         batch = limit if limit is not None else self.config.delivery.batch_size
+        self._token, self._held_at = new_token(), self.clock()
         try:
-            bundles = self._load_bundles(now_ms, batch)
-            self._warn_unconfigured()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read the outbox: {exc}") from exc
-        self._writer = ResultWriter(self.engine)
-        try:
-            for channel_name, rows in bundles:
-                if self._out_of_time():
-                    break  # stopping: the rest stays due
-                self._dispatch_bundle(channel_name, rows, stats)
-            self._writer.flush()
+            try:
+                bundles = self._load_bundles(now_ms, batch)
+                self._warn_unconfigured()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot read the outbox: {exc}") from exc
+            self._writer = ResultWriter(self.engine, token=self._token)
+            try:
+                for channel_name, rows in bundles:
+                    if self._out_of_time():
+                        break  # stopping: the rest stays due
+                    self._dispatch_bundle(channel_name, rows, stats)
+                self._writer.flush()
+            finally:
+                self._writer.close()
+                self._uncount(self._writer.lost, stats)
+                self._writer = None
+                self.close()  # connections live for one dispatch (keep-alive within its batch)
         finally:
-            self._writer.close()
-            self._writer = None
-            self.close()  # connections live for one dispatch (keep-alive within its batch)
+            self._release_claim()  # after the writer: its statements match the claim
         if stats.handled:
             logger.info(
                 "dispatched: %d sent, %d retrying, %d dead, %d deferred",
@@ -332,19 +350,8 @@ class Dispatcher:
     def _load_bundles(self, now_ms: int, batch: int) -> list[tuple[str, list[_Row]]]:
         """Due rows grouped per (channel, source, operation), each group with every pending
         row of that operation (older ones first) so messages coalesce and keep their order."""
-        due_query = (
-            select(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id)
-            .join(event_groups, event_groups.c.id == outbox.c.group_id)
-            .where(
-                outbox.c.state == PENDING,
-                outbox.c.next_attempt_at <= now_ms,
-                outbox.c.channel.in_(list(self._channels)),
-            )
-            .order_by(outbox.c.next_attempt_at, outbox.c.id)
-            .limit(batch)
-        )
+        keys = self._claims.claim_due(self._token, list(self._channels), now_ms, batch)
         with self.engine.connect() as connection:
-            keys = list(dict.fromkeys(tuple(row) for row in connection.execute(due_query)))
             by_key: dict[tuple[str, str, str], list[_Row]] = {key: [] for key in keys}
             for chunk in _chunks(keys, 300):
                 for row in self._load_rows(connection, chunk):
@@ -368,6 +375,7 @@ class Dispatcher:
             .join(event_groups, event_groups.c.id == outbox.c.group_id)
             .where(
                 outbox.c.state == PENDING,
+                owned(self._token),
                 tuple_(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id).in_(
                     list(keys)
                 ),
@@ -511,6 +519,7 @@ class Dispatcher:
     def _deliver(self, target: Target, rows: Sequence[_Row], **message: Any) -> SendResult:
         """One send, bounded by what is left of a stop; a send the stop cut short leaves
         ``rows`` as they were (``interrupted``): not an attempt, due again at the next start."""
+        self._hold_claim()
         timeout = target.timeout
         if self._stop_at is not None:
             timeout = min(timeout, self._stop_at - self.clock())
@@ -713,9 +722,36 @@ class Dispatcher:
             return
         try:  # outside dispatch_due (tests driving one bundle): commit at once
             with self.engine.begin() as connection:
-                connection.execute(update(outbox).where(outbox.c.id == row_id).values(**values))
+                connection.execute(
+                    update(outbox).where(outbox.c.id == row_id, owned(self._token)).values(**values)
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record a delivery: {exc}") from exc
+
+    def _hold_claim(self) -> None:
+        """Before a request: extend the claim once a third of its time has passed; stop
+        (ClaimLost) when it is no longer this dispatch's."""
+        now = self.clock()
+        if (now - self._held_at) * 1000 < self._claims.ttl_ms / 3:
+            return
+        self._claims.hold(self._token, self._now_ms())
+        self._held_at = now
+
+    def _uncount(self, lost: Collection[int], stats: DispatchStats) -> None:
+        """Rows whose results the writer did not record (their claim was taken over) are
+        not counted as handled here: the instance that took them over counts them."""
+        for row_id in lost:
+            counted = self._counted.pop(row_id, None)
+            if counted is not None:
+                stats.count(*counted, by=-1)
+        self._counted.clear()
+
+    def _release_claim(self) -> None:
+        """End of a dispatch (its results are committed): drop the claim on what is left."""
+        try:
+            self._claims.release(self._token)
+        except StoreError as exc:  # the claims expire by themselves
+            logger.debug("cannot release the outbox claim: %s", exc)
 
     def _complete(self, row: _Row) -> bool:
         """Whether every target of the row's channel has what the row carries for it."""
@@ -797,6 +833,7 @@ class Dispatcher:
             self._unsaved.pop(row.id, None)
             if state:
                 stats.count(channel, state)
+                self._counted[row.id] = (channel, state)
 
 
 # -- helpers for the CLI (list / retry / purge) ---------------------------------------------

@@ -39,6 +39,7 @@ from notifier.routing import channels_for
 from notifier.stalls import StallSettings, api_now_ns
 from notifier.store.durations import StallWatch
 from notifier.store.guard import BaselineMarker
+from notifier.store.lease import Fence
 from notifier.store.repository import (
     CycleWrite,
     EventGroup,
@@ -148,9 +149,16 @@ class Poller:
         ]
 
     def poll_source(
-        self, source: SourceConfig, *, dry_run: bool = False, full: bool = False
+        self,
+        source: SourceConfig,
+        *,
+        dry_run: bool = False,
+        full: bool = False,
+        fence: Fence | None = None,
     ) -> PollResult:
-        """One cycle; ``full`` forces a complete listing (else :meth:`wants_complete`)."""
+        """One cycle; ``full`` forces a complete listing (else :meth:`wants_complete`).
+        ``fence``: the lease this poll runs under (several instances); its check ends the
+        write, LeaseLost when it was lost."""
         started = self.timer()
         now_ms = int(self.clock() * 1000)
         state = self.repository.source_state(source.name)
@@ -159,7 +167,13 @@ class Poller:
             # rejections in a row lock it for 5 minutes), also after a restart
             resting = _resting_error(source, state, now_ms)
             result = self._failure(
-                source, resting, now_ms, dry_run=dry_run, state=state, keep_last_error=True
+                source,
+                resting,
+                now_ms,
+                dry_run=dry_run,
+                state=state,
+                keep_last_error=True,
+                fence=fence,
             )
             return replace(result, duration=self.timer() - started)
         client = self._client(source)
@@ -187,7 +201,7 @@ class Poller:
                 state = replace(state, rest_until=int(rest_until * 1000))
                 if dry_run:  # the one write a dry run makes: it protects the key
                     self.repository.save_rest(source.name, int(rest_until * 1000))
-            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state)
+            result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state, fence=fence)
             return replace(result, duration=self.timer() - started, complete=complete)
         records = [record for record, _digest in listing.records]
         result = self._success(
@@ -202,6 +216,7 @@ class Poller:
             listing=listing,
             stored=stored,
             complete=complete,
+            fence=fence,
         )
         return replace(
             result,
@@ -274,6 +289,7 @@ class Poller:
         listing: Listing | None = None,
         stored: dict[str, StoredSnapshot] | None = None,
         complete: bool = True,
+        fence: Fence | None = None,
     ) -> PollResult:
         """Diff ``records`` against the store and write the cycle. ``listing``: where they
         came from (raw hashes, records skipped unparsed); ``stored``: the snapshot index
@@ -453,6 +469,7 @@ class Poller:
                 groups=groups,
                 stalls=stalls.write,
                 raw_hashes=rehashed,
+                fence=fence,
             )
         )
         self._remember(name, remembered)
@@ -478,6 +495,7 @@ class Poller:
         dry_run: bool,
         state: SourceState,
         keep_last_error: bool = False,
+        fence: Fence | None = None,
     ) -> PollResult:
         """Record a failed poll; ``keep_last_error`` keeps the reason that caused a rest."""
         name = source.name
@@ -505,7 +523,7 @@ class Poller:
         if dry_run:
             return PollResult(name, active=active, error=error)
         written = self.repository.write_cycle(
-            CycleWrite(state=new_state, now_ms=now_ms, groups=groups)
+            CycleWrite(state=new_state, now_ms=now_ms, groups=groups, fence=fence)
         )
         events = tuple(event for group in written for event in group.events)
         return PollResult(name, events, tuple(written), active, error)

@@ -154,6 +154,7 @@ class UnitOptions:
     http_port: int | None = None
     extra_read_paths: Sequence[Path] = field(default_factory=tuple)
     warnings: Sequence[str] = field(default_factory=tuple)
+    database_unit: str | None = None  # a database server on this host: start after it
 
 
 def executable_command() -> list[str]:
@@ -244,6 +245,13 @@ def unit_text(options: UnitOptions) -> str:
     )
     add("Polling needs the network up, not just configured.", "Wants=network-online.target")
     add("Start after the network is online.", "After=network-online.target")
+    if options.database_unit is not None:
+        add(
+            "The database runs on this host: start it first (the service also waits and\n"
+            "retries while it is down).",
+            f"Wants={options.database_unit}",
+        )
+        add("Start after it.", f"After={options.database_unit}")
     add(
         "Give up restarting after 5 failed starts within 10 minutes ...",
         "StartLimitIntervalSec=600",
@@ -458,7 +466,38 @@ def unit_options_for(
         http_port=http_port,
         extra_read_paths=extra,
         warnings=warnings,
+        database_unit=local_database_unit(database_url) if database_url else None,
     )
+
+
+#: systemd units of local database servers, by SQLAlchemy backend name
+DATABASE_UNITS = {"postgresql": "postgresql.service", "mysql": "mysql.service"}
+LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def local_database_unit(url: str) -> str | None:
+    """``postgresql.service`` when ``url`` points to a PostgreSQL on this host (no host, a
+    loopback host, or a unix-socket directory), else None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    backend = parsed.get_backend_name()
+    unit = DATABASE_UNITS.get(backend)
+    if backend == "mysql" and "mariadb" in parsed.drivername:
+        unit = "mariadb.service"
+    if unit is None:
+        return None
+    query_host = parsed.query.get("host")
+    hosts = [query_host] if isinstance(query_host, str) else list(query_host or ())
+    if parsed.host not in (None, *LOCAL_HOSTS):
+        return None
+    if any(host and not host.startswith("/") and host not in LOCAL_HOSTS for host in hosts):
+        return None
+    return unit
 
 
 def sqlite_directory(url: str) -> Path | None:

@@ -38,6 +38,33 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """ONE real PostgreSQL server for the whole run (``pg_support``), started on first use."""
+    from pg_support import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind: a SQLite file, a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    server = request.getfixturevalue("postgres")
+    return str(server.create_database())
+
+
+@pytest.fixture
+def store_engine(store_url: str) -> Iterator[Engine]:
+    """``store_url`` migrated to head through Alembic (SQLite and PostgreSQL)."""
+    engine = db.make_engine(store_url)
+    db.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def router() -> Iterator[respx.MockRouter]:
     """respx mocking every httpx request; routes a test does not call are fine. Requests to

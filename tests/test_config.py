@@ -476,3 +476,13 @@ def problems_with(text: str, validators: tuple[ChannelValidator, ...]) -> list[s
     with pytest.raises(ConfigError) as caught:
         parse_config(text, environ={"BCS_TOKEN": "x"}, channel_validators=validators)
     return [str(problem) for problem in caught.value.problems]
+
+
+def test_lease_ttl_defaults_to_15_seconds_and_is_checked() -> None:
+    config = parse_config(MINIMAL, environ={"BCS_TOKEN": "t"})
+    assert config.service.lease_ttl == 15
+    short = parse_config("[service]\nlease_ttl = 3\n" + MINIMAL, environ={"BCS_TOKEN": "t"})
+    assert short.service.lease_ttl == 3
+    found = problems("[service]\nlease_ttl = 0\n" + MINIMAL, BCS_TOKEN="t")
+    assert len(found) == 1
+    assert found[0].startswith("service.lease_ttl: ")

@@ -1,22 +1,20 @@
 """The delivery fast path: webhooks over httpx with our User-Agent, results committed in
 batches by the writer thread (also while the next send hangs), and the dispatcher's stop:
 no row taken after it, a send cut short by it is not an attempt. The store tests run on
-SQLite and on a real PostgreSQL (pgserver, a unix socket in a temporary directory)."""
+SQLite and on the suite's real PostgreSQL (conftest's ``store_engine``)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from delivery_support import insert_group, make_config, record, status_event
 from net_support import http_receiver
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, event, select, update
 
 from notifier import __version__
 from notifier.config import ChannelConfig
@@ -27,34 +25,13 @@ from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import outbox
 
 WAIT = 30.0
-_databases = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
-    """A migrated store: the SQLite file of ``engine``, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield engine
-        return
-    server = request.getfixturevalue("postgres")
-    uri = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    name = f"fastpath_{next(_databases)}"
-    admin = create_engine(uri, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    pg = db.make_engine(uri.replace("/postgres?", f"/{name}?", 1))
-    db.upgrade(pg)
-    yield pg
-    pg.dispose()
+@pytest.fixture
+def store(store_engine: Engine) -> Engine:
+    """A migrated store: a SQLite file or a fresh database of the session's PostgreSQL
+    (conftest's ``store_engine``)."""
+    return store_engine
 
 
 def _rows(engine: Engine) -> list[tuple[str, int, list[str]]]:
@@ -122,6 +99,63 @@ def test_the_writer_commits_in_batches(store: Engine) -> None:
         writer.close()
     assert writer.commits < len(ids) / 2  # batches, not one transaction per result
     assert [done for _, _, done in _rows(store)] == [[f"k{row_id}"] for row_id in ids]
+
+
+def test_the_writer_records_only_rows_its_claim_still_holds(store: Engine) -> None:
+    """With a claim token every write matches it: a row claimed by another token (taken
+    over) keeps its values and is reported as lost; the others are written."""
+    _fill(store, 3)
+    with store.connect() as connection:
+        ids = list(connection.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars())
+    expires = int(time.time() * 1000) + 60_000
+    with store.begin() as connection:
+        for row_id, token in zip(ids, ["mine", "mine", "theirs"], strict=True):
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(claim_token=token, claim_expires_at=expires)
+            )
+    writer = ResultWriter(store, token="mine")
+    try:
+        for row_id in ids:
+            writer.write(row_id, {"done_targets": json.dumps(["k"])})
+        writer.flush()
+    finally:
+        writer.close()
+    assert writer.lost == {ids[2]}
+    assert [done for _, _, done in _rows(store)] == [["k"], ["k"], []]
+
+
+def test_a_batch_whose_connection_the_server_dropped_is_committed_again(postgres: Any) -> None:
+    """``pg_terminate_backend`` of the writer's session just before its batch: the batch is
+    committed again on a fresh connection instead of failing the dispatch (which would send
+    its rows a second time)."""
+    pg = db.make_engine(postgres.create_database())
+    try:
+        db.upgrade(pg)
+        _fill(pg, 3)
+        dropped: list[int] = []
+
+        @event.listens_for(pg, "before_cursor_execute")
+        def drop(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+            if not dropped and statement.lstrip().startswith("UPDATE outbox"):
+                pid = connection.connection.dbapi_connection.info.backend_pid
+                postgres.admin("SELECT pg_terminate_backend(:pid)", pid=pid)
+                dropped.append(pid)
+
+        with pg.connect() as connection:
+            ids = list(connection.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars())
+        writer = ResultWriter(pg)
+        try:
+            for row_id in ids:
+                writer.write(row_id, {"done_targets": json.dumps(["k"])})
+            writer.flush()
+        finally:
+            writer.close()
+        assert len(dropped) == 1
+        assert [done for _, _, done in _rows(pg)] == [["k"]] * 3
+    finally:
+        pg.dispose()
 
 
 def test_a_failed_commit_is_a_store_error(tmp_path: Path) -> None:

@@ -34,6 +34,12 @@ from notifier.store.schema import events, outbox
 from notifier.store.status import outbox_summary
 
 
+@pytest.fixture
+def engine(store_engine: Engine) -> Engine:
+    """Every outbox test runs on a migrated SQLite file and on a real PostgreSQL database."""
+    return store_engine
+
+
 def _rows(engine: Engine) -> list[Any]:
     with engine.connect() as connection:
         return list(connection.execute(select(outbox).order_by(outbox.c.id)))

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, text
 
 from notifier.store import db
 from notifier.store.schema import metadata
@@ -18,51 +18,51 @@ def test_one_head() -> None:
     assert len(script.get_heads()) == 1
 
 
-def test_migrated_schema_matches_models(engine: Engine) -> None:
-    with engine.connect() as connection:
+def test_migrated_schema_matches_models(store_engine: Engine) -> None:
+    """On SQLite and on a real PostgreSQL (whose URL names its socket directory as %2F...)."""
+    with store_engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), metadata)
     assert diff == []
 
 
-def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(engine: Engine) -> None:
-    with engine.connect() as connection:
-        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
-        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
-
-
-def test_upgrade_is_idempotent_and_backs_up_an_existing_file(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    engine = db.make_engine(url)
-    assert db.current_revision(engine) is None
-    head = db.upgrade(engine)
-    assert db.current_revision(engine) == head
-    assert db.upgrade(engine) == head
-    assert list(tmp_path.glob("*.bak")) == []  # nothing to back up: it was new, then current
-    assert set(inspect(engine).get_table_names()) >= {"snapshots", "events", "outbox"}
-    engine.dispose()
-
-
-def test_older_revision_is_backed_up_before_upgrading(tmp_path: Path) -> None:
+def test_upgrade_from_0003_keeps_rows_and_lifts_the_column_limits(store_url: str) -> None:
+    """An existing database at 0003: migration 0004 keeps its rows, and an operation id of
+    300 characters and a status of 100 then fit (PostgreSQL enforces VARCHAR lengths)."""
     from alembic import command
 
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    script = ScriptDirectory(str(db.migrations_path()))
-    base = script.get_base()
-    if base == db.head_revision():
-        # only one migration so far: fake an "older" database by clearing the version
-        with engine.begin() as connection:
-            connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
-        assert db.backup_sqlite_file(engine, "older") is not None
-        assert len(list(tmp_path.glob("state.db.older.*.bak"))) == 1
-    else:  # pragma: no cover - exercised once a second migration exists
+    engine = db.make_engine(store_url)
+    try:
         config = db._alembic_config(engine)
-        command.downgrade(config, base)
-        db.upgrade(engine)
-        assert len(list(tmp_path.glob("*.bak"))) == 1
-    engine.dispose()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO snapshots (source, operation_id, content_hash, data, status, "
+                    "record_time, first_seen, last_seen) VALUES ('prod', 'op-1', 'h', '{}', "
+                    "'waiting', 1, 1, 1)"
+                )
+            )
+        assert db.upgrade(engine, backup=False) == db.head_revision()
+        long_id, long_status = "o" * 300, "s" * 100
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO snapshots (source, operation_id, content_hash, data, status, "
+                    "record_time, first_seen, last_seen) VALUES ('prod', :id, 'h', '{}', "
+                    ":status, 1, 1, 1)"
+                ),
+                {"id": long_id, "status": long_status},
+            )
+            rows = connection.execute(
+                text("SELECT operation_id, status FROM snapshots ORDER BY operation_id")
+            ).all()
+        assert [tuple(row) for row in rows] == [(long_id, long_status), ("op-1", "waiting")]
+        with engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+    finally:
+        engine.dispose()
 
 
 def test_migrations_ship_inside_the_package() -> None:
@@ -89,3 +89,13 @@ def test_a_path_with_a_percent_sign_migrates(tmp_path: Path) -> None:
     engine = db.make_engine(f"sqlite:///{folder / 'state.db'}")
     assert db.upgrade(engine) == db.head_revision()
     engine.dispose()
+
+
+def test_a_socket_directory_url_reaches_alembic_unharmed() -> None:
+    """``%2F`` in a URL (a socket directory) is escaped for configparser, not interpolated."""
+    url = "postgresql+psycopg://postgres@/postgres?host=%2Frun%2Fpostgresql"
+    engine = db.make_engine(url)
+    config = db._alembic_config(engine)
+    rendered = engine.url.render_as_string(hide_password=False)
+    assert "%2F" in rendered
+    assert config.get_main_option("sqlalchemy.url") == rendered

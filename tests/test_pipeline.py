@@ -23,6 +23,12 @@ OP = "BCSSVC01-99-1618218591906093855"
 DEPENDENT = "Create Other Dependent Resource"
 
 
+@pytest.fixture
+def engine(store_engine: Engine) -> Engine:
+    """Every pipeline test runs on a migrated SQLite file and on a real PostgreSQL database."""
+    return store_engine
+
+
 def make_config(
     *,
     channels: Sequence[dict[str, Any]] = (),
@@ -378,3 +384,34 @@ def test_a_cleared_rest_makes_the_same_client_try_again(
         assert poller.poll_source(config.sources[0]).ok
 
     assert route.call_count == 2
+
+
+def test_long_operation_ids_and_statuses_are_stored_and_reported(
+    engine: Engine, example_body: dict[str, Any]
+) -> None:
+    """PostgreSQL enforces column lengths: a 300-character operation id and a 100-character
+    status are stored and reported like any other; an id too long to store is skipped with
+    one warning and the rest of the response still counts."""
+    long_id, long_status = "BCSSVC01-99-" + "7" * 288, "s" * 100
+    first = copy.deepcopy(example_body)
+    record = first["operation_records"][0]
+    record["operation_id"] = long_id
+    too_long = copy.deepcopy(record)
+    too_long["operation_id"] = "x" * 600
+    first["operation_records"].append(too_long)
+    first["count"] = len(first["operation_records"])
+    second = copy.deepcopy(first)
+    second["operation_records"][0]["operation_status"] = long_status
+    config = make_config()
+    poller = make_poller(config, engine, ScriptedClient([first, second]), Clock())
+    baseline = poller.poll_source(config.sources[0])
+    assert baseline.ok
+    assert baseline.skipped == ("x" * 600,)
+    changed = poller.poll_source(config.sources[0])
+    assert changed.ok
+    status_events = [e for e in changed.events if e.type == EventType.OPERATION_STATUS_CHANGED]
+    assert [(e.operation_id, e.to_status) for e in status_events] == [(long_id, long_status)]
+    with engine.connect() as connection:
+        rows = connection.execute(select(snapshots.c.operation_id, snapshots.c.status)).all()
+    assert [(row.operation_id, row.status) for row in rows] == [(long_id, long_status)]
+    assert count(engine, events) == 1

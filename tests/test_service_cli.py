@@ -266,3 +266,47 @@ def test_run_checks_channel_urls_at_start_and_at_each_reload(
     with pytest.raises(ConfigError) as raised:
         loader()
     assert [problem.path for problem in raised.value.problems] == ["channels[0].urls[0]"]
+
+
+def test_status_on_postgresql_shows_every_instance_and_what_it_leads(
+    postgres: object, tmp_path: Path
+) -> None:
+    """No lock file to look at: the service runs while an instance heartbeats; each one is
+    listed with the sources it leads, their epoch and lease expiry."""
+    from notifier.store import db
+    from notifier.store.lease import LeaseStore
+
+    url = postgres.create_database()  # type: ignore[attr-defined]
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+        config = write_config(tmp_path, url, sources=("prod", "test"))
+        result = CliRunner().invoke(main, ["--config", str(config), "status"])
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[:3] == ["service: not running", "instances:", "  none"]
+        leader = LeaseStore(engine, "host-a:101:aaaa", ttl=30)
+        standby = LeaseStore(engine, "host-b:202:bbbb", ttl=30)
+        leader.heartbeat(hostname="host-a", pid=101)
+        standby.heartbeat(hostname="host-b", pid=202)
+        leader.acquire("prod")
+        leader.acquire("test")
+        result = CliRunner().invoke(main, ["--config", str(config), "status", "--json"])
+        report = json.loads(result.output)
+        assert report["running"] is True
+        by_pid = {item["pid"]: item for item in report["instances"]}
+        assert [lease["source"] for lease in by_pid[101]["leads"]] == ["prod", "test"]
+        assert {lease["epoch"] for lease in by_pid[101]["leads"]} == {1}
+        assert by_pid[202]["leads"] == []
+        text = CliRunner().invoke(main, ["--config", str(config), "status"]).output
+        assert text.splitlines()[0] == "service: running (2 instances)"
+        assert "host-b:202:bbbb: alive, pid 202 on host-b; leads nothing (standby)" in text
+        assert "leads prod (epoch 1, lease expires in " in text
+        # a one-off command that must not run beside the service is refused (exit 69)
+        refused = CliRunner().invoke(main, ["--config", str(config), "poll"])
+        assert refused.exit_code == 69, refused.output
+        leader.unregister()
+        standby.unregister()
+        result = CliRunner().invoke(main, ["--config", str(config), "status"])
+        assert result.output.splitlines()[0] == "service: not running"
+    finally:
+        engine.dispose()

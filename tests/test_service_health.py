@@ -160,3 +160,13 @@ def test_the_lock_holds_across_processes_and_dies_with_its_holder(
 def test_memory_and_other_databases_have_no_lock_file() -> None:
     assert lock_file_for(db.make_engine("sqlite://")) is None
     assert -(2**63) <= advisory_key() < 2**63
+
+
+def test_mysql_locks_are_named_after_the_database() -> None:
+    """GET_LOCK is server-wide: the name must carry the database, or an unrelated install on
+    another database of the same server is refused (MariaDB/MySQL stay single-instance)."""
+    from notifier.store.lock import _ADVISORY
+
+    for backend in ("mysql", "mariadb"):
+        assert "DATABASE()" in _ADVISORY[backend]
+    assert "postgresql" not in _ADVISORY  # several instances: leases, not a session lock

@@ -314,3 +314,29 @@ def test_systemd_analyze_security_finds_the_namespaces_private(tmp_path: Path) -
     exposed = [line for line in security.stdout.splitlines() if line.startswith("✗")]
     for setting in ("PrivateUsers=", "PrivateMounts=", "ProtectSystem=", "PrivateTmp="):
         assert not any(line.split()[1] == setting for line in exposed), exposed
+
+
+@pytest.mark.parametrize(
+    ("url", "unit"),
+    [
+        ("postgresql+psycopg://postgres@/bcs?host=%2Frun%2Fpostgresql", "postgresql.service"),
+        ("postgresql+psycopg://bcs@localhost/bcs", "postgresql.service"),
+        ("postgresql+psycopg://bcs@127.0.0.1:5433/bcs", "postgresql.service"),
+        ("postgresql+psycopg://bcs@db.example.com/bcs", None),
+        ("postgresql+psycopg://bcs@/bcs?host=db.example.com", None),
+        ("sqlite:////var/lib/bcs-notifier/state.db", None),
+    ],
+    ids=["socket-dir", "localhost", "loopback-port", "remote", "remote-in-query", "sqlite"],
+)
+def test_a_local_database_server_is_started_first(
+    tmp_path: Path, url: str, unit: str | None
+) -> None:
+    config = write_config(tmp_path / "notifier.toml")
+    found = unit_options_for(config, database_url=url, exec_start=["/bin/x"])
+    assert found.database_unit == unit
+    lines = directives(unit_text(found))
+    if unit is None:
+        assert not [line for line in lines if "postgresql" in line]
+    else:
+        assert f"Wants={unit}" in lines
+        assert f"After={unit}" in lines

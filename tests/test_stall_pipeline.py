@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from config_support import channel, config_toml, sim_source
 from sim_support import START
 from sqlalchemy import Engine, func, select
-from stall_pg_support import fresh_database
 
 import notifier
 from notifier.bcs.client import BcsClient
@@ -151,15 +150,23 @@ def watch(database: str) -> Iterator[Callable[..., Watch]]:
 BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 
 
-def engines(backend: str) -> Callable[[], Engine] | None:
-    return fresh_database() if backend == "postgresql" else None
+@pytest.fixture
+def engines(request: pytest.FixtureRequest, backend: str) -> Callable[[], Engine] | None:
+    """For ``backend``: None (the watch's SQLite file) or engines on a fresh database of the
+    session's PostgreSQL (conftest's ``postgres``)."""
+    if backend != "postgresql":
+        return None
+    url = str(request.getfixturevalue("postgres").create_database())
+    return lambda: db.make_engine(url)
 
 
 @BACKENDS
 def test_a_sub_step_running_far_longer_than_usual_is_one_stall_then_its_status_change(
-    watch: Callable[..., Watch], backend: str
+    watch: Callable[..., Watch],
+    engines: Callable[[], Engine] | None,
+    backend: str,
 ) -> None:
-    w = watch(open_engine=engines(backend))
+    w = watch(open_engine=engines)
     baseline = w.poll()
     assert baseline.baseline
     assert baseline.events == ()
@@ -264,9 +271,11 @@ def test_an_operation_type_with_three_samples_gives_no_stall(
 
 @BACKENDS
 def test_a_restart_in_the_middle_of_a_stall_sends_nothing_again(
-    watch: Callable[..., Watch], backend: str
+    watch: Callable[..., Watch],
+    engines: Callable[[], Engine] | None,
+    backend: str,
 ) -> None:
-    w = watch(stall_story(stalled_for=60.0), open_engine=engines(backend), stall_reminders=True)
+    w = watch(stall_story(stalled_for=60.0), open_engine=engines, stall_reminders=True)
     w.poll()
     plan, stuck = stuck_sub_step(w.sim)
     assert stuck.start_ns is not None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import Engine, func, select
-from stall_pg_support import fresh_database
 
+from notifier.model import OPERATION_ID_MAX
 from notifier.stalls import (
     ALERT_RETENTION_NS,
     NS,
@@ -18,7 +17,6 @@ from notifier.stalls import (
     StallPlan,
     StallSettings,
 )
-from notifier.store import db
 from notifier.store.durations import StallWatch, StallWrite, duration_table, write_stalls
 from notifier.store.schema import stall_alerts, step_durations
 
@@ -27,13 +25,10 @@ OTHER = DurationKey("BCSSVC01", "01", "Upgrade", "")
 T0 = 1_800_000_000 * NS
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, database_url: str) -> Iterator[Engine]:
+@pytest.fixture
+def engine(store_engine: Engine) -> Engine:
     """A database migrated to head through Alembic: a SQLite file, or PostgreSQL."""
-    engine = db.make_engine(database_url) if request.param == "sqlite" else fresh_database()()
-    db.upgrade(engine, backup=False)
-    yield engine
-    engine.dispose()
+    return store_engine
 
 
 def samples(key: DurationKey, count: int, *, first: int = 0) -> list[Sample]:
@@ -123,3 +118,17 @@ def test_old_alerts_are_dropped_after_the_retention(engine: Engine) -> None:
     with engine.connect() as connection:
         left = connection.execute(select(stall_alerts.c.operation_id)).scalars().all()
     assert left == ["op-3"]
+
+
+def test_an_operation_id_as_long_as_the_snapshots_allow_is_learned_and_alerted(
+    engine: Engine,
+) -> None:
+    """Migration 0004 lets snapshots hold 512-character operation ids; the stall tables
+    take them too (PostgreSQL enforces the length: a shorter column failed the cycle)."""
+    long_id = "BCSSVC01-99-" + "7" * (OPERATION_ID_MAX - 12)
+    sample = Sample(KEY, long_id, 5 * NS, T0)
+    opened = alert(long_id)
+    write(engine, StallWrite("a", [sample], plan=StallPlan(opened=(opened,)), now_ns=T0))
+    watch = StallWatch(engine, StallSettings())
+    assert watch.usual([KEY], [])[KEY].samples == 1
+    assert [a.operation_id for a in watch.alerts("a", [])] == [long_id]

@@ -6,7 +6,7 @@ sub-step) kept. ``stall_alerts``: one row per stall episode with the last alert 
 so a restart never sends a stall again.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01
 """
 
@@ -16,9 +16,11 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
+
+OPERATION_ID_MAX = 512  # as migration 0004 (notifier.model.OPERATION_ID_MAX)
 
 
 def upgrade() -> None:
@@ -29,7 +31,7 @@ def upgrade() -> None:
         sa.Column("operation_type", sa.String(64), nullable=False),
         sa.Column("step", sa.Text(), nullable=False),
         sa.Column("substep", sa.Text(), nullable=False),
-        sa.Column("operation_id", sa.String(128), nullable=False),
+        sa.Column("operation_id", sa.String(OPERATION_ID_MAX), nullable=False),
         sa.Column("source", sa.String(64), nullable=False),
         sa.Column("duration_ns", sa.BigInteger(), nullable=False),
         sa.Column("ended_at", sa.BigInteger(), nullable=False),
@@ -44,7 +46,7 @@ def upgrade() -> None:
     op.create_table(
         "stall_alerts",
         sa.Column("source", sa.String(64), nullable=False),
-        sa.Column("operation_id", sa.String(128), nullable=False),
+        sa.Column("operation_id", sa.String(OPERATION_ID_MAX), nullable=False),
         sa.Column("step", sa.Text(), nullable=False),
         sa.Column("substep", sa.Text(), nullable=False),
         sa.Column("episode", sa.Integer(), nullable=False),

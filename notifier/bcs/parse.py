@@ -33,7 +33,7 @@ from notifier.bcs.sanitize import (
     safe_text,
 )
 from notifier.errors import IncompleteResponse, InvalidResponse
-from notifier.model import OperationRecord, Step, SubStep, normalise_status
+from notifier.model import OPERATION_ID_MAX, OperationRecord, Step, SubStep, normalise_status
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ def parse_record(raw: Any) -> OperationRecord:
     operation_id = _operation_id(raw)
     if not operation_id:
         raise MalformedRecord("operation_id is missing or not a string")
-    if len(operation_id) > MAX_ID:
-        raise MalformedRecord(f"operation_id is longer than {MAX_ID} characters")
+    if len(operation_id) > OPERATION_ID_MAX:
+        raise MalformedRecord(
+            f"operation_id is {len(operation_id)} characters long (at most {OPERATION_ID_MAX} "
+            "are stored)"
+        )
     notes: list[str] = []
     operation_type = raw.get("operation_type")
     if isinstance(operation_type, int) and not isinstance(operation_type, bool):

@@ -30,16 +30,16 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from notifier.model import INT64_MAX, INT64_MIN
+from notifier.model import INT64_MAX, INT64_MIN, OPERATION_ID_MAX
 
 logger = logging.getLogger(__name__)
 
 #: Characters kept of one string from the API (a 1 MB ``message`` is cut, not stored whole).
 MAX_TEXT: Final = 16_384
-#: Longest ``operation_id`` the store holds (``snapshots.operation_id`` is ``VARCHAR(128)``).
-MAX_ID: Final = 128
-#: Longest status kept (``snapshots.status`` is ``VARCHAR(32)``).
-MAX_STATUS: Final = 32
+#: Longest ``operation_id`` the store holds (``VARCHAR(512)`` since migration 0004).
+MAX_ID: Final = OPERATION_ID_MAX
+#: Longest status kept (a ``Text`` column since migration 0004: bounded, not refused).
+MAX_STATUS: Final = 256
 #: Longest step or sub-step name kept.
 MAX_NAME: Final = 512
 #: Nesting kept of a free-form map; deeper members become a short note.

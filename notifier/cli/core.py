@@ -119,6 +119,11 @@ def hold_instance_lock(context: Context, engine: Engine, *, hint: str) -> None:
         click.echo(f"error: {exc}; {hint}", err=True)
         sys.exit(EX_UNAVAILABLE)
     context.on_close(lock.release)
+    from notifier.store.claims import Claims
+    from notifier.store.lease import MULTI_INSTANCE_BACKENDS
+
+    if engine.url.get_backend_name() not in MULTI_INSTANCE_BACKENDS:
+        Claims(engine, 1.0).clear_all()  # the only dispatcher now: a killed one's claims are void
 
 
 @main.command()

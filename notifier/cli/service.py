@@ -61,7 +61,6 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     """The service: poll, diff, store, deliver, until SIGTERM/SIGINT (SIGHUP reloads)."""
     from notifier import logsetup
     from notifier.config import load_config
-    from notifier.daemon import ServeOptions, serve
 
     log_format = log_format or logsetup.default_format()
     explicit_level = _explicit_log_level()
@@ -69,6 +68,8 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     # loading its plugins) must not come out in another format; the level stays that of
     # the one-shot commands until the config (and with it every secret to mask) is known
     logsetup.configure(log_format, explicit_level or "error", redactor=context.redactor)
+    from notifier.daemon import ServeOptions, serve  # after: importing it loads Alembic, which logs
+
     config = context.config()
     redactor = logsetup.Redactor(logsetup.config_secrets(config))
     logsetup.configure(log_format, explicit_level or config.service.log_level, redactor=redactor)
@@ -163,6 +164,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
         lock = InstanceLock(engine)
         holder = lock.holder()
         can_tell = lock.path is not None
+        cluster = _cluster(engine)
     finally:
         engine.dispose()
     sources = []
@@ -188,9 +190,13 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
                 "rest_reason": redactor.redact(error) if resting and error else None,
             }
         )
+    running = (holder is not None) if can_tell else None
+    if cluster is not None:  # PostgreSQL: the service runs while an instance heartbeats
+        running = any(item["alive"] for item in cluster["instances"])
     return {
-        "running": (holder is not None) if can_tell else None,
+        "running": running,
         "pid": holder,
+        **({"instances": cluster["instances"]} if cluster is not None else {}),
         "sources": sources,
         "outbox": {
             "pending": summary.pending,
@@ -202,6 +208,33 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
             "unconfigured_channels": dict(sorted(summary.unconfigured.items())),
         },
     }
+
+
+def _cluster(engine: Any) -> dict[str, Any] | None:
+    """Every instance on a shared (PostgreSQL) database and what it leads, else None."""
+    from notifier.store.lease import MULTI_INSTANCE_BACKENDS, leadership
+
+    if engine.url.get_backend_name() not in MULTI_INSTANCE_BACKENDS:
+        return None
+    view = leadership(engine)
+    return None if view is None else view.to_dict()
+
+
+def _print_instances(instances: list[dict[str, Any]]) -> None:
+    click.echo("instances:")
+    if not instances:
+        click.echo("  none")
+    for item in instances:
+        state = "alive" if item["alive"] else "gone (no heartbeat)"
+        leads = ", ".join(
+            f"{lease['source']} (epoch {lease['epoch']}, lease expires in "
+            f"{lease['expires_in_seconds']:g}s)"
+            for lease in item["leads"]
+        )
+        click.echo(
+            f"  {item['id']}: {state}, pid {item['pid']} on {item['hostname']}; "
+            f"leads {leads or 'nothing (standby)'}"
+        )
 
 
 @main.command("status")
@@ -220,11 +253,16 @@ def status(context: Context, as_json: bool) -> None:
         return
     if report["running"] is None:
         running = "unknown (only SQLite databases have a lock file to look at)"
+    elif report["running"] and "instances" in report:
+        alive = sum(1 for item in report["instances"] if item["alive"])
+        running = f"running ({alive} instance{'s' if alive != 1 else ''})"
     elif report["running"]:
         running = f"running (pid {report['pid']})"
     else:
         running = "not running"
     click.echo(f"service: {running}")
+    if "instances" in report:
+        _print_instances(report["instances"])
     click.echo("sources:")
     for source in report["sources"]:
         failures = source["consecutive_failures"]

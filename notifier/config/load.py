@@ -314,6 +314,7 @@ def _build_service(reader: Reader, section: Section | None) -> ServiceConfig:
         full_poll_interval=section.number(
             "full_poll_interval", defaults.full_poll_interval, minimum=1
         ),
+        lease_ttl=section.number("lease_ttl", defaults.lease_ttl, minimum=1, maximum=_DAY),
     )
     _check(
         reader,

@@ -76,6 +76,8 @@ class ServiceConfig:
     #: ``full_poll_interval`` seconds; "full": one complete listing every cycle
     poll_mode: str = "incremental"
     full_poll_interval: float = 900.0
+    #: PostgreSQL: seconds a source's lease lasts unless renewed (every third of it)
+    lease_ttl: float = 15.0
 
 
 @dataclass(frozen=True)

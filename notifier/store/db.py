@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT = 10  # seconds to reach a database server
+MIGRATION_KEY = 0x62_63_73_6E_6D_69_67  # pg_advisory_xact_lock key of migrations ("bcsnmig")
 
 
 def migrations_path() -> Path:
@@ -45,8 +48,22 @@ def make_engine(url: str) -> Engine:
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {}
+    if not is_sqlite:
+        # a connection the server dropped (pg_terminate_backend, restart) is noticed and
+        # replaced at checkout instead of failing the next poll
+        options["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+            "psycopg",
+            "psycopg2",
+        ):
+            options["connect_args"] = {
+                "connect_timeout": CONNECT_TIMEOUT,
+                # pg_stat_activity tells the instances apart (and pg_terminate_backend can aim)
+                "application_name": f"bcs-notifier[{os.getpid()}]",
+            }
     try:
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, **options)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot open database: {exc}") from exc
     if is_sqlite:
@@ -120,7 +137,8 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(migrations_path()))
     url = engine.url.render_as_string(hide_password=False)
-    # configparser interpolates "%": a percent-encoded password or socket path needs "%%"
+    # configparser interpolates "%": a socket directory spelled "%2Frun%2Fpostgresql" (or a
+    # password with "%") must reach Alembic as written
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
@@ -190,6 +208,12 @@ def upgrade(engine: Engine, *, backup: bool = True) -> str:
     config = _alembic_config(engine)
     try:
         with engine.begin() as connection:
+            if engine.url.get_backend_name() == "postgresql":
+                # several instances start at once: one migrates, the others wait for its
+                # commit (a transaction lock: safe behind PgBouncer too), then find it done
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_KEY}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:

@@ -2,9 +2,13 @@
 
 SQLite: an exclusive ``fcntl`` lock on ``<database>.lock`` next to the file; the kernel
 drops it when the process dies, so a crash never leaves a stale lock. The file holds the
-holder's pid for the error message. PostgreSQL and MySQL/MariaDB: a session-level advisory
-lock held on a dedicated connection for the life of the process. Other databases: no
-enforcement (logged).
+holder's pid for the error message. PostgreSQL: several ``run`` instances share the database
+(leases, ``store/lease.py``); ``run`` takes no lock there, and a one-off command that must
+not run beside the service (``poll``, ``outbox dispatch``) is refused while an instance is
+alive in the ``instances`` table. MySQL/MariaDB: one instance, a session-level ``GET_LOCK``
+named after the database (the lock is server-wide: another database on the same server is
+another install), held on a dedicated connection for the life of the process. Other
+databases: no enforcement (logged).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def lock_file_for(engine: Engine) -> Path | None:
 
 
 def advisory_key(name: str = LOCK_NAME) -> int:
-    """A stable signed 64-bit key for ``pg_try_advisory_lock``."""
+    """A stable signed 64-bit key, part of the MySQL/MariaDB lock name."""
     digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -86,6 +90,9 @@ class InstanceLock:
 
     def _acquire_advisory(self) -> None:
         backend = self.engine.url.get_backend_name()
+        if backend == "postgresql":
+            self._refuse_beside_instances()
+            return
         statement = _ADVISORY.get(backend)
         if statement is None:
             logger.warning(
@@ -101,10 +108,22 @@ class InstanceLock:
             connection.close()
             raise AlreadyRunning(
                 f"another bcs-notifier run holds the instance lock on this {backend} database: "
-                "stop it first"
+                "stop it first (several instances on one database are supported on "
+                "PostgreSQL only)"
             )
         connection.commit()
         self._connection = connection
+
+    def _refuse_beside_instances(self) -> None:
+        from notifier.store.lease import leadership
+
+        view = leadership(self.engine)
+        alive = view.alive() if view is not None else ()
+        if alive:
+            who = ", ".join(f"{item.hostname} pid {item.pid}" for item in alive)
+            raise AlreadyRunning(
+                f"bcs-notifier run is running on this database ({who}): stop it first"
+            )
 
     def holder(self) -> int | None:
         """The pid of the running service holding a SQLite lock file, without locking."""
@@ -152,9 +171,9 @@ class InstanceLock:
 
 
 _ADVISORY: Final[dict[str, str]] = {
-    "postgresql": "SELECT pg_try_advisory_lock(:key)",
-    "mysql": "SELECT GET_LOCK(CONCAT('bcs-notifier-', :key), 0)",
-    "mariadb": "SELECT GET_LOCK(CONCAT('bcs-notifier-', :key), 0)",
+    # GET_LOCK is server-wide: the name carries the database (hashed: at most 64 characters)
+    "mysql": "SELECT GET_LOCK(CONCAT('bcs-notifier-', SHA1(CONCAT(DATABASE(), :key))), 0)",
+    "mariadb": "SELECT GET_LOCK(CONCAT('bcs-notifier-', SHA1(CONCAT(DATABASE(), :key))), 0)",
 }
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord
 from notifier.store.durations import StallWrite, write_stalls
+from notifier.store.lease import Fence
 from notifier.store.schema import event_groups, events, outbox, snapshots, source_state
 
 _CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
@@ -85,6 +86,8 @@ class CycleWrite:
     stalls: StallWrite | None = None
     #: operation id -> new raw hash, for records whose stored content is unchanged
     raw_hashes: Mapping[str, str] = field(default_factory=dict)
+    #: the poller's lease (several instances): checked as the transaction's last statement
+    fence: Fence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +233,10 @@ class Repository:
                 self._write_state(connection, write.state)
                 if write.stalls is not None:
                     write_stalls(connection, write.stalls)
-                return self._write_groups(connection, write.groups, write.now_ms)
+                written = self._write_groups(connection, write.groups, write.now_ms)
+                if write.fence is not None:  # last: a lost lease rolls all of it back
+                    write.fence.check(connection)
+                return written
         except SQLAlchemyError as exc:
             raise StoreError(f"could not store the cycle of {write.state.source}: {exc}") from exc
 
@@ -437,7 +443,11 @@ class _Connection:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self.connection is not None  # noqa: S101 - set in __enter__
-        self.connection.close()
+        try:
+            self.connection.close()  # rolls back: fails too when the server went away
+        except SQLAlchemyError as failed:
+            if exc is None:
+                raise StoreError(f"database query failed: {failed}") from failed
         if isinstance(exc, SQLAlchemyError):
             raise StoreError(f"database query failed: {exc}") from exc
 

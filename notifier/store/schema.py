@@ -3,6 +3,11 @@ database; ``tests/test_migrations.py`` checks the migrated schema matches these 
 
 Times written by the service are integer milliseconds since the epoch (UTC); API times are
 integer nanoseconds and kept as ``BigInteger``.
+
+Values from the API never hit a column limit (PostgreSQL enforces them, SQLite does not):
+statuses and other free text are ``Text``; operation ids are ``String(OPERATION_ID_MAX)``
+(a key column, so MySQL can index it), and the parser skips a record with a longer id with
+one warning instead of failing the write (migration 0004).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from notifier.model import OPERATION_ID_MAX
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -35,10 +42,10 @@ snapshots = Table(
     "snapshots",
     metadata,
     Column("source", String(64), primary_key=True),
-    Column("operation_id", String(128), primary_key=True),
+    Column("operation_id", String(OPERATION_ID_MAX), primary_key=True),
     Column("content_hash", String(64), nullable=False),
     Column("data", Text, nullable=False),  # normalised record JSON (OperationRecord.to_dict)
-    Column("status", String(32), nullable=False),
+    Column("status", Text, nullable=False),
     Column("record_time", BigInteger, nullable=False),
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
@@ -73,7 +80,7 @@ event_groups = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("source", String(64), nullable=False),
-    Column("operation_id", String(128), nullable=False),
+    Column("operation_id", String(OPERATION_ID_MAX), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("record", Text, nullable=True),  # record JSON at that cycle (the step tree)
 )
@@ -86,7 +93,7 @@ events = Table(
     Column("id", String(64), nullable=False, unique=True),
     Column("group_id", ForeignKey("event_groups.id"), nullable=False),
     Column("source", String(64), nullable=False),
-    Column("operation_id", String(128), nullable=False),
+    Column("operation_id", String(OPERATION_ID_MAX), nullable=False),
     Column("type", String(64), nullable=False),
     Column("record_time", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
@@ -110,8 +117,35 @@ outbox = Table(
     Column("last_error", Text, nullable=True),
     Column("done_targets", Text, nullable=False, default="[]"),  # JSON list of target keys sent
     Column("retried_at", BigInteger, nullable=True),  # last manual retry; max_age counts from it
+    # a dispatcher's claim (store/claims.py): only the claim's owner sends or records the row
+    Column("claim_token", String(64), nullable=True),
+    Column("claim_expires_at", BigInteger, nullable=True),  # database clock, milliseconds
     UniqueConstraint("group_id", "channel", name="uq_outbox_group_channel"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
+)
+
+#: One lease per source (store/lease.py): the only instance that may poll it. ``epoch`` is
+#: the fencing token, bumped on every takeover; times are the database's clock in ms.
+leases = Table(
+    "leases",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("acquired_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+#: Every running ``bcs-notifier run`` on a shared database, refreshed with its leases.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
 )
 
 #: Durations of finished, successful steps (``substep`` "") and sub-steps, learned for
@@ -124,7 +158,7 @@ step_durations = Table(
     Column("operation_type", String(64), nullable=False),
     Column("step", Text, nullable=False),
     Column("substep", Text, nullable=False),
-    Column("operation_id", String(128), nullable=False),
+    Column("operation_id", String(OPERATION_ID_MAX), nullable=False),
     Column("source", String(64), nullable=False),
     Column("duration_ns", BigInteger, nullable=False),
     Column("ended_at", BigInteger, nullable=False),  # API time (ns) the step ended
@@ -137,7 +171,7 @@ stall_alerts = Table(
     "stall_alerts",
     metadata,
     Column("source", String(64), primary_key=True),
-    Column("operation_id", String(128), primary_key=True),
+    Column("operation_id", String(OPERATION_ID_MAX), primary_key=True),
     Column("step", Text, primary_key=True),
     Column("substep", Text, primary_key=True),  # "" : the step
     Column("episode", Integer, primary_key=True),
