@@ -61,6 +61,7 @@ from notifier.errors import (
     SignatureRejected,
     SourceError,
     StoreError,
+    error_line,
 )
 from notifier.health import HealthReport, Metrics
 from notifier.leadership import LeaseKeeper, keeper_for
@@ -581,7 +582,7 @@ class Daemon:
             kind = error.kind if isinstance(error, SourceError) else "internal"
             if not isinstance(error, SourceError):
                 self._log_unexpected(schedule, error)
-            text = error.one_line() if isinstance(error, SourceError) else _one_line(error)
+            text = error.one_line() if isinstance(error, SourceError) else error_line(error)
             self.metrics.inc("poll_errors_total", source=name, kind=kind)
             self.metrics.set("source_up", 0, source=name)
             interval = self._failure_interval(schedule.config, schedule.failures, error)
@@ -617,14 +618,14 @@ class Daemon:
                 "polling source %s failed again (%d in a row): %s",
                 schedule.name,
                 schedule.failures + 1,
-                _one_line(error),
+                error_line(error),
             )
             return
         schedule.logged_failure = kind
         logger.error(
             "polling source %s failed: %s (logged once until it works again or fails differently)",
             schedule.name,
-            _one_line(error),
+            error_line(error),
             exc_info=None if isinstance(error, StoreError) else error,
         )
 
@@ -729,7 +730,7 @@ class Daemon:
             logger.error(
                 "dispatching deliveries failed (%s); retrying in %.0fs, backing off while it "
                 "keeps failing (logged once per kind of failure)",
-                _one_line(exc),
+                error_line(exc),
                 delay,
                 exc_info=None if is_outage(exc) else exc,
             )
@@ -737,7 +738,7 @@ class Daemon:
             logger.debug(
                 "dispatching deliveries failed again (%d in a row: %s); retrying in %.0fs",
                 self._dispatch_failures,
-                _one_line(exc),
+                error_line(exc),
                 delay,
             )
 
@@ -786,7 +787,7 @@ class Daemon:
             )
         except NotifierError as exc:
             if not self._summary_failing:  # once per outage, not every cycle
-                logger.warning("cannot read the outbox: %s", _one_line(exc))
+                logger.warning("cannot read the outbox: %s", error_line(exc))
             self._summary_failing = True
             return
         self._summary_failing = False
@@ -1073,7 +1074,7 @@ class Daemon:
                 stats = components.dispatcher.dispatch_due(limit=GRACE_BATCH)
             except Exception as exc:
                 if type(exc).__name__ in self._dispatch_error_kinds:  # traceback logged before
-                    logger.warning("delivering during shutdown failed: %s", _one_line(exc))
+                    logger.warning("delivering during shutdown failed: %s", error_line(exc))
                 else:
                     logger.exception("delivering during shutdown failed")
                 break
@@ -1179,11 +1180,6 @@ def failure_kind(error: BaseException) -> str:
     original = getattr(cause, "orig", None) or cause
     detail = " ".join(str(original).split())[:80]
     return f"{type(error).__name__}/{type(original).__name__}: {detail}"
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _seconds(milliseconds: int | None) -> float | None:

@@ -162,3 +162,11 @@ class TemplateError(NotifierError, ValueError):
 
 class UnloadableURL(NotifierError):
     """apprise cannot load a URL; the message is safe to show (no secrets)."""
+
+
+def error_line(error: BaseException, limit: int | None = None) -> str:
+    """``Type: message`` on one line (whitespace collapsed), cut at ``limit`` characters:
+    how the service names an unexpected exception in a log line or a stored error."""
+    text = " ".join(str(error).split())
+    line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return line if limit is None else line[:limit]

@@ -74,7 +74,7 @@ from notifier.channels.render import (
 )
 from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
 from notifier.config import ChannelConfig, Config
-from notifier.errors import StoreError
+from notifier.errors import StoreError, error_line
 from notifier.model import Event, OperationRecord, event_body
 from notifier.store.claims import Claims, claim_ttl, new_token, owned
 from notifier.store.outbox_writes import ResultWriter
@@ -197,11 +197,6 @@ def _row_keys(item: Any) -> _RowKeys:
 def _done_targets(text: str | None) -> list[str]:
     """The keys of a row's ``done_targets`` JSON list (raises ValueError or TypeError)."""
     return [str(key) for key in json.loads(text or "[]")]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -393,12 +388,14 @@ class Dispatcher:
                     )
                 except Exception as exc:  # one unreadable group fails alone
                     records[item.group_id] = None
-                    broken[item.group_id] = f"stored operation record unreadable: {_one_line(exc)}"
+                    broken[item.group_id] = (
+                        f"stored operation record unreadable: {error_line(exc, 500)}"
+                    )
             try:
                 done = _done_targets(item.done_targets)
             except (ValueError, TypeError) as exc:
                 done = []
-                broken.setdefault(item.group_id, f"done_targets unreadable: {_one_line(exc)}")
+                broken.setdefault(item.group_id, f"done_targets unreadable: {error_line(exc, 500)}")
             rows.append(
                 _Row(
                     **_row_keys(item),
@@ -419,7 +416,7 @@ class Dispatcher:
             try:
                 group_events[item.group_id].append(Event.from_dict(json.loads(item.payload)))
             except Exception as exc:  # one unreadable event fails its group
-                broken.setdefault(item.group_id, f"stored event unreadable: {_one_line(exc)}")
+                broken.setdefault(item.group_id, f"stored event unreadable: {error_line(exc, 500)}")
         for row in rows:
             row.events = group_events[row.group_id]
             row.broken = broken.get(row.group_id)
@@ -451,7 +448,7 @@ class Dispatcher:
                 matched[row.id] = routing.matching_events(channel, row.events)
             except Exception as exc:  # a bad row fails alone
                 self._report(channel.name, "routing", exc)
-                row.errors.append(f"internal error while routing: {_one_line(exc)}")
+                row.errors.append(f"internal error while routing: {error_line(exc, 500)}")
                 row.attempted = True
         usable = [row for row in usable if row.id in matched]
         for target in targets:
@@ -464,7 +461,7 @@ class Dispatcher:
                 raise  # the store failed: the whole dispatch stops, the daemon backs off
             except Exception as exc:  # one operation's delivery fails alone
                 self._report(channel.name, "sending", exc)
-                error = f"{target.safe_url}: internal error: {_one_line(exc)}"
+                error = f"{target.safe_url}: internal error: {error_line(exc, 500)}"
                 for row in usable:
                     if not self._target_done(target, row, matched[row.id]):
                         row.errors.append(error)
@@ -476,7 +473,7 @@ class Dispatcher:
         life of this dispatcher, then as one line."""
         kind = (channel, f"{stage}:{type(exc).__name__}")
         if kind in self._reported:
-            logger.warning("channel %s: %s failed: %s", channel, stage, _one_line(exc))
+            logger.warning("channel %s: %s failed: %s", channel, stage, error_line(exc, 500))
             return
         self._reported.add(kind)
         logger.error(
@@ -562,7 +559,7 @@ class Dispatcher:
         try:
             message = self._render(channel, merged, record, options)
         except Exception as exc:  # even the plain fallback failed: the content cannot be sent
-            reason = f"{target.safe_url}: cannot render this content: {_one_line(exc)}"
+            reason = f"{target.safe_url}: cannot render this content: {error_line(exc, 500)}"
             self._report(channel.name, "rendering", exc)
             for row in waiting:
                 row.attempted = True
@@ -671,7 +668,9 @@ class Dispatcher:
                 try:
                     body = event_body(event)
                 except Exception as exc:  # odd stored data: this event can never be sent
-                    reason = f"{target.safe_url}: cannot encode event {event.id}: {_one_line(exc)}"
+                    reason = (
+                        f"{target.safe_url}: cannot encode event {event.id}: {error_line(exc, 500)}"
+                    )
                     self._report(channel.name, "encoding", exc)
                     row.attempted = True
                     row.errors.append(reason)

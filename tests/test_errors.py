@@ -87,3 +87,20 @@ def test_an_unloadable_url_is_a_notifier_error() -> None:
         load_plugin("nosuchschema://host/path")
     assert isinstance(raised.value, UnloadableURL)
     assert "nosuchschema" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "limit", "line"),
+    [
+        (ValueError("bad\n  value"), None, "ValueError: bad value"),
+        (KeyError(), None, "KeyError"),
+        (OSError("x" * 50), 20, "OSError: xxxxxxxxxxx"),
+    ],
+    ids=["collapsed", "no-message", "cut"],
+)
+def test_error_line_names_the_type_on_one_line(
+    error: BaseException, limit: int | None, line: str
+) -> None:
+    from notifier.errors import error_line
+
+    assert error_line(error, limit) == line

@@ -23,7 +23,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, and_, exists, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from notifier.errors import StoreError
+from notifier.errors import StoreError, error_line
 from notifier.store.schema import event_groups, outbox
 
 #: A claim lasts at least this long, and ``CLAIM_TTL_LEASES`` x ``lease_ttl``.
@@ -100,7 +100,7 @@ class Claims:
                 for chunk in _chunks(keys, 300):
                     self._claim_siblings(connection, token, chunk, now_ms)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot claim outbox rows: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot claim outbox rows: {error_line(exc, 300)}") from exc
         return keys
 
     def _claim_rows(self, connection: Connection, token: str, ids: list[int], now_ms: int) -> None:
@@ -153,7 +153,7 @@ class Claims:
                     )
                 ).first()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot extend the outbox claim: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot extend the outbox claim: {error_line(exc, 300)}") from exc
         if expired is not None or held == 0:
             raise ClaimLost(
                 "this dispatch's claim on its outbox rows expired; another instance may "
@@ -171,7 +171,7 @@ class Claims:
                     .values(claim_token=None, claim_expires_at=None)
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot release the outbox claim: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot release the outbox claim: {error_line(exc, 300)}") from exc
         return int(result.rowcount or 0)
 
     def clear_all(self) -> int:
@@ -185,7 +185,7 @@ class Claims:
                     .values(claim_token=None, claim_expires_at=None)
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot clear outbox claims: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot clear outbox claims: {error_line(exc, 300)}") from exc
         return int(result.rowcount or 0)
 
 
@@ -197,7 +197,3 @@ def owned(token: str) -> Any:
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

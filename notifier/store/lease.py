@@ -50,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from notifier.errors import LeaseLost, StoreError
+from notifier.errors import LeaseLost, StoreError, error_line
 from notifier.store.schema import instances, leases
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class LeaseStore:
             with self.engine.begin() as connection:
                 row = connection.execute(statement).first()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot take the lease of {source}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot take the lease of {source}: {error_line(exc, 300)}") from exc
         if row is None:
             return None
         return Lease(source, self.holder, int(row.epoch), int(row.acquired_at), int(row.expires_at))
@@ -183,7 +183,7 @@ class LeaseStore:
                     .values(expires_at=self._now)
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot release leases: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot release leases: {error_line(exc, 300)}") from exc
         return int(result.rowcount or 0)
 
     def remaining(self, sources: Iterable[str]) -> dict[str, int]:
@@ -200,7 +200,7 @@ class LeaseStore:
                     )
                 ).all()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read the leases: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot read the leases: {error_line(exc, 300)}") from exc
         return {str(row.source): max(0, int(row.left)) for row in rows}
 
     def fence(self, lease: Lease) -> Fence:
@@ -232,14 +232,14 @@ class LeaseStore:
                     delete(instances).where(instances.c.expires_at < now - retention)
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot record this instance: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot record this instance: {error_line(exc, 300)}") from exc
 
     def unregister(self) -> None:
         try:
             with self.engine.begin() as connection:
                 connection.execute(delete(instances).where(instances.c.id == self.holder))
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot unregister this instance: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot unregister this instance: {error_line(exc, 300)}") from exc
 
     def live_instances(self) -> int:
         try:
@@ -250,7 +250,7 @@ class LeaseStore:
                     .where(instances.c.expires_at > self._now)
                 ).scalar_one()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot count the instances: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot count the instances: {error_line(exc, 300)}") from exc
         return max(1, int(count))
 
 
@@ -320,7 +320,7 @@ def leadership(engine: Engine) -> Leadership | None:
             ).all()
             lease_rows = connection.execute(select(leases).order_by(leases.c.source)).all()
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the instances: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot read the instances: {error_line(exc, 300)}") from exc
     return Leadership(
         now,
         tuple(
@@ -350,8 +350,3 @@ def _upsert(backend: str) -> Any:
     if backend == "sqlite":
         return sqlite.insert(leases)
     raise StoreError(f"leases are not supported on {backend} databases")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300]

@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from notifier.errors import AlreadyRunning, StoreError
+from notifier.errors import AlreadyRunning, StoreError, error_line
 from notifier.store import db
 from notifier.store.claims import Claims
 from notifier.store.lease import MULTI_INSTANCE_BACKENDS
@@ -74,7 +74,7 @@ def open_store(engine: Engine, lock: Any, notifier: Notifier) -> str:
                     logger.error(
                         "cannot reach the database (%s); retrying with backoff up to %.0fs "
                         "(logged once per kind of failure)",
-                        _one_line(exc),
+                        error_line(exc),
                         STORE_RETRY_MAX,
                     )
                 notifier.notify(
@@ -98,8 +98,3 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(cause, OperationalError):
         return True
     return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
