@@ -63,6 +63,14 @@ def test_run_waits_for_the_database_and_survives_it_going_away(
                 instants = sim.change_instants()
                 for instant in instants[:3]:
                     sim.wait_valid_after(sim.move_to(instant))
+                # nothing in flight when the server stops: a success not yet recorded would
+                # be sent again after the outage (at-least-once, same id), not exactly once
+                so_far = len(expected_transitions("prod", sim.truths()))
+                receiver.wait_for(
+                    lambda got: len({d.webhook_id for d in operation_deliveries(got)}) >= so_far,
+                    WAIT,
+                )
+                _wait_recorded(url)
                 server.stop()  # the database goes away while the service runs
                 _wait_log(service, "cannot renew leases")
                 mark = sim.mark()
@@ -129,5 +137,27 @@ def test_a_read_whose_session_the_server_ended_is_a_store_error(postgres: Postgr
             Repository(engine).snapshot_index("prod")
         assert ended
         assert Repository(engine).snapshot_index("prod") == {}  # a fresh session next time
+    finally:
+        engine.dispose()
+
+
+def _wait_recorded(url: str) -> None:
+    """Until every outbox row is sent (its success committed), with a generous deadline."""
+    from sqlalchemy import func, select
+
+    from notifier.store.schema import outbox
+
+    engine = db.make_engine(url)
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            with engine.connect() as connection:
+                open_rows = connection.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.state != "sent")
+                ).scalar_one()
+            if open_rows == 0:
+                return
+            assert time.monotonic() < deadline, f"{open_rows} outbox row(s) still not recorded"
+            time.sleep(0.1)
     finally:
         engine.dispose()
