@@ -77,7 +77,7 @@ from notifier.store.status import (
 )
 from notifier.systemd import SystemdNotifier
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("notifier.daemon")
 
 SIGNATURE_BACKOFF: Final = 300.0  # five refused signatures lock an AK for five minutes
 #: Look for rows made due by others (`outbox retry`, `outbox reassign`) this often: one
