@@ -81,7 +81,7 @@ from notifier.store.outbox_writes import ResultWriter
 from notifier.store.schema import event_groups, events, outbox
 from notifier.store.status import next_attempt_at
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("notifier.outbox")  # the log lines keep the module's old name
 
 PENDING: Final = "pending"
 SENT: Final = "sent"
