@@ -223,7 +223,7 @@ def test_events_stored_with_absurd_times_list_render_and_deliver(
 def test_a_message_that_cannot_be_built_falls_back_to_a_plain_list(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import notifier.outbox as outbox_module
+    import notifier.outbox.delivery as outbox_module
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise ValueError("year 3170843 is out of range")

@@ -1,0 +1,364 @@
+"""Every statement the outbox's consumer and its CLI run (``notifier/outbox/`` has no SQL).
+
+- :func:`load_claimed`: the rows a dispatch claimed (``store/claims.py``), grouped per
+  (channel, source, operation) with their stored record and events, read tolerantly: data
+  that cannot be read marks its group ``broken`` instead of raising;
+- :func:`write_now`: one row's result outside a batched dispatch (``store/outbox_writes.py``
+  records the batched ones);
+- the helpers of ``outbox list / retry / purge / reassign`` and ``status``.
+
+A failing statement of the dispatch surfaces as :class:`~notifier.errors.StoreError`
+(:func:`store_errors`); :data:`STORE_ERRORS` names every store failure, for code that must
+let them through while it catches the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final, TypedDict, TypeVar
+
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, tuple_, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from notifier.errors import StoreError, error_line
+from notifier.model import Event, OperationRecord
+from notifier.store.claims import owned
+from notifier.store.schema import event_groups, events, outbox
+
+PENDING: Final = "pending"
+SENT: Final = "sent"
+DEAD: Final = "dead"
+STATES: Final = (PENDING, SENT, DEAD)
+
+#: Every failure of the store: a dispatch stops on them (the daemon backs off).
+STORE_ERRORS: Final = (StoreError, SQLAlchemyError)
+
+
+@contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Raise a failing statement as ``StoreError("<what>: <error>")``."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One outbox row for ``outbox list`` and ``status``."""
+
+    id: int
+    channel: str
+    state: str
+    attempts: int
+    source: str
+    operation_id: str
+    group_id: str
+    created_at: int
+    next_attempt_at: int
+    updated_at: int
+    last_error: str | None
+    done_targets: tuple[str, ...]
+    events: int
+
+
+@dataclass
+class StoredRow:
+    """A claimed pending row as stored: its group's record and events, the targets done."""
+
+    id: int
+    group_id: str
+    channel: str
+    attempts: int
+    created_at: int  # when max_age counts from: the manual retry, else the row's creation
+    done: list[str]
+    source: str
+    operation_id: str
+    group_created_at: int
+    record: OperationRecord | None
+    events: list[Event]
+    broken: str | None = None  # the stored events or record cannot be read
+
+
+Row = TypeVar("Row", bound=StoredRow)
+
+
+class _RowKeys(TypedDict):
+    """The columns an outbox row and its listing share: the row, its channel, its group."""
+
+    id: int
+    group_id: str
+    channel: str
+    attempts: int
+    source: str
+    operation_id: str
+
+
+def _row_keys(item: Any) -> _RowKeys:
+    """``_RowKeys`` of a result row that selects the outbox and event group columns."""
+    return _RowKeys(
+        id=item.id,
+        group_id=item.group_id,
+        channel=item.channel,
+        attempts=item.attempts,
+        source=item.source,
+        operation_id=item.operation_id,
+    )
+
+
+def _done_targets(text: str | None) -> list[str]:
+    """The keys of a row's ``done_targets`` JSON list (raises ValueError or TypeError)."""
+    return [str(key) for key in json.loads(text or "[]")]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def load_claimed(
+    engine: Engine, token: str, keys: Sequence[tuple[str, str, str]], row_type: type[Row]
+) -> list[tuple[str, list[Row]]]:
+    """The claimed pending rows of ``keys`` ((channel, source, operation), as claimed),
+    grouped per key with every such row of that operation (older ones first) so messages
+    coalesce and keep their order; each row is a ``row_type``."""
+    with engine.connect() as connection:
+        by_key: dict[tuple[str, str, str], list[Row]] = {key: [] for key in keys}
+        for chunk in _chunks(keys, 300):
+            for row in _load_rows(connection, token, chunk, row_type):
+                by_key[(row.channel, row.source, row.operation_id)].append(row)
+    return [(key[0], rows) for key, rows in by_key.items() if rows]
+
+
+def _load_rows(
+    connection: Any, token: str, keys: Sequence[tuple[str, str, str]], row_type: type[Row]
+) -> list[Row]:
+    query = (
+        select(
+            outbox.c.id,
+            outbox.c.group_id,
+            outbox.c.channel,
+            outbox.c.attempts,
+            func.coalesce(outbox.c.retried_at, outbox.c.created_at).label("age_from"),
+            outbox.c.done_targets,
+            event_groups.c.source,
+            event_groups.c.operation_id,
+            event_groups.c.created_at.label("group_created_at"),
+            event_groups.c.record,
+        )
+        .join(event_groups, event_groups.c.id == outbox.c.group_id)
+        .where(
+            outbox.c.state == PENDING,
+            owned(token),
+            tuple_(outbox.c.channel, event_groups.c.source, event_groups.c.operation_id).in_(
+                list(keys)
+            ),
+        )
+        .order_by(event_groups.c.created_at, outbox.c.id)
+    )
+    rows: list[Row] = []
+    records: dict[str, OperationRecord | None] = {}
+    broken: dict[str, str] = {}  # group id -> why its stored data cannot be read
+    for item in connection.execute(query):
+        if item.group_id not in records:
+            try:
+                records[item.group_id] = (
+                    OperationRecord.from_dict(json.loads(item.record)) if item.record else None
+                )
+            except Exception as exc:  # one unreadable group fails alone
+                records[item.group_id] = None
+                broken[item.group_id] = (
+                    f"stored operation record unreadable: {error_line(exc, 500)}"
+                )
+        try:
+            done = _done_targets(item.done_targets)
+        except (ValueError, TypeError) as exc:
+            done = []
+            broken.setdefault(item.group_id, f"done_targets unreadable: {error_line(exc, 500)}")
+        rows.append(
+            row_type(
+                **_row_keys(item),
+                created_at=item.age_from,
+                done=done,
+                group_created_at=item.group_created_at,
+                record=records[item.group_id],
+                events=[],
+            )
+        )
+    group_events: dict[str, list[Event]] = {group: [] for group in records}
+    event_query = (
+        select(events.c.group_id, events.c.payload)
+        .where(events.c.group_id.in_(list(records)))
+        .order_by(events.c.seq)
+    )
+    for item in connection.execute(event_query):
+        try:
+            group_events[item.group_id].append(Event.from_dict(json.loads(item.payload)))
+        except Exception as exc:  # one unreadable event fails its group
+            broken.setdefault(item.group_id, f"stored event unreadable: {error_line(exc, 500)}")
+    for row in rows:
+        row.events = group_events[row.group_id]
+        row.broken = broken.get(row.group_id)
+    return rows
+
+
+def write_now(engine: Engine, token: str, row_id: int, values: dict[str, Any]) -> None:
+    """Commit one claimed row's result at once (a dispatch without its batched writer)."""
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(outbox).where(outbox.c.id == row_id, owned(token)).values(**values)
+            )
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot record a delivery: {exc}") from exc
+
+
+# -- helpers for the CLI (list / retry / purge) ---------------------------------------------
+
+
+def list_entries(
+    engine: Engine,
+    *,
+    states: Sequence[str] = (PENDING, DEAD),
+    channel: str | None = None,
+    limit: int | None = None,
+) -> list[OutboxEntry]:
+    counts = (
+        select(events.c.group_id, func.count().label("events"))
+        .group_by(events.c.group_id)
+        .subquery()
+    )
+    query = (
+        select(
+            outbox,
+            event_groups.c.source,
+            event_groups.c.operation_id,
+            func.coalesce(counts.c.events, 0).label("events"),
+        )
+        .join(event_groups, event_groups.c.id == outbox.c.group_id)
+        .outerjoin(counts, counts.c.group_id == outbox.c.group_id)
+        .where(outbox.c.state.in_(list(states)))
+        .order_by(outbox.c.id)
+    )
+    if channel:
+        query = query.where(outbox.c.channel == channel)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as connection:
+        return [
+            OutboxEntry(
+                **_row_keys(row),
+                state=row.state,
+                created_at=row.created_at,
+                next_attempt_at=row.next_attempt_at,
+                updated_at=row.updated_at,
+                last_error=row.last_error,
+                done_targets=tuple(_done_targets(row.done_targets)),
+                events=row.events,
+            )
+            for row in connection.execute(query)
+        ]
+
+
+def unconfigured_counts(
+    engine: Engine, configured: Iterable[str], *, states: Sequence[str] = (PENDING, DEAD)
+) -> dict[str, int]:
+    """Rows (in ``states``) per channel name that is not in ``configured``."""
+    names = list(configured)
+    query = (
+        select(outbox.c.channel, func.count())
+        .where(outbox.c.state.in_(list(states)), outbox.c.channel.not_in(names))
+        .group_by(outbox.c.channel)
+    )
+    with engine.connect() as connection:
+        return {str(name): int(count) for name, count in connection.execute(query)}
+
+
+def reassign(engine: Engine, *, old: str, new: str, now_ms: int) -> int:
+    """Hand the pending and dead rows of channel ``old`` (renamed in the config) to ``new``,
+    due now with a fresh attempt count. ``done_targets`` is kept: a URL both channels share
+    keeps its key, so what it already received is not sent again."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(outbox)
+            .where(outbox.c.channel == old, outbox.c.state.in_([PENDING, DEAD]))
+            .values(
+                channel=new,
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=now_ms,
+                updated_at=now_ms,
+                retried_at=now_ms,
+            )
+        )
+    return int(result.rowcount or 0)
+
+
+def counts_by_state(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(outbox.c.state, func.count()).group_by(outbox.c.state)
+        ).all()
+    result = dict.fromkeys(STATES, 0)
+    for state, count in rows:
+        result[str(state)] = int(count)
+    return result
+
+
+def retry(
+    engine: Engine,
+    *,
+    now_ms: int,
+    ids: Sequence[int] = (),
+    channel: str | None = None,
+    include_pending: bool = False,
+) -> int:
+    """Make dead (and, with ``include_pending``, waiting) rows due now with a fresh attempt
+    count. ``done_targets`` is kept: targets that already have a message are not re-sent."""
+    states = [DEAD, PENDING] if include_pending else [DEAD]
+    conditions: list[ColumnElement[bool]] = [outbox.c.state.in_(states)]
+    if ids:
+        conditions.append(outbox.c.id.in_(list(ids)))
+    if channel:
+        conditions.append(outbox.c.channel == channel)
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(outbox)
+            .where(and_(*conditions))
+            .values(
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=now_ms,
+                updated_at=now_ms,
+                retried_at=now_ms,  # max_age counts again from the manual retry
+            )
+        )
+    return int(result.rowcount or 0)
+
+
+def purge(
+    engine: Engine,
+    *,
+    states: Sequence[str] = (SENT,),
+    older_than_ms: int | None = None,
+    ids: Sequence[int] = (),
+    channel: str | None = None,
+    unconfigured: Iterable[str] | None = None,
+) -> int:
+    """Delete outbox rows (events stay in the history). With ``unconfigured`` (the names
+    of the configured channels), only rows of the other channels go."""
+    conditions: list[ColumnElement[bool]] = [outbox.c.state.in_(list(states))]
+    if unconfigured is not None:
+        conditions.append(outbox.c.channel.not_in(list(unconfigured)))
+    if older_than_ms is not None:
+        conditions.append(outbox.c.updated_at < older_than_ms)
+    if ids:
+        conditions.append(outbox.c.id.in_(list(ids)))
+    if channel:
+        conditions.append(outbox.c.channel == channel)
+    with engine.begin() as connection:
+        result = connection.execute(delete(outbox).where(and_(*conditions)))
+    return int(result.rowcount or 0)
