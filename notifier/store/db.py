@@ -13,9 +13,10 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+import sqlalchemy
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
+
+#: The engine type the service passes around: other modules import it from here, so
+#: SQLAlchemy itself is imported only under notifier/store/.
+Engine: TypeAlias = sqlalchemy.Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
