@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import sqlalchemy
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from notifier.errors import StoreError
+from notifier.errors import StoreError, error_line
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -251,3 +251,15 @@ def require_current(engine: Engine) -> None:
             f"database schema is at {current or 'nothing'}, expected {head}: "
             "run `bcs-notifier db upgrade`"
         )
+
+
+def database_error(exc: BaseException) -> StoreError | None:
+    """``exc`` as the StoreError a command reports when it is a SQLAlchemy error no store
+    function mapped (else None): the driver's message only, never the statement or its
+    parameters."""
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    reason: BaseException = exc
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
+        reason = exc.orig
+    return StoreError(f"database error: {error_line(reason)}")
