@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -263,3 +264,25 @@ def database_error(exc: BaseException) -> StoreError | None:
     if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
         reason = exc.orig
     return StoreError(f"database error: {error_line(reason)}")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseAddress:
+    """Where a database URL points (the parts ``notifier.systemd`` orders units by)."""
+
+    backend: str  # "sqlite", "postgresql", "mysql", ...
+    driver: str  # e.g. "postgresql+psycopg", "mysql+mariadbconnector"
+    host: str | None
+    #: ``?host=`` values (libpq: several hosts, or a unix-socket directory)
+    query_hosts: tuple[str, ...]
+
+
+def database_address(url: str) -> DatabaseAddress | None:
+    """The parts of ``url``, or None when it is no database URL SQLAlchemy can read."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    query_host = parsed.query.get("host")
+    hosts = (query_host,) if isinstance(query_host, str) else tuple(query_host or ())
+    return DatabaseAddress(parsed.get_backend_name(), parsed.drivername, parsed.host, hosts)

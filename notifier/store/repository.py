@@ -131,6 +131,11 @@ class Repository:
                     found[row.operation_id] = OperationRecord.from_dict(json.loads(row.data))
         return found
 
+    def event_count(self) -> int:
+        """How many events are recorded, of every source."""
+        with self._connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(events)).scalar_one())
+
     def active_operations(self, source: str) -> int:
         """How many stored, not-gone operations of ``source`` are waiting or processing."""
         query = (
