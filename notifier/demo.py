@@ -38,9 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-
-from sqlalchemy import Engine, func, select
+from typing import TYPE_CHECKING, Any, Final
 
 from notifier.config import AuthConfig, Config, Secret, SourceConfig, parse_config
 from notifier.errors import NotifierError
@@ -49,6 +47,9 @@ from notifier.simulator.clock import NS_PER_SECOND, ScaledClock
 from notifier.simulator.scenario import OperationPlan
 from notifier.simulator.server import AUTH_TYPES, Simulator
 from notifier.simulator.stories import DEMO_STALL, DEMO_STORY
+
+if TYPE_CHECKING:
+    from notifier.store.db import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -468,16 +469,12 @@ class Demo:
     def _summarise(self, engine: Engine) -> None:
         from notifier.outbox import counts_by_state
         from notifier.store.repository import Repository
-        from notifier.store.schema import events
 
         report = self.report
         try:
             counts = counts_by_state(engine)
-            with engine.connect() as connection:
-                report.events = int(
-                    connection.execute(select(func.count()).select_from(events)).scalar_one()
-                )
             repository = Repository(engine)
+            report.events = repository.event_count()
             index = repository.snapshot_index(SOURCE_NAME)
             records = repository.load_records(SOURCE_NAME, index)
         except NotifierError as exc:

@@ -24,12 +24,14 @@ import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from notifier.config import Config
 from notifier.errors import StoreError
 from notifier.store.lease import Fence, Lease, LeaseStore, fair_share, preference
+
+if TYPE_CHECKING:
+    from notifier.store.db import Engine
 
 logger = logging.getLogger(__name__)
 

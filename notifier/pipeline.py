@@ -8,14 +8,12 @@ polling works again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from notifier.bcs.source import (
     Listing,
@@ -25,17 +23,22 @@ from notifier.bcs.source import (
     queries_supported,
 )
 from notifier.config import Config, SourceConfig
-from notifier.diff import diff_record
-from notifier.errors import AuthError, SignatureRejected, SourceError
-from notifier.model import (
-    ACTIVE_STATUSES,
-    Event,
-    EventType,
-    OperationRecord,
-    canonical_json,
-    event_id,
+from notifier.cycle import (
+    CONTENT_ERRORS,
+    gone_ids,
+    group,
+    health_group,
+    plan_failure,
+    plan_scope,
+    resting_error,
+    sort_records,
+    source_scope,
+    success_state,
+    with_stalls,
 )
-from notifier.routing import channels_for
+from notifier.diff import diff_record
+from notifier.errors import SourceError
+from notifier.model import ACTIVE_STATUSES, Event, OperationRecord
 from notifier.stalls import StallSettings, api_now_ns
 from notifier.store.durations import StallWatch
 from notifier.store.guard import BaselineMarker
@@ -45,10 +48,21 @@ from notifier.store.repository import (
     EventGroup,
     RawEntry,
     Repository,
-    SnapshotWrite,
     SourceState,
     StoredSnapshot,
 )
+
+if TYPE_CHECKING:
+    from notifier.store.db import Engine
+
+__all__ = [
+    "ClientFactory",
+    "PollResult",
+    "Poller",
+    "default_client_factory",
+    "diff_record",
+    "source_scope",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +179,7 @@ class Poller:
         if state.rest_until is not None and now_ms < state.rest_until:
             # credentials were refused: sending again could lock the key (five AK/SK
             # rejections in a row lock it for 5 minutes), also after a restart
-            resting = _resting_error(source, state, now_ms)
+            resting = resting_error(source, state, now_ms)
             result = self._failure(
                 source,
                 resting,
@@ -305,10 +319,10 @@ class Poller:
             index = self.repository.snapshot_index(
                 name, [record.operation_id for record in records]
             )
-        baseline = state.baseline_at is None
-        scope = source_scope(source)
-        rescoped = not baseline and state.scope is not None and state.scope != scope
-        silent_new = (baseline or rescoped) and not self.config.service.notify_existing
+        plan = plan_scope(
+            state, source_scope(source), notify_existing=self.config.service.notify_existing
+        )
+        baseline, silent_new = plan.baseline, plan.silent_new
         lost = self.marker.get(name) if baseline and self.marker is not None else None
         if lost is not None:
             logger.error(
@@ -319,57 +333,18 @@ class Poller:
                 self.marker.path if self.marker is not None else "-",
                 datetime.fromtimestamp(lost.baseline_at / 1000, UTC).isoformat(timespec="seconds"),
             )
-        if rescoped:
+        if plan.rescoped:
             logger.info(
                 "%s: endpoint, project or filters changed; operations seen for the first time "
                 "are stored silently",
                 name,
             )
 
-        writes: list[SnapshotWrite] = []
-        returned: list[str] = [
-            operation_id
-            for operation_id in unchanged
-            if (snapshot := index.get(operation_id)) is not None and snapshot.gone
-        ]
-        prepared: list[tuple[OperationRecord, str, str]] = []
-        rehashed: dict[str, str] = {}  # content as stored, raw form new (or never hashed)
-        remembered: dict[str, RawEntry] = {}
-        unstorable: list[str] = []
-        for record in records:
-            encoded = canonical.get(record.operation_id)
-            try:
-                if encoded is not None:
-                    data, digest = encoded
-                else:
-                    data = canonical_json(record.to_dict())
-                    digest = hashlib.sha256(data.encode()).hexdigest()
-            except _CONTENT_ERRORS as exc:  # a last guard behind notifier.bcs.sanitize
-                logger.warning(
-                    "%s: skipping operation record %r: it cannot be stored: %s",
-                    name,
-                    record.operation_id[:160],
-                    exc,
-                )
-                unstorable.append(record.operation_id)
-                continue
-            snapshot = index.get(record.operation_id)
-            raw_hash = raw_hashes.get(record.operation_id)
-            if raw_hash is not None:
-                remembered[record.operation_id] = RawEntry(
-                    record.record_time, record.status, raw_hash, digest
-                )
-            if snapshot is not None and snapshot.content_hash == digest:
-                if snapshot.gone:
-                    returned.append(record.operation_id)
-                if raw_hash is not None:
-                    rehashed[record.operation_id] = raw_hash
-                continue
-            writes.append(
-                SnapshotWrite(record, data, digest, is_new=snapshot is None, raw_hash=raw_hash)
-            )
-            prepared.append((record, data, digest))
-
+        sorted_ = sort_records(
+            name, records, index, unchanged=unchanged, canonical=canonical, raw_hashes=raw_hashes
+        )
+        writes, returned, unstorable = sorted_.writes, sorted_.returned, sorted_.unstorable
+        prepared = [(item.record, item.data, item.content_hash) for item in writes]
         changed_ids = [item.record.operation_id for item in writes if not item.is_new]
         previous = self.repository.load_records(name, changed_ids) if changed_ids else {}
         groups: list[EventGroup] = []
@@ -380,7 +355,7 @@ class Poller:
                 continue
             try:
                 found = diff_record(name, before, record)
-            except _CONTENT_ERRORS as exc:  # skipped like a malformed record, tried again
+            except CONTENT_ERRORS as exc:  # skipped like a malformed record, tried again
                 logger.warning(
                     "%s: skipping operation record %r: it cannot be diffed: %s",
                     name,
@@ -420,33 +395,13 @@ class Poller:
             | set(unchanged)
             | set(unstorable)
         )
-        gone = (
-            []
-            if keep_absent
-            else [
-                operation_id
-                for operation_id, stored in index.items()
-                if not stored.gone and operation_id not in present
-            ]
-        )
+        gone = gone_ids(index, present, keep_absent=keep_absent)
         if gone:
             logger.info("%s: %d operation(s) no longer listed, marked gone", name, len(gone))
 
         if state.unreachable_reported:
             groups.append(self._health_group(source, state, now_ms, recovered=True))
-        new_state = replace(
-            state,
-            baseline_at=state.baseline_at if state.baseline_at is not None else now_ms,
-            last_poll_at=now_ms,
-            last_success_at=now_ms,
-            consecutive_failures=0,
-            failing_since=None,
-            last_error=None,
-            unreachable_reported=False,
-            rest_until=None,
-            scope=scope,
-            last_full_at=now_ms if complete else state.last_full_at,
-        )
+        new_state = success_state(state, now_ms, scope=plan.scope, complete=complete)
         if baseline:
             logger.info(
                 "%s: first poll, %d operation(s) stored as the baseline%s",
@@ -468,11 +423,11 @@ class Poller:
                 returned=returned,
                 groups=groups,
                 stalls=stalls.write,
-                raw_hashes=rehashed,
+                raw_hashes=sorted_.rehashed,
                 fence=fence,
             )
         )
-        self._remember(name, remembered)
+        self._remember(name, sorted_.remembered)
         if complete:
             self._listed.add(name)
         if self.marker is not None and new_state.baseline_at is not None:
@@ -500,23 +455,21 @@ class Poller:
         """Record a failed poll; ``keep_last_error`` keeps the reason that caused a rest."""
         name = source.name
         logger.warning("%s: poll failed: %s", name, error.one_line())
-        failing_since = state.failing_since if state.failing_since is not None else now_ms
-        new_state = replace(
+        planned = plan_failure(
             state,
-            last_poll_at=now_ms,
-            consecutive_failures=state.consecutive_failures + 1,
-            failing_since=failing_since,
-            last_error=state.last_error if keep_last_error else error.one_line(),
+            now_ms,
+            error=error.one_line(),
+            unreachable_after=self.config.service.unreachable_after,
+            keep_last_error=keep_last_error,
         )
+        new_state = planned.state
         groups: list[EventGroup] = []
-        threshold_ms = self.config.service.unreachable_after * 1000
-        if not state.unreachable_reported and now_ms - failing_since >= threshold_ms:
+        if planned.unreachable:
             groups.append(self._health_group(source, new_state, now_ms, recovered=False))
-            new_state = replace(new_state, unreachable_reported=True)
             logger.error(
                 "%s: unreachable for %.0f s: %s",
                 name,
-                (now_ms - failing_since) / 1000,
+                (now_ms - (new_state.failing_since or now_ms)) / 1000,
                 error.one_line(),
             )
         active = self.repository.active_operations(name) > 0
@@ -531,13 +484,7 @@ class Poller:
     def _group(
         self, source: str, operation_id: str, found: Sequence[Event], record: str | None
     ) -> EventGroup:
-        digest = hashlib.sha256(
-            "\x1f".join([source, operation_id, *(event.id for event in found)]).encode()
-        ).hexdigest()
-        channels = tuple(channels_for(self.config.channels, found))
-        return EventGroup(
-            f"grp_{digest[:32]}", source, operation_id, tuple(found), channels, record
-        )
+        return group(self.config.channels, source, operation_id, found, record)
 
     def _with_stalls(
         self,
@@ -546,70 +493,9 @@ class Poller:
         stall_events: Sequence[Event],
         records: Sequence[OperationRecord],
     ) -> list[EventGroup]:
-        """``groups`` with the stall events added: to the operation's group of this cycle,
-        or in a group of their own (one message per operation per cycle)."""
-        if not stall_events:
-            return groups
-        pending: dict[str, list[Event]] = {}
-        for event in stall_events:
-            pending.setdefault(event.operation_id, []).append(event)
-        merged: list[EventGroup] = []
-        for group in groups:
-            extra = pending.pop(group.operation_id, None)
-            if extra is not None:
-                found = [*group.events, *extra]
-                group = self._group(source, group.operation_id, found, group.record)  # noqa: PLW2901
-            merged.append(group)
-        by_id = {record.operation_id: record for record in records}
-        for operation_id, found in pending.items():
-            record = canonical_json(by_id[operation_id].to_dict())
-            merged.append(self._group(source, operation_id, found, record))
-        return merged
+        return with_stalls(self.config.channels, source, groups, stall_events, records)
 
     def _health_group(
         self, source: SourceConfig, state: SourceState, now_ms: int, *, recovered: bool
     ) -> EventGroup:
-        since_ns = (state.failing_since or now_ms) * 1_000_000
-        kind = EventType.SOURCE_RECOVERED if recovered else EventType.SOURCE_UNREACHABLE
-        label = "recovered" if recovered else "unreachable"
-        event = Event(
-            id=event_id(source.name, "", None, None, None, label, since_ns),
-            type=kind,
-            source=source.name,
-            operation_id="",
-            record_time=now_ms * 1_000_000,
-            operation={},
-            detail=f"{source.endpoint} (project {source.project_id})",
-            started_at=since_ns,
-            ended_at=now_ms * 1_000_000 if recovered else 0,
-            error=state.last_error,
-        )
-        return self._group(source.name, "", [event], None)
-
-
-#: What odd content can raise while it is hashed, stored or diffed (never a store error).
-_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
-
-
-def _resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> SourceError:
-    """The error of a poll skipped while the source's credentials rest."""
-    until = datetime.fromtimestamp((state.rest_until or now_ms) / 1000, UTC)
-    message = (
-        f"credentials refused earlier ({state.last_error or 'no detail'}); "
-        f"no request before {until.isoformat(timespec='seconds')}"
-    )
-    error: SourceError
-    if source.auth.type == "aksk":
-        error = SignatureRejected(status=401, code=None, message=message)
-    else:
-        error = AuthError(status=401, code=None, message=message)
-    error.retry_after = ((state.rest_until or now_ms) - now_ms) / 1000
-    return error
-
-
-def source_scope(source: SourceConfig) -> str:
-    """Fingerprint of what a source watches: a change means a new, silent baseline for
-    operations seen for the first time (widening a filter reports no history)."""
-    filters = {key: sorted(values) for key, values in source.filters.items()}
-    scope = canonical_json([source.endpoint, source.project_id, filters])
-    return hashlib.sha256(scope.encode()).hexdigest()[:32]
+        return health_group(self.config.channels, source, state, now_ms, recovered=recovered)

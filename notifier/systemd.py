@@ -478,24 +478,21 @@ LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1", "[::1]"})
 def local_database_unit(url: str) -> str | None:
     """``postgresql.service`` when ``url`` points to a PostgreSQL on this host (no host, a
     loopback host, or a unix-socket directory), else None."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from notifier.store.db import database_address
 
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
+    parsed = database_address(url)
+    if parsed is None:
         return None
-    backend = parsed.get_backend_name()
-    unit = DATABASE_UNITS.get(backend)
-    if backend == "mysql" and "mariadb" in parsed.drivername:
+    unit = DATABASE_UNITS.get(parsed.backend)
+    if parsed.backend == "mysql" and "mariadb" in parsed.driver:
         unit = "mariadb.service"
     if unit is None:
         return None
-    query_host = parsed.query.get("host")
-    hosts = [query_host] if isinstance(query_host, str) else list(query_host or ())
     if parsed.host not in (None, *LOCAL_HOSTS):
         return None
-    if any(host and not host.startswith("/") and host not in LOCAL_HOSTS for host in hosts):
+    if any(
+        host and not host.startswith("/") and host not in LOCAL_HOSTS for host in parsed.query_hosts
+    ):
         return None
     return unit
 

@@ -18,6 +18,8 @@ PURE = [
     "notifier.bcs.signing",
     "notifier.channels.render",
     "notifier.config",
+    "notifier.cycle",
+    "notifier.store.records",
 ]
 FORBIDDEN = ["httpx", "sqlalchemy", "apprise", "click", "alembic", "requests"]
 

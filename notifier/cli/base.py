@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,7 +13,7 @@ import click
 
 from notifier import __version__
 from notifier.config import ChannelValidator, Config, find_config_path, load_config
-from notifier.errors import ConfigError, NotifierError
+from notifier.errors import AlreadyRunning, ConfigError, NotifierError
 from notifier.logsetup import Redactor, config_secrets, configure
 
 EX_CONFIG = 78
@@ -20,6 +21,24 @@ EX_SOFTWARE = 70
 EX_UNAVAILABLE = 69
 
 logger = logging.getLogger("notifier")
+
+#: The one error -> exit status table of every command (the error's most specific class
+#: listed wins). A source that cannot be polled is not an exception: ``poll`` exits
+#: EX_UNAVAILABLE for it itself.
+EXIT_CODES: Mapping[type[NotifierError], int] = {
+    ConfigError: EX_CONFIG,
+    AlreadyRunning: EX_UNAVAILABLE,
+    NotifierError: 1,
+}
+
+
+def exit_code(exc: NotifierError) -> int:
+    """The exit status a command ends with on ``exc`` (:data:`EXIT_CODES`)."""
+    for kind in type(exc).__mro__:
+        code = EXIT_CODES.get(kind)
+        if code is not None:
+            return code
+    return 1
 
 
 class Context:
@@ -64,14 +83,36 @@ def channel_validators() -> tuple[ChannelValidator, ...]:
 
 
 def fail_config(exc: ConfigError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(EX_CONFIG)
+    click.echo(f"error: {exc}", err=True)  # every problem, one a line
+    sys.exit(exit_code(exc))
 
 
-def fail(exc: NotifierError, code: int = 1) -> NoReturn:
+def fail(exc: NotifierError, code: int | None = None) -> NoReturn:
+    """End the command: ``error: <one line>`` on stderr, the status of :data:`EXIT_CODES`."""
     line = exc.one_line() if hasattr(exc, "one_line") else " ".join(str(exc).split())
     click.echo(f"error: {line}", err=True)
-    sys.exit(code)
+    sys.exit(exit_code(exc) if code is None else code)
+
+
+@contextmanager
+def reported(context: Context | None = None) -> Iterator[None]:
+    """Run a command's work: an error ends it with :func:`fail` (one line, the status of
+    :data:`EXIT_CODES`), a database error the store did not map included - never a
+    traceback; ``context`` is closed in any case."""
+    try:
+        yield
+    except NotifierError as exc:
+        fail(exc)
+    except Exception as exc:
+        from notifier.store.db import database_error
+
+        mapped = database_error(exc)
+        if mapped is None:
+            raise
+        fail(mapped)
+    finally:
+        if context is not None:
+            context.close()
 
 
 pass_context = click.make_pass_decorator(Context)

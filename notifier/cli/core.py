@@ -11,13 +11,19 @@ from typing import TYPE_CHECKING
 
 import click
 
-from notifier.cli.base import EX_UNAVAILABLE, Context, fail, main, pass_context
+from notifier.cli.base import (
+    EX_UNAVAILABLE,
+    Context,
+    exit_code,
+    main,
+    pass_context,
+    reported,
+)
 from notifier.config import Config, SourceConfig
-from notifier.errors import NotifierError
 from notifier.model import Event, describe, event_body
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from notifier.store.db import Engine
 
 
 @main.command("check-config")
@@ -42,11 +48,9 @@ def db_upgrade(context: Context) -> None:
     """Migrate the database to this version's schema."""
     from notifier.store import db as store_db
 
-    try:
+    with reported():
         engine = store_db.make_engine(context.config().service.database)
         revision = store_db.upgrade(engine)
-    except NotifierError as exc:
-        fail(exc)
     click.echo(f"database at revision {revision}")
 
 
@@ -56,14 +60,10 @@ def db_current(context: Context) -> None:
     """Print the database's schema revision and this version's head."""
     from notifier.store import db as store_db
 
-    try:
+    with reported(context):
         engine = open_existing_store(context, current=False)
         current = store_db.current_revision(engine)
         head = store_db.head_revision()
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     state = "up to date" if current == head else "needs `bcs-notifier db upgrade`"
     click.echo(f"current: {current or 'none'}\nhead: {head}\n{state}")
 
@@ -117,7 +117,7 @@ def hold_instance_lock(context: Context, engine: Engine, *, hint: str) -> None:
     except AlreadyRunning as exc:
         context.close()
         click.echo(f"error: {exc}; {hint}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        sys.exit(exit_code(exc))
     context.on_close(lock.release)
     from notifier.store.claims import Claims
     from notifier.store.lease import MULTI_INSTANCE_BACKENDS
@@ -157,7 +157,7 @@ def poll(
     config = context.config(check_channels=False)
     sources = _select_sources(config.sources, source_names)
     failed = False
-    try:
+    with reported(context):
         engine = open_store(context, dry_run=dry_run)
         if not dry_run:
             hold_instance_lock(context, engine, hint="`poll --dry-run` works beside it")
@@ -185,10 +185,6 @@ def poll(
                     )
         if not dry_run and config.channels and _deliveries_due(config, engine):
             _deliver(context.config(), engine)
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     if failed:
         sys.exit(EX_UNAVAILABLE)
 
@@ -232,14 +228,10 @@ def events(
     from notifier.store.repository import Repository
 
     context.config()
-    try:
+    with reported(context):
         engine = open_existing_store(context)
         for stored in Repository(engine).iter_events(operation_id=operation_id, source=source_name):
             click.echo(_event_text(stored.event, as_json=as_json))
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
 
 
 def _select_sources(sources: Sequence[SourceConfig], names: Sequence[str]) -> list[SourceConfig]:

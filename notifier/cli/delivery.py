@@ -13,8 +13,7 @@ from typing import Any
 
 import click
 
-from notifier.cli.base import Context, fail, main, pass_context
-from notifier.errors import NotifierError
+from notifier.cli.base import Context, exit_code, main, pass_context, reported
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -67,15 +66,11 @@ def outbox_list(
     config = context.config()
     configured = {item.name for item in config.channels}
     wanted = list(outbox_module.STATES) if "all" in states else list(states or ("pending", "dead"))
-    try:
+    with reported(context):
         engine = open_existing_store(context)  # a listing never creates nor migrates
         entries = outbox_module.list_entries(engine, states=wanted, channel=channel, limit=limit)
         counts = outbox_module.counts_by_state(engine)
         orphans = outbox_module.unconfigured_counts(engine, configured)
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     if as_json:
         for entry in entries:
             click.echo(
@@ -145,7 +140,7 @@ def outbox_retry(
     from notifier.cli.core import open_store
 
     context.config()
-    try:
+    with reported(context):
         engine = open_store(context)
         count = outbox_module.retry(
             engine,
@@ -154,10 +149,6 @@ def outbox_retry(
             channel=channel,
             include_pending=include_pending,
         )
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} due again")
 
 
@@ -204,7 +195,7 @@ def outbox_purge(
     if older_than is not None:
         cutoff = int((time.time() - _parse_duration(older_than)) * 1000)
     config = context.config()
-    try:
+    with reported(context):
         engine = open_store(context)
         count = outbox_module.purge(
             engine,
@@ -214,10 +205,6 @@ def outbox_purge(
             channel=channel,
             unconfigured=[item.name for item in config.channels] if unconfigured else None,
         )
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     what = "unconfigured channels'" if unconfigured else "/".join(states)
     click.echo(f"purged {count} {what} deliver{'y' if count == 1 else 'ies'}")
 
@@ -240,13 +227,9 @@ def outbox_reassign(context: Context, old: str, new: str) -> None:
         raise click.BadParameter(f"no channel named {new!r} (known: {known})", param_hint="NEW")
     if old == new:
         raise click.BadParameter("OLD and NEW are the same channel", param_hint="NEW")
-    try:
+    with reported(context):
         engine = open_store(context)
         count = outbox_module.reassign(engine, old=old, new=new, now_ms=int(time.time() * 1000))
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} of {old} handed to {new}, due now")
 
 
@@ -259,14 +242,10 @@ def outbox_dispatch(context: Context, limit: int | None) -> None:
     from notifier.outbox import Dispatcher
 
     config = context.config()
-    try:
+    with reported(context):
         engine = open_store(context)
         hold_instance_lock(context, engine, hint="the running service delivers due rows itself")
         stats = Dispatcher(config, engine).dispatch_due(limit=limit)
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     click.echo(
         f"{stats.sent} sent, {stats.failed} to retry, {stats.dead} dead, "
         f"{stats.deferred} deferred ({stats.messages} request(s))"
@@ -296,7 +275,7 @@ def test_channel(context: Context, name: str) -> None:
         targets = build_targets(channel, config.delivery)
     except UnloadableURL as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code(exc))
     events, record = sample_events()
     failures = 0
     for target in targets:

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from notifier.cli.base import Context, fail, main, pass_context
-from notifier.errors import NotifierError
+from notifier.cli.base import Context, main, pass_context, reported
 
 
 def _seconds(nanoseconds: int | None) -> float | None:
@@ -34,7 +33,7 @@ def durations(context: Context, as_json: bool) -> None:
         service.stall_floor,
         service.stall_reminders,
     )
-    try:
+    with reported(context):
         if not store_db.database_exists(service.database):
             rows = []
         else:
@@ -42,10 +41,6 @@ def durations(context: Context, as_json: bool) -> None:
             context.on_close(engine.dispose)
             store_db.require_current(engine)
             rows = duration_table(engine, settings)
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     if as_json:
         for row in rows:
             item: dict[str, Any] = {

@@ -16,13 +16,12 @@ from typing import Any
 import click
 
 from notifier.cli.base import (
-    EX_CONFIG,
-    EX_UNAVAILABLE,
     Context,
     channel_validators,
-    fail,
+    exit_code,
     main,
     pass_context,
+    reported,
 )
 from notifier.config import Config
 from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreError
@@ -89,15 +88,11 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
             options=ServeOptions(stop_grace=stop_grace),
             on_reload=on_reload,
         )
-    except AlreadyRunning as exc:
-        logger.error("not starting: %s", exc)
-        sys.exit(EX_UNAVAILABLE)
-    except ConfigError as exc:
-        logger.error("not starting: %s", exc)
-        sys.exit(EX_CONFIG)
     except NotifierError as exc:
-        logger.error("not starting: %s", " ".join(str(exc).split()))
-        sys.exit(1)
+        # the config's problems and the lock's holder as they are, anything else on one line
+        whole = isinstance(exc, AlreadyRunning | ConfigError)
+        logger.error("not starting: %s", exc if whole else " ".join(str(exc).split()))
+        sys.exit(exit_code(exc))
     sys.exit(code)
 
 
@@ -244,10 +239,8 @@ def status(context: Context, as_json: bool) -> None:
     """Last poll per source, failures, outbox depth, oldest undelivered, dead deliveries."""
     config = context.config()
     now = time.time()
-    try:
+    with reported():
         report = collect_status(config, now)
-    except NotifierError as exc:
-        fail(exc)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return

@@ -6,8 +6,7 @@ import time
 
 import click
 
-from notifier.cli.base import Context, fail, main, pass_context
-from notifier.errors import NotifierError
+from notifier.cli.base import Context, main, pass_context, reported
 
 
 @main.group("source")
@@ -30,7 +29,7 @@ def clear_rest(context: Context, name: str) -> None:
     from notifier.store.repository import Repository
 
     config = context.config()
-    try:
+    with reported(context):
         engine = open_existing_store(context)
         repository = Repository(engine)
         known = {state.source for state in repository.source_states()}
@@ -43,10 +42,6 @@ def clear_rest(context: Context, name: str) -> None:
         before = repository.clear_rest(name)
         lock = InstanceLock(engine)
         holder, can_tell = lock.holder(), lock.path is not None
-    except NotifierError as exc:
-        fail(exc)
-    finally:
-        context.close()
     now_ms = int(time.time() * 1000)
     if before.rest_until is None or before.rest_until <= now_ms:
         click.echo(f"{name}: not resting; nothing to clear")

@@ -81,7 +81,7 @@ from notifier.store.outbox_writes import ResultWriter
 from notifier.store.status import next_attempt_at
 
 if TYPE_CHECKING:  # only a type: every statement is in notifier/store/outbox_queries.py
-    from sqlalchemy import Engine
+    from notifier.store.db import Engine
 
 logger = logging.getLogger("notifier.outbox")  # the log lines keep the module's old name
 

@@ -12,20 +12,25 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from sqlalchemy import Engine as Engine  # noqa: PLC0414 - the type notifier.daemon names
+import sqlalchemy
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from notifier.errors import StoreError
+from notifier.errors import StoreError, error_line
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
+
+#: The engine type the service passes around: other modules import it from here, so
+#: SQLAlchemy itself is imported only under notifier/store/.
+Engine: TypeAlias = sqlalchemy.Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
@@ -247,3 +252,37 @@ def require_current(engine: Engine) -> None:
             f"database schema is at {current or 'nothing'}, expected {head}: "
             "run `bcs-notifier db upgrade`"
         )
+
+
+def database_error(exc: BaseException) -> StoreError | None:
+    """``exc`` as the StoreError a command reports when it is a SQLAlchemy error no store
+    function mapped (else None): the driver's message only, never the statement or its
+    parameters."""
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    reason: BaseException = exc
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
+        reason = exc.orig
+    return StoreError(f"database error: {error_line(reason)}")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseAddress:
+    """Where a database URL points (the parts ``notifier.systemd`` orders units by)."""
+
+    backend: str  # "sqlite", "postgresql", "mysql", ...
+    driver: str  # e.g. "postgresql+psycopg", "mysql+mariadbconnector"
+    host: str | None
+    #: ``?host=`` values (libpq: several hosts, or a unix-socket directory)
+    query_hosts: tuple[str, ...]
+
+
+def database_address(url: str) -> DatabaseAddress | None:
+    """The parts of ``url``, or None when it is no database URL SQLAlchemy can read."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    query_host = parsed.query.get("host")
+    hosts = (query_host,) if isinstance(query_host, str) else tuple(query_host or ())
+    return DatabaseAddress(parsed.get_backend_name(), parsed.drivername, parsed.host, hosts)

@@ -14,64 +14,27 @@ from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord
 from notifier.store.durations import StallWrite, write_stalls
 from notifier.store.lease import Fence
+from notifier.store.records import (
+    EventGroup,
+    RawEntry,
+    SnapshotWrite,
+    SourceState,
+    StoredSnapshot,
+)
 from notifier.store.schema import event_groups, events, outbox, snapshots, source_state
 
+__all__ = [  # the plain values of notifier.store.records are re-exported from here too
+    "CycleWrite",
+    "EventGroup",
+    "RawEntry",
+    "Repository",
+    "SnapshotWrite",
+    "SourceState",
+    "StoredEvent",
+    "StoredSnapshot",
+]
+
 _CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSnapshot:
-    content_hash: str
-    gone: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RawEntry:
-    """What a complete listing compares a raw record with before parsing it (the in-memory
-    index of incremental polling, rebuilt from the ``snapshots`` rows)."""
-
-    record_time: int
-    status: str
-    raw_hash: str
-    content_hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotWrite:
-    """A record to store: its canonical JSON and the hash of that JSON, computed once."""
-
-    record: OperationRecord
-    data: str
-    content_hash: str
-    is_new: bool
-    raw_hash: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SourceState:
-    source: str
-    baseline_at: int | None = None
-    last_poll_at: int | None = None
-    last_success_at: int | None = None
-    consecutive_failures: int = 0
-    failing_since: int | None = None
-    last_error: str | None = None
-    unreachable_reported: bool = False
-    rest_until: int | None = None
-    scope: str | None = None
-    last_full_at: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventGroup:
-    """Events delivered together (one operation in one cycle) and the channels they go to."""
-
-    id: str
-    source: str
-    operation_id: str
-    events: tuple[Event, ...]
-    channels: tuple[str, ...]
-    record: str | None = None  # the record's canonical JSON at that cycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +130,11 @@ class Repository:
                 for row in connection.execute(query):
                     found[row.operation_id] = OperationRecord.from_dict(json.loads(row.data))
         return found
+
+    def event_count(self) -> int:
+        """How many events are recorded, of every source."""
+        with self._connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(events)).scalar_one())
 
     def active_operations(self, source: str) -> int:
         """How many stored, not-gone operations of ``source`` are waiting or processing."""

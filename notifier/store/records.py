@@ -1,0 +1,63 @@
+"""The plain values the store reads and writes for one cycle (no SQLAlchemy: the pure
+planner, ``notifier.cycle``, works with them; ``notifier.store.repository`` re-exports them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from notifier.model import Event, OperationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    content_hash: str
+    gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """What a complete listing compares a raw record with before parsing it (the in-memory
+    index of incremental polling, rebuilt from the ``snapshots`` rows)."""
+
+    record_time: int
+    status: str
+    raw_hash: str
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWrite:
+    """A record to store: its canonical JSON and the hash of that JSON, computed once."""
+
+    record: OperationRecord
+    data: str
+    content_hash: str
+    is_new: bool
+    raw_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    source: str
+    baseline_at: int | None = None
+    last_poll_at: int | None = None
+    last_success_at: int | None = None
+    consecutive_failures: int = 0
+    failing_since: int | None = None
+    last_error: str | None = None
+    unreachable_reported: bool = False
+    rest_until: int | None = None
+    scope: str | None = None
+    last_full_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventGroup:
+    """Events delivered together (one operation in one cycle) and the channels they go to."""
+
+    id: str
+    source: str
+    operation_id: str
+    events: tuple[Event, ...]
+    channels: tuple[str, ...]
+    record: str | None = None  # the record's canonical JSON at that cycle
