@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from notifier.bcs.sanitize import CONTENT_ERRORS
 from notifier.config import ChannelConfig, SourceConfig
 from notifier.errors import AuthError, SignatureRejected, SourceError
 from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
@@ -28,9 +29,6 @@ from notifier.store.records import (
 )
 
 logger = logging.getLogger("notifier.pipeline")
-
-#: What odd content can raise while it is hashed, stored or diffed (never a store error).
-CONTENT_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
 
 
 def source_scope(source: SourceConfig) -> str:

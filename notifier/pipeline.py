@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from notifier.bcs.sanitize import CONTENT_ERRORS
 from notifier.bcs.source import (
     Listing,
     SourceClient,
@@ -24,7 +25,6 @@ from notifier.bcs.source import (
 )
 from notifier.config import Config, SourceConfig
 from notifier.cycle import (
-    CONTENT_ERRORS,
     gone_ids,
     group,
     health_group,

@@ -34,6 +34,10 @@ from notifier.model import INT64_MAX, INT64_MIN, OPERATION_ID_MAX
 
 logger = logging.getLogger(__name__)
 
+#: What encoding or hashing a value that escaped the bounding here could still raise: the
+#: last guard of every place that stores a record (it is skipped, never a failed poll).
+CONTENT_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
+
 #: Characters kept of one string from the API (a 1 MB ``message`` is cut, not stored whole).
 MAX_TEXT: Final = 16_384
 #: Longest ``operation_id`` the store holds (``VARCHAR(512)`` since migration 0004).

@@ -31,6 +31,7 @@ import orjson
 
 from notifier.bcs.errors import json_excerpt
 from notifier.bcs.parse import MalformedRecord, parse_record, select, shown_id
+from notifier.bcs.sanitize import CONTENT_ERRORS
 from notifier.errors import IncompleteResponse, InvalidResponse
 from notifier.model import OperationRecord, canonical_json, normalise_status
 from notifier.stalls import Sample, finished_samples
@@ -113,10 +114,6 @@ class Listing:
     def skipped_unidentified(self) -> bool:
         """A skipped record had no readable id: no absent record may be marked gone."""
         return "" in self.skipped
-
-
-#: what encoding a record that escaped the sanitizer could still raise
-_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
 
 
 def raw_hash(raw: Any) -> str:
@@ -263,8 +260,8 @@ def read_listing(
                 canonical[record.operation_id] = (data, hashlib.sha256(data.encode()).hexdigest())
                 samples.extend(finished_samples(record))  # the baseline teaches usual durations
                 record = replace(record, steps=(), message=(), cluster=None, desc=None)
-        except (MalformedRecord, *_CONTENT_ERRORS) as exc:
-            # _CONTENT_ERRORS: a last guard behind notifier.bcs.sanitize (it cannot be stored)
+        except (MalformedRecord, *CONTENT_ERRORS) as exc:
+            # CONTENT_ERRORS: a last guard behind notifier.bcs.sanitize (it cannot be stored)
             logger.warning(
                 "skipping malformed operation record %s: %s (request id %s)",
                 shown_id(operation_id) if operation_id else f"#{index}",
