@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from notifier.bcs.sanitize import CONTENT_ERRORS
 from notifier.config import ChannelConfig, SourceConfig
 from notifier.errors import AuthError, SignatureRejected, SourceError
-from notifier.model import Event, EventType, OperationRecord, canonical_json, event_id
+from notifier.model import (
+    Event,
+    EventType,
+    OperationRecord,
+    PackedJSON,
+    canonical_json,
+    event_id,
+)
 from notifier.routing import channels_for
 from notifier.store.records import (
     EventGroup,
@@ -88,7 +95,7 @@ def sort_records(
     index: Mapping[str, StoredSnapshot],
     *,
     unchanged: Iterable[str] = (),
-    canonical: Mapping[str, tuple[str, str]] | None = None,
+    canonical: Mapping[str, tuple[str | PackedJSON, str]] | None = None,
     raw_hashes: Mapping[str, str] | None = None,
 ) -> Sorted:
     """Which records are new or changed, which returned, and what raw hashes to keep.
@@ -104,6 +111,7 @@ def sort_records(
     )
     for record in records:
         encoded = canonical.get(record.operation_id)
+        data: str | PackedJSON
         try:
             if encoded is not None:
                 data, digest = encoded

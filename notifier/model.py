@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -297,6 +298,42 @@ def canonical_json(data: Any) -> str:
 
 def content_hash(data: Any) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PackedJSON:
+    """A canonical JSON text kept zlib-compressed until it is stored: a silent baseline
+    holds every record of a long history for one transaction (10,000 records of 4.5 KB are
+    45 MB as text, under 3 MB packed). ``zdict``: the preset dictionary it was packed with
+    (shared by a :class:`Packer`'s texts)."""
+
+    blob: bytes
+    zdict: bytes = b""
+
+    def text(self) -> str:
+        unpack = zlib.decompressobj(zdict=self.zdict) if self.zdict else zlib.decompressobj()
+        return (unpack.decompress(self.blob) + unpack.flush()).decode()
+
+
+class Packer:
+    """Packs the records of one listing with the first one as a preset dictionary: records
+    share their keys and most values, so each packs to a few hundred bytes."""
+
+    def __init__(self) -> None:
+        self._zdict = b""
+
+    def pack(self, text: str) -> PackedJSON:
+        data = text.encode()
+        if not self._zdict:
+            self._zdict = data[-32_768:]  # zlib's window: a longer dictionary is not used
+            return PackedJSON(zlib.compress(data, 1))
+        pack = zlib.compressobj(1, zdict=self._zdict)
+        return PackedJSON(pack.compress(data) + pack.flush(), self._zdict)
+
+
+def json_text(data: str | PackedJSON) -> str:
+    """The JSON text of ``data``, unpacked when packed."""
+    return data if isinstance(data, str) else data.text()
 
 
 def event_id(

@@ -38,7 +38,7 @@ from notifier.cycle import (
 )
 from notifier.diff import diff_record
 from notifier.errors import SourceError
-from notifier.model import ACTIVE_STATUSES, Event, OperationRecord
+from notifier.model import ACTIVE_STATUSES, Event, OperationRecord, json_text
 from notifier.stalls import StallSettings, api_now_ns
 from notifier.store.durations import StallWatch
 from notifier.store.guard import BaselineMarker
@@ -204,7 +204,11 @@ class Poller:
                 stored = self.repository.snapshot_index(source.name)
                 known = self._known(source.name, stored)
                 # a silent baseline diffs nothing: keep the JSON to store, not the records
-                slim = state.baseline_at is None and not self.config.service.notify_existing
+                slim = (
+                    state.baseline_at is None
+                    and not self.config.service.notify_existing
+                    and (self.marker is None or self.marker.get(source.name) is None)
+                )
                 listing = fetch_listing(client, source.filters, known=known, slim=slim)
             else:
                 watched = self.repository.active_operation_ids(source.name)
@@ -365,7 +369,7 @@ class Poller:
                 unstorable.append(record.operation_id)
                 continue
             if found:
-                groups.append(self._group(name, record.operation_id, found, data))
+                groups.append(self._group(name, record.operation_id, found, json_text(data)))
         # stall detection: learn what finished, alert what runs too long (API clock); the
         # running operations skipped unparsed are watched through their stored snapshots
         known = self._raw_index.get(name, {})

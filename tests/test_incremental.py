@@ -8,9 +8,11 @@ between polls (the story) and checks what each cycle asked and reported.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,9 +24,11 @@ from sqlalchemy import Engine, func, select
 
 from notifier.bcs import source as bcs_source
 from notifier.bcs.client import BcsClient
+from notifier.bcs.parse import parse_record
 from notifier.config import Config, parse_config
-from notifier.model import EventType
+from notifier.model import EventType, canonical_json
 from notifier.pipeline import Poller
+from notifier.store import db
 from notifier.store.schema import events, snapshots
 
 T0 = 1_700_000_000.0
@@ -523,3 +527,61 @@ def test_a_hostile_id_reaches_the_log_printable_and_bounded(
     for line in lines:
         assert "\n" not in line
         assert len(line) < 600
+
+
+def test_a_silent_baseline_stores_every_record_whole(engine: Engine, api: FakeApi) -> None:
+    """The baseline's records are kept packed until stored, 500 at a time: what lands in
+    the store is each record's full canonical JSON, non-ASCII text included."""
+    for number in range(1_201):  # three insert chunks
+        raw = record(f"OP-{number:05d}", "finished", (1_000 + number) * NS)
+        raw["desc"] = f"链 {number} – naïve"
+        api.put(raw)
+    config = make_config()
+    with make_poller(config, engine, Clock()) as poller:
+        result = poller.poll_source(config.sources[0])
+    assert result.ok
+    assert not result.events
+    query = select(snapshots.c.operation_id, snapshots.c.data, snapshots.c.content_hash)
+    with engine.connect() as connection:
+        rows = {row[0]: (row[1], row[2]) for row in connection.execute(query)}
+    assert len(rows) == 1_201
+    for operation_id, raw in api.records.items():
+        expected = canonical_json(parse_record(raw).to_dict())
+        data, digest = rows[operation_id]
+        assert data == expected
+        assert digest == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_a_lost_database_reports_newer_operations_with_their_whole_state(
+    tmp_path: Path, api: FakeApi
+) -> None:
+    """No silent baseline after a lost database (its marker remains): the operations
+    updated since are reported from their full records (description, message, start)."""
+    path = tmp_path / "lost.db"
+    api.put(record("OP-OLD", "finished", 100 * NS))
+    config = make_config()
+    first = db.make_engine(f"sqlite:///{path}")
+    db.upgrade(first)
+    with make_poller(config, first, Clock()) as poller:
+        assert poller.poll_source(config.sources[0]).ok
+    first.dispose()
+    for name in ("lost.db", "lost.db-wal", "lost.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    raw = record("OP-NEW", "processing", 200 * NS)
+    raw["desc"] = "created while the database was gone"
+    raw["message"] = ["step 1 is running"]
+    api.put(raw)
+    second = db.make_engine(f"sqlite:///{path}")
+    db.upgrade(second)
+    try:
+        with make_poller(config, second, Clock()) as poller:
+            result = poller.poll_source(config.sources[0])
+    finally:
+        second.dispose()
+    assert [(event.operation_id, event.type) for event in result.events] == [
+        ("OP-NEW", EventType.OPERATION_CREATED)
+    ]
+    created = result.events[0]
+    assert created.detail == "created while the database was gone"
+    assert created.message == ("step 1 is running",)
+    assert created.started_at == 200 * NS - 10

@@ -20,6 +20,8 @@ from notifier.model import (
     Event,
     EventType,
     OperationRecord,
+    PackedJSON,
+    Packer,
     StallFacts,
     Step,
     SubStep,
@@ -28,6 +30,7 @@ from notifier.model import (
     content_hash,
     describe,
     event_id,
+    json_text,
     normalise_status,
     ns_to_datetime,
     ns_to_rfc3339,
@@ -472,3 +475,31 @@ def test_an_event_without_a_record_time_is_stamped_now() -> None:
 )
 def test_describe(make: Any, expected: str) -> None:
     assert describe(make()) == expected
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ['{"a":1}'],
+        ['{"id":"OP-1","desc":"链 – naïve"}', '{"id":"OP-2","desc":"链 – naïve"}', "{}"],
+        ["x" * 100_000, "y" * 40_000, "x" * 100_000],  # a dictionary cut to zlib's window
+    ],
+)
+def test_packed_json_gives_back_the_exact_text(texts: list[str]) -> None:
+    packer = Packer()
+    packed = [packer.pack(text) for text in texts]
+    assert [item.text() for item in packed] == texts
+    assert [json_text(item) for item in packed] == texts
+    assert json_text(texts[0]) == texts[0]  # plain text passes through
+
+
+def test_records_alike_pack_small_against_the_first() -> None:
+    texts = [canonical_json(record(f"OP-{n}").to_dict()) for n in range(20)]
+    packer = Packer()
+    packed = [packer.pack(text) for text in texts]
+    assert all(isinstance(item, PackedJSON) for item in packed)
+    assert not packed[0].zdict
+    assert packed[1].zdict
+    # the later records differ from the first only in their ids
+    for item, text in zip(packed[1:], texts[1:], strict=True):
+        assert len(item.blob) * 4 < len(text)

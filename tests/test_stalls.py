@@ -8,9 +8,12 @@ import pytest
 
 from notifier.model import EventType, OperationRecord, Step, SubStep
 from notifier.stalls import (
+    MAX_SAMPLES,
     NS,
     Alert,
     DurationKey,
+    NewestSamples,
+    Sample,
     StallSettings,
     Usual,
     api_now_ns,
@@ -357,3 +360,30 @@ def test_names_too_long_for_the_store_are_neither_learned_nor_watched() -> None:
     assert [item.key.substep for item in running_items(running)] == [""]
     odd = replace(record(sub("processing", 1)), resource_type="R" * 65)
     assert running_items(odd) == []
+
+
+def test_newest_samples_keeps_what_the_store_would_keep() -> None:
+    """Per key the newest MAX_SAMPLES by end time, the later of equal end times winning, as
+    the store's own pruning (sorted by end time, the last MAX_SAMPLES) would keep them."""
+    other = replace(KEY, substep="Other")
+    arrivals = [
+        Sample(KEY if n % 3 else other, f"OP-{n}", 10 * NS, T0 + (n * 7919 % 450) * NS)
+        for n in range(900)
+    ]
+    kept = NewestSamples()
+    kept.add(arrivals[:400])
+    kept.add(arrivals[400:])
+    expected: list[Sample] = []
+    for key in (KEY, other):
+        of_key = [sample for sample in arrivals if sample.key == key]
+        expected += sorted(of_key, key=lambda sample: sample.ended_at)[-MAX_SAMPLES:]
+    chosen = kept.samples()
+    assert sorted(chosen, key=arrivals.index) == sorted(expected, key=arrivals.index)
+    assert list(chosen) == sorted(chosen, key=arrivals.index)  # in arrival order
+
+
+def test_newest_samples_keeps_all_below_the_limit() -> None:
+    arrivals = [Sample(KEY, f"OP-{n}", NS, T0 + n) for n in range(5)]
+    kept = NewestSamples(limit=3)
+    kept.add(arrivals)
+    assert kept.samples() == tuple(arrivals[2:])

@@ -33,8 +33,8 @@ from notifier.bcs.errors import json_excerpt
 from notifier.bcs.parse import MalformedRecord, parse_record, select, shown_id
 from notifier.bcs.sanitize import CONTENT_ERRORS
 from notifier.errors import IncompleteResponse, InvalidResponse
-from notifier.model import OperationRecord, canonical_json, normalise_status
-from notifier.stalls import Sample, finished_samples
+from notifier.model import OperationRecord, PackedJSON, Packer, canonical_json, normalise_status
+from notifier.stalls import NewestSamples, Sample, finished_samples
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +102,13 @@ class Listing:
     #: every operation id the response listed, admitted by the filters or not
     listed: frozenset[str] = field(default_factory=frozenset)
     request_id: str | None = None
-    #: ``slim`` listings: operation id -> (canonical JSON, its hash) of the full record,
-    #: whose entry in ``records`` keeps only the operation's own fields (no steps)
-    canonical: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``slim`` listings: operation id -> (canonical JSON, packed, and its hash) of the full
+    #: record, whose entry in ``records`` keeps only the operation's own fields (no steps)
+    canonical: Mapping[str, tuple[PackedJSON, str]] = field(default_factory=dict)
     #: the newest ``Date`` of the responses (nanoseconds): the API's clock, for stalls
     server_time_ns: int | None = None
-    #: ``slim`` listings: the step durations the full records showed (stripped since)
+    #: ``slim`` listings: the step durations the full records showed (stripped since), the
+    #: newest ``notifier.stalls.MAX_SAMPLES`` of each step
     samples: tuple[Sample, ...] = ()
 
     @property
@@ -224,10 +225,12 @@ def read_listing(
     """Classify every record of one response (the ``consume`` of a streamed fetch);
     ``only``: keep just this operation (a follow-up whose filter the API ignored); ``slim``:
     encode each record at once and keep only its operation fields (a silent baseline, which
-    diffs nothing: memory holds the JSON to store, not 10,000 step trees)."""
+    diffs nothing: memory holds the packed JSON to store and the newest durations of each
+    step, not 10,000 step trees)."""
     known = known or {}
-    canonical: dict[str, tuple[str, str]] = {}
-    samples: list[Sample] = []
+    canonical: dict[str, tuple[PackedJSON, str]] = {}
+    samples = NewestSamples()
+    packer = Packer()
     records: list[tuple[OperationRecord, str]] = []
     unchanged: list[str] = []
     skipped: list[str] = []
@@ -257,8 +260,9 @@ def read_listing(
                 continue
             if slim:
                 data = canonical_json(record.to_dict())
-                canonical[record.operation_id] = (data, hashlib.sha256(data.encode()).hexdigest())
-                samples.extend(finished_samples(record))  # the baseline teaches usual durations
+                digest_of_data = hashlib.sha256(data.encode()).hexdigest()
+                canonical[record.operation_id] = (packer.pack(data), digest_of_data)
+                samples.add(finished_samples(record))  # the baseline teaches usual durations
                 record = replace(record, steps=(), message=(), cluster=None, desc=None)
         except (MalformedRecord, *CONTENT_ERRORS) as exc:
             # CONTENT_ERRORS: a last guard behind notifier.bcs.sanitize (it cannot be stored)
@@ -280,7 +284,7 @@ def read_listing(
         listed=frozenset(listed),
         request_id=raw.request_id,
         canonical=canonical,
-        samples=tuple(samples),
+        samples=samples.samples(),
     )
 
 

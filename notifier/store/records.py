@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from notifier.model import Event, OperationRecord
+from notifier.model import Event, OperationRecord, PackedJSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +27,11 @@ class RawEntry:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotWrite:
-    """A record to store: its canonical JSON and the hash of that JSON, computed once."""
+    """A record to store: its canonical JSON (packed for a silent baseline) and the hash
+    of that JSON, computed once."""
 
     record: OperationRecord
-    data: str
+    data: str | PackedJSON
     content_hash: str
     is_new: bool
     raw_hash: str | None = None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError
-from notifier.model import Event, OperationRecord
+from notifier.model import Event, OperationRecord, json_text
 from notifier.store.durations import StallWrite, write_stalls
 from notifier.store.lease import Fence
 from notifier.store.records import (
@@ -35,6 +35,7 @@ __all__ = [  # the plain values of notifier.store.records are re-exported from h
 ]
 
 _CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +213,8 @@ class Repository:
         source, now = write.state.source, write.now_ms
         new = [item for item in write.snapshots if item.is_new]
         changed = [item for item in write.snapshots if not item.is_new]
-        if new:
+        # in chunks: a packed baseline is unpacked 500 records at a time, not all at once
+        for chunk in _chunks(new):
             connection.execute(
                 insert(snapshots),
                 [
@@ -220,7 +222,7 @@ class Repository:
                         "source": source,
                         "operation_id": item.record.operation_id,
                         "content_hash": item.content_hash,
-                        "data": item.data,
+                        "data": json_text(item.data),
                         "status": item.record.status,
                         "record_time": item.record.record_time,
                         "first_seen": now,
@@ -228,10 +230,10 @@ class Repository:
                         "gone_at": None,
                         "raw_hash": item.raw_hash,
                     }
-                    for item in new
+                    for item in chunk
                 ],
             )
-        if changed:
+        for chunk in _chunks(changed):
             connection.execute(
                 update(snapshots)
                 .where(
@@ -251,12 +253,12 @@ class Repository:
                     {
                         "b_operation_id": item.record.operation_id,
                         "b_hash": item.content_hash,
-                        "b_data": item.data,
+                        "b_data": json_text(item.data),
                         "b_status": item.record.status,
                         "b_record_time": item.record.record_time,
                         "b_raw_hash": item.raw_hash,
                     }
-                    for item in changed
+                    for item in chunk
                 ],
             )
         if write.raw_hashes:
@@ -273,10 +275,10 @@ class Repository:
                 ],
             )
         for ids, gone_at in ((write.gone, now), (write.returned, None)):
-            for chunk in _chunks(list(ids)):
+            for id_chunk in _chunks(list(ids)):
                 connection.execute(
                     update(snapshots)
-                    .where(snapshots.c.source == source, snapshots.c.operation_id.in_(chunk))
+                    .where(snapshots.c.source == source, snapshots.c.operation_id.in_(id_chunk))
                     .values(gone_at=gone_at, last_seen=now)
                 )
 
@@ -420,6 +422,6 @@ class _Connection:
             raise StoreError(f"database query failed: {exc}") from exc
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
