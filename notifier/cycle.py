@@ -26,7 +26,7 @@ from notifier.model import (
     canonical_json,
     event_id,
 )
-from notifier.routing import channels_for
+from notifier.routing import routes
 from notifier.store.records import (
     EventGroup,
     RawEntry,
@@ -238,12 +238,15 @@ def group(
     found: Sequence[Event],
     record: str | None,
 ) -> EventGroup:
-    """The events of one operation in one cycle, routed to their channels."""
+    """The events of one operation in one cycle, routed to their channels: the one routing
+    decision, kept per channel in ``EventGroup.routes`` and stored with its outbox row."""
     digest = hashlib.sha256(
         "\x1f".join([source, operation_id, *(event.id for event in found)]).encode()
     ).hexdigest()
-    routed = tuple(channels_for(channels, found))
-    return EventGroup(f"grp_{digest[:32]}", source, operation_id, tuple(found), routed, record)
+    routed = routes(channels, found)
+    return EventGroup(
+        f"grp_{digest[:32]}", source, operation_id, tuple(found), tuple(routed), record, routed
+    )
 
 
 def with_stalls(

@@ -42,6 +42,20 @@ def matching_events(channel: ChannelConfig, events: Iterable[Event]) -> list[Eve
     return [event for event in events if event_matches(channel, event)]
 
 
+def routes(
+    channels: Iterable[ChannelConfig], events: Sequence[Event]
+) -> dict[str, tuple[str, ...]]:
+    """The one routing decision for one event group, made when its events are recorded:
+    channel name -> ids of the ``events`` that channel's filters admit, in order (a channel
+    that admits none is left out). The outbox row of each channel stores its ids."""
+    routed: dict[str, tuple[str, ...]] = {}
+    for channel in channels:
+        admitted = tuple(event.id for event in events if event_matches(channel, event))
+        if admitted:
+            routed[channel.name] = admitted
+    return routed
+
+
 def channels_for(channels: Iterable[ChannelConfig], events: Sequence[Event]) -> list[str]:
     """Names of the channels that get at least one of ``events`` (one event group)."""
-    return [channel.name for channel in channels if matching_events(channel, events)]
+    return list(routes(channels, events))

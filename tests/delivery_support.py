@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -126,8 +126,13 @@ def insert_group(
     *,
     now_ms: int = NOW_MS,
     group_id: str | None = None,
+    routed: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """What the pipeline writes in one transaction: group, events, one outbox row per channel."""
+    """What the pipeline writes in one transaction: group, events, one outbox row per channel.
+
+    ``routed``: channel -> the event ids stored with its row (``outbox.event_ids``, the
+    routing decided at write); a channel not in it gets NULL, a row written before
+    revision 0007 (routed at dispatch)."""
     group_id = group_id or f"grp_{next(_group_counter):06d}"
     first = group_events[0]
     with engine.begin() as connection:
@@ -164,6 +169,11 @@ def insert_group(
                     next_attempt_at=now_ms,
                     updated_at=now_ms,
                     done_targets="[]",
+                    event_ids=(
+                        json.dumps(list(routed[channel]))
+                        if routed is not None and channel in routed
+                        else None
+                    ),
                 )
             )
     return group_id

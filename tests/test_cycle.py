@@ -232,6 +232,7 @@ def test_health_groups_are_routed_and_stable() -> None:
     assert down == again  # ids derive from the outage, not from the call
     assert down.id != up.id
     assert down.channels == ("all", "health")
+    assert down.routes == {"all": (down.events[0].id,), "health": (down.events[0].id,)}
     assert [event.type for event in down.events] == [EventType.SOURCE_UNREACHABLE]
     assert [event.type for event in up.events] == [EventType.SOURCE_RECOVERED]
     assert up.events[0].ended_at == NOW * 1_000_000
@@ -262,3 +263,19 @@ def test_with_stalls_joins_the_operation_group_or_makes_its_own() -> None:
     assert merged[0].record == "{}"
     assert merged[1].record == canonical_json(record("b", "processing").to_dict())
     assert merged[1].channels == ("all",)
+    assert merged[0].routes == {"all": (changed.id, stall_a.id)}  # routed again, merged
+
+
+def test_a_group_keeps_per_channel_the_events_its_filters_admit() -> None:
+    """Routing is decided here, once: each channel's ids go with its outbox row."""
+    changed = _event("a", EventType.OPERATION_STATUS_CHANGED, "1")
+    stalled = _event("a", EventType.STEP_STALLED, "s")
+    channels = (
+        *CHANNELS,
+        ChannelConfig("stalls", ("json://127.0.0.1",), events=("*.stalled",)),
+        ChannelConfig("none", ("json://127.0.0.1",), events=("substep.*",)),
+    )
+    planned = group(channels, "prod", "a", [changed, stalled], None)
+    assert planned.channels == ("all", "stalls")
+    assert planned.routes == {"all": (changed.id, stalled.id), "stalls": (stalled.id,)}
+    assert planned.routed_ids("stalls") == (stalled.id,)

@@ -144,3 +144,39 @@ def test_the_cli_shows_reassigns_and_purges_rows_of_unconfigured_channels(
         channels = sorted(connection.execute(select(outbox.c.channel)).scalars())
     assert channels == ["chat", "chat"]
     engine.dispose()
+
+
+def test_reassign_routes_for_the_new_channel_and_says_what_it_left(tmp_path: Path) -> None:
+    """NEW takes only failures: a row carrying a finished operation has nothing for it, and
+    a row whose group NEW already has stays with OLD."""
+    config = write_config(tmp_path, channels=[channel("chat", "console://", statuses=["failed"])])
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade(engine)
+    statuses = {0: "failed", 1: "finished", 2: "failed"}
+    events = {}
+    for number, status in statuses.items():
+        rec = record(operation_id=f"BCSSVC01-99-17000000000000007{number:02d}", status=status)
+        events[number] = status_event(rec, "processing", status)
+        channels = ["old", "chat"] if number == 2 else ["old"]
+        routed = {name: [events[number].id] for name in channels}
+        insert_group(engine, [events[number]], rec, channels, routed=routed)
+    code, output = _run(config, "outbox", "reassign", "old", "chat")
+    assert code == 0
+    assert output.splitlines() == [
+        "2 deliveries of old handed to chat, due now",
+        "1 of them carries no event chat's filters admit: nothing is sent for them (they "
+        "become sent)",
+        "1 delivery left with old: chat already has their event groups (`outbox purge "
+        "--unconfigured` deletes them)",
+    ]
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(outbox.c.channel, outbox.c.event_ids).order_by(outbox.c.id)
+        ).all()
+    assert [(row.channel, json.loads(row.event_ids)) for row in rows] == [
+        ("chat", [events[0].id]),
+        ("chat", []),
+        ("old", [events[2].id]),
+        ("chat", [events[2].id]),
+    ]
+    engine.dispose()

@@ -483,6 +483,9 @@ def test_rows_of_a_renamed_channel_wait_and_can_be_reassigned(
         summary = outbox_summary(engine, NOW_MS + 10**6, ["hook-renamed"])
         assert (summary.pending, summary.due, summary.unconfigured) == (3, 0, {"hook": 3})
 
-        assert outbox_module.reassign(engine, old="hook", new="hook-renamed", now_ms=NOW_MS) == 3
+        done = outbox_module.reassign(
+            engine, old="hook", new="hook-renamed", now_ms=NOW_MS, admits=lambda event: True
+        )
+        assert (done.moved, done.empty, done.kept) == (3, 0, 0)
         assert dispatcher.dispatch_due().sent == 3
         assert len(inbox.bodies()) == 3

@@ -216,6 +216,7 @@ def test_the_package_face_keeps_every_name() -> None:
             "Dispatcher",
             "DispatchStats",
             "OutboxEntry",
+            "Reassigned",
             "backoff_seconds",
             "counts_by_state",
             "list_entries",

@@ -304,7 +304,8 @@ def test_groups_write_their_events_and_one_outbox_row_per_channel(
 ) -> None:
     group = _group("grp_1", _failed_events(), channels=["chat", "hooks"])
     written = repository.write_cycle(_cycle(groups=[group]))
-    assert written == [dataclasses.replace(group, record=None)]
+    ids = tuple(event.id for event in group.events)  # no routes given: every event
+    assert written == [dataclasses.replace(group, record=None, routes={"chat": ids, "hooks": ids})]
     with engine.connect() as connection:
         stored_group = connection.execute(select(event_groups)).one()
         rows = list(connection.execute(select(outbox).order_by(outbox.c.id)))
@@ -318,10 +319,56 @@ def test_groups_write_their_events_and_one_outbox_row_per_channel(
         (row.channel, row.state, row.attempts, row.next_attempt_at, row.done_targets)
         for row in rows
     ] == [("chat", "pending", 0, NOW, "[]"), ("hooks", "pending", 0, NOW, "[]")]
+    assert [json.loads(row.event_ids) for row in rows] == [list(ids), list(ids)]
     assert [json.loads(payload) for (payload,) in payloads] == [
         event.to_dict() for event in group.events
     ]
     assert "é" in payloads[0][0]  # stored as text, not \u escapes
+
+
+def test_each_outbox_row_stores_the_ids_routed_to_its_channel(
+    repository: Repository, engine: Engine
+) -> None:
+    """The routing decision of the planner (``EventGroup.routes``) is stored with each row."""
+    substep, failed = _failed_events()
+    group = dataclasses.replace(
+        _group("grp_1", [substep, failed], channels=["chat", "hooks"]),
+        routes={"chat": (failed.id,), "hooks": (substep.id, failed.id)},
+    )
+    [written] = repository.write_cycle(_cycle(groups=[group]))
+    assert written.routes == {"chat": (failed.id,), "hooks": (substep.id, failed.id)}
+    assert written.routed_ids("chat") == (failed.id,)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(outbox.c.channel, outbox.c.event_ids).order_by(outbox.c.channel)
+        ).all()
+    assert [(row.channel, json.loads(row.event_ids)) for row in rows] == [
+        ("chat", [failed.id]),
+        ("hooks", [substep.id, failed.id]),
+    ]
+
+
+def test_a_channel_whose_routed_events_were_all_recorded_before_gets_no_row(
+    repository: Repository, engine: Engine
+) -> None:
+    """A group replayed with one new event: a channel routed only the known one has nothing
+    new to send, so no row; the other's row carries only the new event."""
+    first, second = _failed_events()
+    repository.write_cycle(_cycle(groups=[_group("grp_1", [first], channels=["chat"])]))
+    replayed = dataclasses.replace(
+        _group("grp_2", [first, second], channels=["chat", "hooks"]),
+        routes={"chat": (first.id,), "hooks": (first.id, second.id)},
+    )
+    [written] = repository.write_cycle(_cycle(now=LATER, groups=[replayed]))
+    assert (written.events, written.channels) == ((second,), ("hooks",))
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(outbox.c.group_id, outbox.c.channel, outbox.c.event_ids).order_by(outbox.c.id)
+        ).all()
+    assert [(row.group_id, row.channel, json.loads(row.event_ids)) for row in rows] == [
+        ("grp_1", "chat", [first.id]),
+        ("grp_2", "hooks", [second.id]),
+    ]
 
 
 def test_a_group_without_channels_is_recorded_without_outbox_rows(

@@ -11,7 +11,7 @@ from delivery_support import event_for, record, status_event, substep_failed
 
 from notifier.config import ChannelConfig
 from notifier.model import Event, EventType, StallFacts
-from notifier.routing import channels_for, event_matches, matching_events
+from notifier.routing import channels_for, event_matches, matching_events, routes
 
 REC = record(status="failed")  # prod / BCSSVC01 / 99 / bcs-prod
 CHAIN_ID = REC.blockchain_id
@@ -152,3 +152,27 @@ def test_a_channel_gets_a_group_when_any_of_its_events_matches() -> None:
     assert channels_for(channels, [UNREACHABLE]) == ["good-news", "health", "everything"]
     assert channels_for(channels, []) == []
     assert channels_for([], [FAILED]) == []
+
+
+def test_routes_name_per_channel_the_ids_of_the_events_it_admits_in_order() -> None:
+    """The one routing decision of a group (stored with each outbox row)."""
+    channels = [
+        dataclasses.replace(_channel(events=("substep.*",)), name="substeps"),
+        dataclasses.replace(_channel(statuses=("failed",)), name="failures"),
+        dataclasses.replace(_channel(events=("source.*",)), name="health"),
+        dataclasses.replace(_channel(), name="everything"),
+    ]
+    group = [CREATED, SUBSTEP_FAILED, STEP_FINISHED, FAILED]
+    assert routes(channels, group) == {
+        "substeps": (SUBSTEP_FAILED.id,),
+        "failures": (SUBSTEP_FAILED.id, FAILED.id),
+        "everything": (CREATED.id, SUBSTEP_FAILED.id, STEP_FINISHED.id, FAILED.id),
+    }
+    assert list(routes(channels, group)) == channels_for(channels, group)
+    assert routes(channels, [UNREACHABLE]) == {
+        "failures": (UNREACHABLE.id,),
+        "health": (UNREACHABLE.id,),
+        "everything": (UNREACHABLE.id,),
+    }
+    assert routes(channels, []) == {}
+    assert routes([], group) == {}

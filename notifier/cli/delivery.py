@@ -217,20 +217,41 @@ def outbox_reassign(context: Context, old: str, new: str) -> None:
     """Hand the pending and dead deliveries of channel OLD to channel NEW (after renaming a
     channel), due now with a fresh attempt count.
 
-    URLs both channels have keep what they already received: it is not sent again."""
+    Each keeps of the events it carried for OLD those NEW's filters admit. A delivery of an
+    event group NEW already has stays with OLD. URLs both channels have keep what they
+    already received: it is not sent again."""
     from notifier import outbox as outbox_module
     from notifier.cli.core import open_store
+    from notifier.routing import event_matches
 
     config = context.config()
-    if new not in {item.name for item in config.channels}:
+    target = next((item for item in config.channels if item.name == new), None)
+    if target is None:
         known = ", ".join(item.name for item in config.channels) or "none configured"
         raise click.BadParameter(f"no channel named {new!r} (known: {known})", param_hint="NEW")
     if old == new:
         raise click.BadParameter("OLD and NEW are the same channel", param_hint="NEW")
     with reported(context):
         engine = open_store(context)
-        count = outbox_module.reassign(engine, old=old, new=new, now_ms=int(time.time() * 1000))
+        done = outbox_module.reassign(
+            engine,
+            old=old,
+            new=new,
+            now_ms=int(time.time() * 1000),
+            admits=lambda event: event_matches(target, event),
+        )
+    count = done.moved
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} of {old} handed to {new}, due now")
+    if done.empty:
+        click.echo(
+            f"{done.empty} of them carr{'ies' if done.empty == 1 else 'y'} no event {new}'s "
+            "filters admit: nothing is sent for them (they become sent)"
+        )
+    if done.kept:
+        click.echo(
+            f"{done.kept} deliver{'y' if done.kept == 1 else 'ies'} left with {old}: {new} "
+            "already has their event groups (`outbox purge --unconfigured` deletes them)"
+        )
 
 
 @outbox.command("dispatch")

@@ -15,7 +15,7 @@ on the rows; the dispatcher paces, bounds each send by the stop, and records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from notifier.channels.render import (
@@ -61,35 +61,34 @@ class Delivery:
         channel: ChannelConfig,
         target: Target,
         rows: list[Row],
-        matched: Mapping[int, list[Event]],
         stats: DispatchStats,
     ) -> None:
-        """Send what ``rows`` carry for ``target`` the way its kind takes it."""
+        """Send the events ``rows`` carry (routed to the channel when they were written)
+        to ``target``, the way its kind takes them."""
         if is_event_target(target):
-            self._send_webhook(channel, target, rows, matched, stats)
+            self._send_webhook(channel, target, rows, stats)
         else:
-            self._send_message(channel, target, rows, matched, stats)
+            self._send_message(channel, target, rows, stats)
 
     @staticmethod
-    def _target_done(target: Target, row: Row, wanted: Sequence[Event]) -> bool:
+    def _target_done(target: Target, row: Row) -> bool:
         if is_event_target(target):
-            return all(target.done(row.done, event.id) for event in wanted)
-        return not wanted or target.done(row.done)
+            return all(target.done(row.done, event.id) for event in row.events)
+        return not row.events or target.done(row.done)
 
     def _send_message(
         self,
         channel: ChannelConfig,
         target: Target,
         rows: list[Row],
-        matched: Mapping[int, list[Event]],
         stats: DispatchStats,
     ) -> None:
         key = target.key()
         waiting = [row for row in rows if not target.done(row.done)]
         if not waiting:
             return
-        merged = [event for row in waiting for event in matched[row.id]]
-        if not merged:  # nothing this channel wants (filters changed): done for this target
+        merged = [event for row in waiting for event in row.events]
+        if not merged:  # nothing for this channel (e.g. reassigned): done for this target
             self._mark_done(waiting, [key] * len(waiting))
             return
         if self._out_of_time():
@@ -192,12 +191,11 @@ class Delivery:
         channel: ChannelConfig,
         target: Target,
         rows: list[Row],
-        matched: Mapping[int, list[Event]],
         stats: DispatchStats,
     ) -> None:
         blocked: str | None = None
         for row in rows:
-            for event in matched[row.id]:
+            for event in row.events:
                 key = target.key(event.id)
                 if target.done(row.done, event.id):
                     continue

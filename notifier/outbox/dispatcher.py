@@ -1,9 +1,13 @@
 """The transactional outbox's consumer: send due deliveries, retry, dead-letter.
 
 An ``outbox`` row is one (event group, channel) delivery, written in the same transaction
-as the events. :class:`Dispatcher` picks due rows, renders them for each URL ("target") of
-the channel and records every target that succeeded in ``done_targets`` right after it
-did, so a retry (even after a crash) never re-sends to a target that already has it:
+as the events, with the ids of the events routed to its channel then (``event_ids``:
+routing is decided once, by the planner; the dispatcher never routes a row again, except
+one written before migration 0007, whose ids are NULL: it is routed through the channel's
+filters when dispatched, as before). :class:`Dispatcher` picks due rows, renders them
+for each URL ("target") of the channel and records every target that succeeded in
+``done_targets`` right after it did, so a retry (even after a crash) never re-sends to a
+target that already has it:
 
 - chat/email targets get one message per operation, key ``"u<hash of the URL>"``; all
   pending rows of the same (channel, operation) are coalesced into that one message, in
@@ -64,7 +68,6 @@ from notifier.channels.render import Templates
 from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError, error_line
-from notifier.model import Event
 from notifier.outbox.delivery import Delivery
 from notifier.outbox.rows import DispatchStats, Row
 from notifier.outbox.state import UNCHANGED, Attempt, next_state
@@ -242,28 +245,36 @@ class Dispatcher(Delivery):
                 row.attempted = True
             self._finish(rows, stats, channel_name)
             return
-        matched: dict[int, list[Event]] = {}
-        for row in usable:
-            try:
-                matched[row.id] = routing.matching_events(channel, row.events)
-            except Exception as exc:  # a bad row fails alone
-                self._report(channel.name, "routing", exc)
-                row.errors.append(f"internal error while routing: {error_line(exc, 500)}")
-                row.attempted = True
-        usable = [row for row in usable if row.id in matched]
+        usable = [row for row in usable if self._route_legacy(channel, row)]
         for target in targets:
             try:
-                self._send(channel, target, usable, matched, stats)
+                self._send(channel, target, usable, stats)
             except STORE_ERRORS:
                 raise  # the store failed: the whole dispatch stops, the daemon backs off
             except Exception as exc:  # one operation's delivery fails alone
                 self._report(channel.name, "sending", exc)
                 error = f"{target.safe_url}: internal error: {error_line(exc, 500)}"
                 for row in usable:
-                    if not self._target_done(target, row, matched[row.id]):
+                    if not self._target_done(target, row):
                         row.errors.append(error)
                         row.attempted = True
         self._finish(rows, stats, channel_name)
+
+    def _route_legacy(self, channel: ChannelConfig, row: Row) -> bool:
+        """A row's events were routed when it was written (``outbox.event_ids``); a row
+        older than that (revision 0007) is routed here, through the channel's filters as
+        configured now, as before. False when routing it failed (the row fails alone)."""
+        if row.routed:
+            return True
+        try:
+            row.events = routing.matching_events(channel, row.events)
+        except Exception as exc:  # a bad row fails alone
+            self._report(channel.name, "routing", exc)
+            row.errors.append(f"internal error while routing: {error_line(exc, 500)}")
+            row.attempted = True
+            return False
+        row.routed = True
+        return True
 
     def _report(self, channel: str, stage: str, exc: BaseException) -> None:
         """Log an unexpected error with its traceback once per (channel, kind) for the
@@ -363,12 +374,13 @@ class Dispatcher(Delivery):
             logger.debug("cannot release the outbox claim: %s", exc)
 
     def _complete(self, row: Row) -> bool:
-        """Whether every target of the row's channel has what the row carries for it."""
-        channel = self._channels.get(row.channel)
-        if row.broken or channel is None or row.channel not in self._targets:
+        """Whether every target of the row's channel has the events the row carries."""
+        if row.broken or not row.routed or row.channel not in self._channels:
             return False
-        wanted = routing.matching_events(channel, row.events)
-        return all(self._target_done(target, row, wanted) for target in self._targets[row.channel])
+        targets = self._targets.get(row.channel)
+        if targets is None:
+            return False
+        return all(self._target_done(target, row) for target in targets)
 
     def _finish(self, rows: Sequence[Row], stats: DispatchStats, channel: str) -> None:
         """Write each row's new state (``state.next_state``) and count it."""

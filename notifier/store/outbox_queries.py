@@ -15,12 +15,22 @@ let them through while it catches the rest.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError, error_line
@@ -62,12 +72,13 @@ class OutboxEntry:
     updated_at: int
     last_error: str | None
     done_targets: tuple[str, ...]
-    events: int
+    events: int  # the events it carries: those routed to its channel
 
 
 @dataclass
 class StoredRow:
-    """A claimed pending row as stored: its group's record and events, the targets done."""
+    """A claimed pending row as stored: its group's record, the events routed to its
+    channel when it was written (``outbox.event_ids``), the targets done."""
 
     id: int
     group_id: str
@@ -81,6 +92,9 @@ class StoredRow:
     record: OperationRecord | None
     events: list[Event]
     broken: str | None = None  # the stored events or record cannot be read
+    #: False for a row written before revision 0007 (``event_ids`` NULL): ``events`` are
+    #: all of its group's, and the dispatcher routes them through the channel's filters
+    routed: bool = True
 
 
 Row = TypeVar("Row", bound=StoredRow)
@@ -114,6 +128,14 @@ def _done_targets(text: str | None) -> list[str]:
     return [str(key) for key in json.loads(text or "[]")]
 
 
+def _event_ids(text: str) -> list[str]:
+    """The ids of a row's ``event_ids`` JSON list (raises ValueError or TypeError)."""
+    ids = json.loads(text)
+    if not isinstance(ids, list) or not all(isinstance(item, str) for item in ids):
+        raise TypeError(f"not a list of event ids: {text[:100]!r}")
+    return ids
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -144,6 +166,7 @@ def _load_rows(
             outbox.c.attempts,
             func.coalesce(outbox.c.retried_at, outbox.c.created_at).label("age_from"),
             outbox.c.done_targets,
+            outbox.c.event_ids,
             event_groups.c.source,
             event_groups.c.operation_id,
             event_groups.c.created_at.label("group_created_at"),
@@ -162,6 +185,8 @@ def _load_rows(
     rows: list[Row] = []
     records: dict[str, OperationRecord | None] = {}
     broken: dict[str, str] = {}  # group id -> why its stored data cannot be read
+    routed: dict[int, list[str]] = {}  # row id -> the stored ids of the events it carries
+    unreadable: dict[int, str] = {}  # row id -> why its event_ids cannot be read
     for item in connection.execute(query):
         if item.group_id not in records:
             try:
@@ -178,6 +203,12 @@ def _load_rows(
         except (ValueError, TypeError) as exc:
             done = []
             broken.setdefault(item.group_id, f"done_targets unreadable: {error_line(exc, 500)}")
+        if item.event_ids is not None:
+            try:
+                routed[item.id] = _event_ids(item.event_ids)
+            except (ValueError, TypeError) as exc:
+                routed[item.id] = []
+                unreadable[item.id] = f"event_ids unreadable: {error_line(exc, 500)}"
         rows.append(
             row_type(
                 **_row_keys(item),
@@ -186,6 +217,7 @@ def _load_rows(
                 group_created_at=item.group_created_at,
                 record=records[item.group_id],
                 events=[],
+                routed=item.event_ids is not None,
             )
         )
     group_events: dict[str, list[Event]] = {group: [] for group in records}
@@ -201,7 +233,13 @@ def _load_rows(
             broken.setdefault(item.group_id, f"stored event unreadable: {error_line(exc, 500)}")
     for row in rows:
         row.events = group_events[row.group_id]
-        row.broken = broken.get(row.group_id)
+        row.broken = broken.get(row.group_id) or unreadable.get(row.id)
+        if row.routed:  # the events routed to the row's channel when it was written
+            ids = set(routed[row.id])
+            row.events = [event for event in row.events if event.id in ids]
+            missing = ids - {event.id for event in row.events}
+            if row.broken is None and missing:
+                row.broken = f"routed event {min(missing)[:100]!r} is not recorded in its group"
     return rows
 
 
@@ -257,10 +295,21 @@ def list_entries(
                 updated_at=row.updated_at,
                 last_error=row.last_error,
                 done_targets=tuple(_done_targets(row.done_targets)),
-                events=row.events,
+                events=_carried(row.event_ids, row.events),
             )
             for row in connection.execute(query)
         ]
+
+
+def _carried(event_ids: str | None, group_events: int) -> int:
+    """How many events a row carries: those routed to its channel (all of its group's for
+    a row older than revision 0007, or when its ids cannot be read)."""
+    if event_ids is None:
+        return group_events
+    try:
+        return len(_event_ids(event_ids))
+    except (ValueError, TypeError):
+        return group_events
 
 
 def unconfigured_counts(
@@ -277,24 +326,106 @@ def unconfigured_counts(
         return {str(name): int(count) for name, count in connection.execute(query)}
 
 
-def reassign(engine: Engine, *, old: str, new: str, now_ms: int) -> int:
+@dataclass(frozen=True)
+class Reassigned:
+    """What :func:`reassign` did."""
+
+    #: rows handed to the new channel
+    moved: int
+    #: of them, rows that carry no event the new channel's filters admit (nothing to send:
+    #: the next dispatch marks them sent)
+    empty: int
+    #: rows left with the old channel: the new one has a row of the same event group
+    kept: int
+
+
+def reassign(
+    engine: Engine, *, old: str, new: str, now_ms: int, admits: Callable[[Event], bool]
+) -> Reassigned:
     """Hand the pending and dead rows of channel ``old`` (renamed in the config) to ``new``,
-    due now with a fresh attempt count. ``done_targets`` is kept: a URL both channels share
-    keeps its key, so what it already received is not sent again."""
+    due now with a fresh attempt count.
+
+    Routing is decided again, once, for ``new``: a row keeps of the events it carried for
+    ``old`` (its ``event_ids``; all of its group's for a row older than revision 0007) those
+    that ``admits`` (``new``'s filters) lets through, so ``new`` never gets what it would
+    refuse, nor what ``old`` was not going to send. A row whose event group ``new`` already
+    has a row of stays with ``old`` (that row carries ``new``'s own decision). A row whose
+    stored events or ids cannot be read moves as it is (it fails when dispatched).
+    ``done_targets`` is kept: a URL both channels share keeps its key, so what it already
+    received is not sent again."""
     with engine.begin() as connection:
-        result = connection.execute(
-            update(outbox)
+        rows = connection.execute(
+            select(outbox.c.id, outbox.c.group_id, outbox.c.event_ids)
             .where(outbox.c.channel == old, outbox.c.state.in_([PENDING, DEAD]))
-            .values(
-                channel=new,
-                state=PENDING,
-                attempts=0,
-                next_attempt_at=now_ms,
-                updated_at=now_ms,
-                retried_at=now_ms,
+            .order_by(outbox.c.id)
+        ).all()
+        groups = sorted({row.group_id for row in rows})
+        taken: set[str] = set()
+        group_events: dict[str, list[Event] | None] = {group: [] for group in groups}
+        for chunk in _chunks(groups, 500):
+            taken.update(
+                connection.scalars(
+                    select(outbox.c.group_id).where(
+                        outbox.c.channel == new, outbox.c.group_id.in_(list(chunk))
+                    )
+                )
             )
-        )
-    return int(result.rowcount or 0)
+            query = (
+                select(events.c.group_id, events.c.payload)
+                .where(events.c.group_id.in_(list(chunk)))
+                .order_by(events.c.seq)
+            )
+            for item in connection.execute(query):
+                found = group_events[item.group_id]
+                if found is None:
+                    continue
+                try:
+                    found.append(Event.from_dict(json.loads(item.payload)))
+                except Exception:  # unreadable: the row fails alone when dispatched
+                    group_events[item.group_id] = None
+        moves: list[dict[str, Any]] = []
+        empty = 0
+        for row in rows:
+            if row.group_id in taken:
+                continue
+            event_ids = _rerouted(row.event_ids, group_events[row.group_id], admits)
+            if event_ids == "[]":
+                empty += 1
+            moves.append({"b_id": row.id, "b_event_ids": event_ids})
+        if moves:
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.id == bindparam("b_id"))
+                .values(
+                    channel=new,
+                    state=PENDING,
+                    attempts=0,
+                    next_attempt_at=now_ms,
+                    updated_at=now_ms,
+                    retried_at=now_ms,
+                    event_ids=bindparam("b_event_ids"),
+                ),
+                moves,
+            )
+    return Reassigned(moved=len(moves), empty=empty, kept=len(rows) - len(moves))
+
+
+def _rerouted(
+    stored: str | None, group_events: list[Event] | None, admits: Callable[[Event], bool]
+) -> str | None:
+    """A row's ``event_ids`` for the channel it is handed to (see :func:`reassign`)."""
+    if group_events is None:
+        return stored
+    try:
+        carried = set(_event_ids(stored)) if stored is not None else None
+        kept = [
+            event.id
+            for event in group_events
+            if (carried is None or event.id in carried) and admits(event)
+        ]
+    except Exception:  # odd stored data: moved as it is, it fails alone when dispatched
+        return stored
+    return json.dumps(kept)
 
 
 def counts_by_state(engine: Engine) -> dict[str, int]:

@@ -3,7 +3,8 @@ planner, ``notifier.cycle``, works with them; ``notifier.store.repository`` re-e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from notifier.model import Event, OperationRecord, PackedJSON
 
@@ -54,7 +55,12 @@ class SourceState:
 
 @dataclass(frozen=True, slots=True)
 class EventGroup:
-    """Events delivered together (one operation in one cycle) and the channels they go to."""
+    """Events delivered together (one operation in one cycle) and the channels they go to.
+
+    ``routes`` is the one routing decision (``notifier.cycle.group``): channel -> ids of
+    the group's events that channel's filters admit, in the group's order. The outbox row
+    of each channel stores them, and the dispatcher sends exactly those events.
+    """
 
     id: str
     source: str
@@ -62,3 +68,10 @@ class EventGroup:
     events: tuple[Event, ...]
     channels: tuple[str, ...]
     record: str | None = None  # the record's canonical JSON at that cycle
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def routed_ids(self, channel: str) -> tuple[str, ...]:
+        """The ids of the events routed to ``channel`` (every event of the group for a
+        channel the group names without a route of its own)."""
+        routed = self.routes.get(channel)
+        return routed if routed is not None else tuple(event.id for event in self.events)

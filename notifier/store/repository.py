@@ -341,6 +341,7 @@ class Repository:
                 }
                 for event in fresh
             )
+            routes = _fresh_routes(group, {event.id for event in fresh})
             outbox_rows.extend(
                 {
                     "group_id": group.id,
@@ -352,11 +353,19 @@ class Repository:
                     "updated_at": now,
                     "last_error": None,
                     "done_targets": "[]",
+                    "event_ids": json.dumps(list(ids)),
                 }
-                for channel in group.channels
+                for channel, ids in routes.items()
             )
             written.append(
-                EventGroup(group.id, group.source, group.operation_id, fresh, group.channels)
+                EventGroup(
+                    group.id,
+                    group.source,
+                    group.operation_id,
+                    fresh,
+                    tuple(routes),
+                    routes=routes,
+                )
             )
         if group_rows:
             connection.execute(insert(event_groups), group_rows)
@@ -420,6 +429,17 @@ class _Connection:
                 raise StoreError(f"database query failed: {failed}") from failed
         if isinstance(exc, SQLAlchemyError):
             raise StoreError(f"database query failed: {exc}") from exc
+
+
+def _fresh_routes(group: EventGroup, fresh: set[str]) -> dict[str, tuple[str, ...]]:
+    """Channel -> the ids routed to it (``EventGroup.routes``) that this write records: a
+    channel whose routed events were all recorded before gets no outbox row."""
+    routes: dict[str, tuple[str, ...]] = {}
+    for channel in group.channels:
+        ids = tuple(event_id for event_id in group.routed_ids(channel) if event_id in fresh)
+        if ids:
+            routes[channel] = ids
+    return routes
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:

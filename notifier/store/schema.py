@@ -120,6 +120,9 @@ outbox = Table(
     # a dispatcher's claim (store/claims.py): only the claim's owner sends or records the row
     Column("claim_token", String(64), nullable=True),
     Column("claim_expires_at", BigInteger, nullable=True),  # database clock, milliseconds
+    # JSON list of the ids of the group's events routed to this channel when the row was
+    # written (routing decided once); NULL: a row older than 0007, routed at dispatch
+    Column("event_ids", Text, nullable=True),
     UniqueConstraint("group_id", "channel", name="uq_outbox_group_channel"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
 )
