@@ -71,7 +71,6 @@ IsoStyle: TypeAlias = Literal["z", "space", "offset", "time"]
 _FORMATS: Final[dict[str, str]] = {
     "z": "%Y-%m-%dT%H:%M:%SZ",
     "space": "%Y-%m-%d %H:%M:%SZ",
-    "offset": "%Y-%m-%dT%H:%M:%S+00:00",
     "time": "%H:%M:%S UTC",
 }
 
@@ -83,4 +82,6 @@ def iso(milliseconds: int, style: IsoStyle = "z") -> str:
     ``2024-01-15T08:30:00+00:00`` (``datetime.isoformat(timespec="seconds")``), ``"time"``
     ``08:30:00 UTC``."""
     moment = datetime.fromtimestamp(milliseconds // MS_PER_SECOND, tz=UTC)
+    if style == "offset":
+        return moment.isoformat(timespec="seconds")
     return moment.strftime(_FORMATS[style])

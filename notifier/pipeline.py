@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from notifier.bcs.sanitize import CONTENT_ERRORS
@@ -23,6 +22,7 @@ from notifier.bcs.source import (
     fetch_listing,
     queries_supported,
 )
+from notifier.clock import iso
 from notifier.config import Config, SourceConfig
 from notifier.cycle import (
     gone_ids,
@@ -331,7 +331,7 @@ class Poller:
                 "operations updated after the last change it held are reported",
                 name,
                 self.marker.path if self.marker is not None else "-",
-                datetime.fromtimestamp(lost.baseline_at / 1000, UTC).isoformat(timespec="seconds"),
+                iso(lost.baseline_at, "offset"),
             )
         if plan.rescoped:
             logger.info(

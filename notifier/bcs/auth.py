@@ -40,11 +40,11 @@ from notifier.bcs.errors import (
     REDACTED,
     api_error,
     header,
-    iso_seconds,
     json_or_none,
     one_line,
     redact,
 )
+from notifier.clock import iso, ms_from_seconds
 from notifier.config import Secret, SourceConfig
 from notifier.errors import ApiError, AuthError
 
@@ -236,7 +236,7 @@ class PasswordAuth(BcsAuth):
         return self._accept(response, now)
 
     def _repeat_failure(self, failure: AuthError) -> AuthError:
-        until = datetime.fromtimestamp(self._failure_until, UTC).strftime("%H:%M:%S UTC")
+        until = iso(ms_from_seconds(self._failure_until), "time")
         return AuthError(
             status=failure.status,
             code=failure.code,
@@ -290,8 +290,8 @@ class PasswordAuth(BcsAuth):
             self._label,
             self._username,
             self._domain,
-            iso_seconds(self._expires_at),
-            iso_seconds(self._refresh_at),
+            iso(ms_from_seconds(self._expires_at), "offset"),
+            iso(ms_from_seconds(self._refresh_at), "offset"),
         )
         return token
 

@@ -45,7 +45,7 @@ from notifier import __version__
 from notifier.backoff import compute_backoff
 from notifier.bcs import signing
 from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
-from notifier.bcs.errors import REQUEST_ID_HEADER, iso_seconds, one_line, signature_echo
+from notifier.bcs.errors import REQUEST_ID_HEADER, one_line, signature_echo
 from notifier.bcs.response import (
     ERROR_BODY_LIMIT,
     BodyTooLarge,
@@ -63,6 +63,7 @@ from notifier.bcs.response import (
 )
 from notifier.bcs.sanitize import decode_json
 from notifier.bcs.stream import DecodeWhole, RecordStream, RecordTooLarge
+from notifier.clock import iso, ms_from_seconds
 from notifier.config import SourceConfig
 from notifier.errors import ApiError, SignatureRejected, SourceError, TransportError
 
@@ -426,7 +427,7 @@ class BcsClient:
             "Gateway canonical request: %s. Ours: %s",
             self.source.name,
             error.one_line(),
-            iso_seconds(self._signature_rest_until),
+            iso(ms_from_seconds(self._signature_rest_until), "offset"),
             echo.replace("\n", "\\n") if echo else "(not given)",
             ours or "(none)",
         )
@@ -443,7 +444,7 @@ class BcsClient:
             code=previous.code,
             message=(
                 f"{previous.error_message} (signature rejected earlier; not signing again "
-                f"before {iso_seconds(self._signature_rest_until)})"
+                f"before {iso(ms_from_seconds(self._signature_rest_until), 'offset')})"
             ),
             request_id=previous.request_id,
             url=previous.url,

@@ -21,7 +21,6 @@ import html
 import json
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -107,11 +106,6 @@ def json_excerpt(body: Mapping[str, Any], limit: int = 200) -> str:
     """A decoded body as one line of compact JSON, cut at ``limit`` characters."""
     text = " ".join(json.dumps(body, ensure_ascii=False, default=str).split())
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
-
-
-def iso_seconds(epoch: float) -> str:
-    """Epoch seconds as an ISO 8601 UTC time to the second, for messages."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def json_or_none(body: bytes) -> Any:
