@@ -41,12 +41,12 @@ from notifier.bcs.errors import (
     api_error,
     header,
     json_or_none,
-    one_line,
     redact,
 )
 from notifier.clock import iso, ms_from_seconds
 from notifier.config import Secret, SourceConfig
 from notifier.errors import ApiError, AuthError
+from notifier.text import one_line
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from notifier import __version__
 from notifier.backoff import compute_backoff
 from notifier.bcs import signing
 from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
-from notifier.bcs.errors import REQUEST_ID_HEADER, one_line, signature_echo
+from notifier.bcs.errors import MAX_MESSAGE, REQUEST_ID_HEADER, signature_echo
 from notifier.bcs.response import (
     ERROR_BODY_LIMIT,
     BodyTooLarge,
@@ -66,6 +66,7 @@ from notifier.bcs.stream import DecodeWhole, RecordStream, RecordTooLarge
 from notifier.clock import iso, ms_from_seconds
 from notifier.config import SourceConfig
 from notifier.errors import ApiError, SignatureRejected, SourceError, TransportError
+from notifier.text import one_line
 
 __all__ = [
     "BACKOFF_BASE",
@@ -284,7 +285,7 @@ class BcsClient:
         except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise TransportError(
-                f"cannot load ca_file {self.source.ca_file}: {one_line(reason)}"
+                f"cannot load ca_file {self.source.ca_file}: {one_line(reason, MAX_MESSAGE)}"
             ) from exc
 
     def _attempt(

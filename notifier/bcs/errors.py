@@ -25,6 +25,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from notifier.errors import ApiError, AuthError, SignatureRejected, ThrottledError
+from notifier.text import one_line
 
 #: Longest server message kept in an error (characters); longer ones end with "…".
 MAX_MESSAGE: Final = 300
@@ -48,7 +49,6 @@ _DROP_BLOCKS_RE: Final = re.compile(
 )
 _TAG_RE: Final = re.compile(r"<[^>]*>")
 _TITLE_RE: Final = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _ECHO_KEY_RE: Final = re.compile(r"canonical[_-]?(request|string)", re.IGNORECASE)
 _ECHO_TEXT_RE: Final = re.compile(
     r"canonical[ _-]?(?:request|string)[^'\"`]*?['\"`](.+?)['\"`]", re.IGNORECASE | re.DOTALL
@@ -73,14 +73,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, REDACTED)
     text = _SIGNATURE_RE.sub(rf"\g<1>{REDACTED}", text)
     return _IAM_TOKEN_RE.sub(REDACTED, text)
-
-
-def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """Whitespace and control characters collapsed to single spaces, capped at ``limit``."""
-    text = " ".join(_CONTROL_RE.sub(" ", text).split())
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return text
 
 
 def html_excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
@@ -239,7 +231,7 @@ def api_error(
     """
     code, message, body_request_id = body_message(body)
     secrets = tuple(secrets)
-    message = one_line(redact(message, secrets))
+    message = one_line(redact(message, secrets), MAX_MESSAGE)
     if not message:
         try:
             message = HTTPStatus(status).phrase
