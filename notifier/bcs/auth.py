@@ -36,16 +36,11 @@ from urllib.parse import parse_qsl
 import httpx
 
 from notifier.bcs import signing
-from notifier.bcs.errors import (
-    REDACTED,
-    api_error,
-    header,
-    json_or_none,
-    redact,
-)
+from notifier.bcs.errors import api_error, header, json_or_none
 from notifier.clock import iso, ms_from_seconds
 from notifier.config import Secret, SourceConfig
 from notifier.errors import ApiError, AuthError
+from notifier.redaction import REDACTED, redact
 from notifier.text import one_line
 
 logger = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from notifier.errors import ApiError, AuthError, SignatureRejected, ThrottledError
+from notifier.redaction import REDACTED, SECRET_HEADER_LINE_RE, redact
 from notifier.text import one_line
 
 #: Longest server message kept in an error (characters); longer ones end with "…".
@@ -35,15 +36,6 @@ MAX_EXCERPT: Final = 160
 MAX_ECHO: Final = 2000
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
-REDACTED: Final = "***"
-
-_SIGNATURE_RE: Final = re.compile(r"(Signature=)[0-9A-Fa-f]{16,}")
-# IAM tokens are long base64 blobs starting "MII" (PKI tokens); never let one through.
-_IAM_TOKEN_RE: Final = re.compile(r"MII[A-Za-z0-9+/=_-]{60,}")
-_SECRET_HEADER_LINE_RE: Final = re.compile(
-    r"^(\s*(?:x-security-token|x-auth-token|x-subject-token|authorization)\s*:).*$",
-    re.IGNORECASE | re.MULTILINE,
-)
 _DROP_BLOCKS_RE: Final = re.compile(
     r"<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL
 )
@@ -65,14 +57,6 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return item
     return None
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every given secret, signature and IAM-token-looking blob replaced."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    text = _SIGNATURE_RE.sub(rf"\g<1>{REDACTED}", text)
-    return _IAM_TOKEN_RE.sub(REDACTED, text)
 
 
 def html_excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
@@ -173,7 +157,7 @@ def signature_echo(body: bytes, secrets: Iterable[str] = ()) -> str | None:
             found = match.group(1).replace("\\n", "\n")
     if not found:
         return None
-    found = _SECRET_HEADER_LINE_RE.sub(rf"\g<1>{REDACTED}", found)
+    found = SECRET_HEADER_LINE_RE.sub(rf"\g<1>{REDACTED}", found)
     found = redact(found, secrets)
     return found[:MAX_ECHO]
 
