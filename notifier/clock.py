@@ -61,6 +61,12 @@ def ms_from_seconds(seconds: float) -> int:
     return int(seconds * MS_PER_SECOND)
 
 
+def epoch_seconds(clock: Clock) -> float:
+    """The clock's wall time in epoch seconds: for the API's edge (``bcs/``), where every
+    time it is compared with (``Date``, ``Retry-After``, token expiry) is in seconds."""
+    return clock.wall_ms() / MS_PER_SECOND
+
+
 def seconds_from_ms(milliseconds: int) -> float:
     """Wall ms as epoch seconds: the metrics edge (Prometheus prints seconds)."""
     return milliseconds / MS_PER_SECOND

@@ -6,6 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+class SecondsClock:
+    """A :class:`notifier.clock.Clock` read from a function giving epoch seconds (the
+    simulator's clock): both readings follow it."""
+
+    def __init__(self, seconds: Callable[[], float]) -> None:
+        self._seconds = seconds
+
+    def monotonic(self) -> float:
+        return self._seconds()
+
+    def wall_ms(self) -> int:
+        return int(self._seconds() * 1000)
+
+
 class FakeClock:
     """``now`` is the monotonic reading in seconds; the wall reading is ``wall_start_ms``
     plus the time that has passed since ``start``, in whole milliseconds.

@@ -44,7 +44,7 @@ import httpx
 from notifier import __version__
 from notifier.backoff import compute_backoff
 from notifier.bcs import signing
-from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
+from notifier.bcs.auth import AkSkAuth, BcsAuth, build_auth
 from notifier.bcs.errors import MAX_MESSAGE, REQUEST_ID_HEADER, signature_echo
 from notifier.bcs.response import (
     ERROR_BODY_LIMIT,
@@ -63,7 +63,7 @@ from notifier.bcs.response import (
 )
 from notifier.bcs.sanitize import decode_json
 from notifier.bcs.stream import DecodeWhole, RecordStream, RecordTooLarge
-from notifier.clock import iso, ms_from_seconds
+from notifier.clock import SYSTEM_CLOCK, Clock, epoch_seconds, iso, ms_from_seconds
 from notifier.config import SourceConfig
 from notifier.errors import ApiError, SignatureRejected, SourceError, TransportError
 from notifier.text import one_line
@@ -116,8 +116,9 @@ class BcsClient:
     :func:`notifier.bcs.signing.canonical_query` (sorted, percent-encoded) for every auth type,
     so the query sent is byte for byte the one an AK/SK signature covers.
 
-    ``transport`` replaces httpx's network transport (tests, the simulator); ``clock`` returns
-    epoch seconds (token expiry, ``X-Sdk-Date``, Retry-After dates, skew check); ``sleep`` waits
+    ``transport`` replaces httpx's network transport (tests, the simulator); ``clock`` gives the
+    wall time (token expiry, ``X-Sdk-Date``, Retry-After dates, skew check; kept in epoch
+    seconds here, the unit of every API time it is compared with); ``sleep`` waits
     between retries; ``jitter`` returns a float in [0, 1) that spreads the back-offs.
 
     Not thread-safe: use one client per thread. Close it (or use it as a context manager).
@@ -128,7 +129,7 @@ class BcsClient:
         source: SourceConfig,
         *,
         transport: httpx.BaseTransport | None = None,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         auth: BcsAuth | None = None,
@@ -177,7 +178,7 @@ class BcsClient:
         Set after a ``SignatureRejected`` (now + ``SignatureRejected.min_backoff``) and after
         IAM refused the password; the service loop should not poll this source earlier.
         """
-        now = self._clock()
+        now = epoch_seconds(self._clock)
         candidates = [self._signature_rest_until, self.auth.retry_not_before or 0.0]
         latest = max(candidates)
         return latest if latest > now else None
@@ -347,7 +348,7 @@ class BcsClient:
             self._rest_after_rejection(error, body)
             raise error
         if status == 429:
-            return _Retry(error, retry_after(response.headers, self._clock()))
+            return _Retry(error, retry_after(response.headers, epoch_seconds(self._clock)))
         if status >= 500:
             return _Retry(error)
         raise error
@@ -391,7 +392,7 @@ class BcsClient:
             return
         if server.tzinfo is None:
             server = server.replace(tzinfo=UTC)
-        skew = server.timestamp() - self._clock()
+        skew = server.timestamp() - epoch_seconds(self._clock)
         if abs(skew) > CLOCK_SKEW_WARNING:
             self._skew_warned = True
             logger.warning(
@@ -418,7 +419,7 @@ class BcsClient:
 
     def _rest_after_rejection(self, error: SignatureRejected, body: bytes) -> None:
         self._signature_rejection = error
-        self._signature_rest_until = self._clock() + SignatureRejected.min_backoff
+        self._signature_rest_until = epoch_seconds(self._clock) + SignatureRejected.min_backoff
         echo = signature_echo(body, self.auth.secrets())
         ours = self.auth.describe_last_request() if isinstance(self.auth, AkSkAuth) else None
         logger.error(
@@ -437,7 +438,7 @@ class BcsClient:
         previous = self._signature_rejection
         if previous is None:
             return
-        if self._clock() >= self._signature_rest_until:
+        if epoch_seconds(self._clock) >= self._signature_rest_until:
             self._signature_rejection = None
             return
         raise SignatureRejected(
