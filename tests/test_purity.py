@@ -83,3 +83,23 @@ def test_click_is_imported_only_by_the_cli() -> None:
         and ("import click" in path.read_text() or "from click" in path.read_text())
     ]
     assert offenders == []
+
+
+def test_the_daemons_modules_use_its_public_surface() -> None:
+    """The run loop's parts (polls, delivery, reload, status, ...) read and change the
+    Daemon through its public attributes: no ``daemon._private`` (nor any other object's)
+    outside the class that owns it."""
+    import re
+    from pathlib import Path
+
+    import notifier
+
+    folder = Path(notifier.__file__).parent / "daemon"
+    reach = re.compile(r"\b(?!self\b|cls\b|os\b|sys\b)[a-z_][a-z0-9_]*\._[a-z][a-z0-9_]*")
+    offenders = [
+        f"{path.name}:{number}: {match.group(0)}"
+        for path in sorted(folder.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for match in reach.finditer(line)
+    ]
+    assert offenders == []
