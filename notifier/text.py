@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-#: C0 controls (newlines and tabs included) and DEL
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+#: C0 controls and DEL but tab and newline, which :func:`one_line` replaces first (faster)
+_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 ELLIPSIS: Final = "…"
 
 
@@ -18,7 +18,9 @@ def one_line(value: object, limit: int | None = None, *, collapse: bool = True) 
     columns). Longer than ``limit`` characters: cut to ``limit``, ending with "…".
     ``None`` is the empty string."""
     text = "" if value is None else str(value)
-    text = _CONTROL_RE.sub(" ", text.replace("\r\n", " "))
+    # the common ones by str.replace: faster than the regex on them
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    text = _CONTROL_RE.sub(" ", text)
     if collapse:
         text = " ".join(text.split())
     if limit is not None and len(text) > limit:
