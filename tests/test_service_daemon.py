@@ -270,6 +270,27 @@ def test_active_rate_while_an_operation_runs_then_idle_rate(
     assert set(gaps(poller.times("a"))[6:]) == {60}
 
 
+def test_polls_follow_the_monotonic_clock_and_status_the_wall_clock(
+    engine: Engine, database_url: str
+) -> None:
+    """The wall clock jumping (NTP, a VM resumed) moves no poll: intervals are measured on
+    the monotonic reading; what is stored and shown is wall time in ms."""
+    clock = FakeClock()
+
+    def jump() -> None:
+        clock.wall_start_ms += 86_400_000  # a day ahead at monotonic 90
+
+    clock.at[90.0] = jump
+    daemon, poller, _ = build(make_config(database_url), engine, clock)
+    assert run_for(daemon, clock, 200) == 0
+    assert poller.times("a") == [0, 60, 120, 180]
+    schedule = daemon.schedules["a"]
+    assert schedule.last_poll_at == int(EPOCH * 1000) + 86_400_000 + 180_000
+    assert isinstance(schedule.last_success_at, int)
+    assert daemon.health().details["sources"]["a"]["last_success"] == "2023-11-15T22:16:20Z"
+    assert "last poll 2023-11-15 22:16:20Z" in daemon.status_line()
+
+
 @pytest.mark.parametrize(
     ("mode", "idle_gap"), [("incremental", 40), ("full", 60)], ids=["incremental", "full"]
 )
