@@ -25,6 +25,7 @@ from notifier.cli.base import (
 from notifier.clock import SYSTEM_CLOCK, iso
 from notifier.config import Config
 from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreError
+from notifier.text import one_line
 
 logger = logging.getLogger("notifier.cli")
 
@@ -91,7 +92,7 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     except NotifierError as exc:
         # the config's problems and the lock's holder as they are, anything else on one line
         whole = isinstance(exc, AlreadyRunning | ConfigError)
-        logger.error("not starting: %s", exc if whole else " ".join(str(exc).split()))
+        logger.error("not starting: %s", exc if whole else one_line(exc))
         sys.exit(exit_code(exc))
     sys.exit(code)
 

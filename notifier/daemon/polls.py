@@ -18,6 +18,7 @@ from notifier.errors import (
     error_line,
 )
 from notifier.model import Event, describe
+from notifier.text import one_line
 
 if TYPE_CHECKING:
     from notifier.daemon.loop import Daemon
@@ -160,5 +161,5 @@ def failure_kind(error: BaseException) -> str:
     while cause is not None and cause.__cause__ is not None:
         cause = cause.__cause__
     original = getattr(cause, "orig", None) or cause
-    detail = " ".join(str(original).split())[:80]
+    detail = one_line(original)[:80]
     return f"{type(error).__name__}/{type(original).__name__}: {detail}"
