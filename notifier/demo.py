@@ -34,12 +34,12 @@ import shutil
 import tempfile
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from notifier.clock import SYSTEM_CLOCK, Clock
 from notifier.config import AuthConfig, Config, Secret, SourceConfig, parse_config
 from notifier.errors import NotifierError
 from notifier.model import OPERATION_TYPE_NAMES, TERMINAL_STATUSES
@@ -208,21 +208,23 @@ def _operation_name(plan: OperationPlan) -> str:
 
 
 class _HeldClock:
-    """A monotonic clock that stands still until :meth:`release` (for a ScaledClock)."""
+    """The clock's monotonic reading, standing still until :meth:`release` (for a
+    ScaledClock, which takes a plain function: the simulator imports nothing of the service)."""
 
-    def __init__(self) -> None:
-        self._held_at = time.monotonic()
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._held_at = clock.monotonic()
         self._released_at: float | None = None
 
     def __call__(self) -> float:
         released = self._released_at
         if released is None:
             return self._held_at
-        return self._held_at + (time.monotonic() - released)
+        return self._held_at + (self._clock.monotonic() - released)
 
     def release(self) -> None:
         if self._released_at is None:
-            self._released_at = time.monotonic()
+            self._released_at = self._clock.monotonic()
 
 
 class _ObservedPoller:
@@ -263,15 +265,18 @@ class _CountedDispatcher:
 class Demo:
     """One demo run; :meth:`run` blocks until the story is over or a stop is requested."""
 
-    def __init__(self, options: DemoOptions, *, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, options: DemoOptions, *, say: Callable[[str], None], clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.options = options
         self.say = say
+        self.clock = clock
         self.report = DemoReport()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._simulator: Simulator | None = None
         self._daemon: Any = None
-        self._hold = _HeldClock()
+        self._hold = _HeldClock(clock)
         self._seen_settled = False
 
     # -- control (signal handlers) --
@@ -321,13 +326,13 @@ class Demo:
         from notifier.channels.targets import validate_channel
         from notifier.store import db
 
-        started = time.monotonic()
+        started = self.clock.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-demo-"))
         engine: Engine | None = None
         # the story's clock stands still until the first poll has stored the baseline:
         # however long the set-up and that poll take, at any speed, the baseline is the
         # story's start and every later change is a notification
-        hold = _HeldClock()
+        hold = _HeldClock(self.clock)
         simulator = Simulator(
             seed=self.options.seed,
             speed=self.options.speed,
@@ -357,11 +362,15 @@ class Demo:
             if engine is not None:
                 engine.dispose()
             shutil.rmtree(scratch, ignore_errors=True)
-            self.report.elapsed = time.monotonic() - started
+            self.report.elapsed = self.clock.monotonic() - started
         return self.report
 
     def _deadline(self, simulator: Simulator) -> float:
-        return time.monotonic() + simulator.story_remaining() / self.options.speed + DEADLINE_MARGIN
+        return (
+            self.clock.monotonic()
+            + simulator.story_remaining() / self.options.speed
+            + DEADLINE_MARGIN
+        )
 
     def _loop(self, simulator: Simulator, config: Config, engine: Engine) -> None:
         """The real run loop (:class:`~notifier.daemon.Daemon`) until the story is over."""
@@ -380,6 +389,7 @@ class Demo:
             engine,
             components=components,
             options=DaemonOptions(stop_grace=5.0, jitter_seed=self.options.seed),
+            clock=self.clock,
         )
         finished = threading.Event()
         watcher = threading.Thread(
@@ -422,7 +432,7 @@ class Demo:
                     self.report.completed = True
                     daemon.request_stop()
                     return
-            if time.monotonic() > deadline:
+            if self.clock.monotonic() > deadline:
                 self.report.errors.append(
                     "the story did not finish in time (is the machine very busy?)"
                 )

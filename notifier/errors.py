@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from notifier.text import one_line
+
 
 class NotifierError(Exception):
     """Root of every error raised by bcs-notifier."""
@@ -73,7 +75,7 @@ class SourceError(NotifierError):
 
     def one_line(self) -> str:
         """A single line for logs and ``status``: the reason plus the request id."""
-        text = " ".join(str(self).split())
+        text = one_line(self)
         if self.request_id:
             text = f"{text} (request id {self.request_id})"
         return text
@@ -167,6 +169,6 @@ class UnloadableURL(NotifierError):
 def error_line(error: BaseException, limit: int | None = None) -> str:
     """``Type: message`` on one line (whitespace collapsed), cut at ``limit`` characters:
     how the service names an unexpected exception in a log line or a stored error."""
-    text = " ".join(str(error).split())
+    text = one_line(error)
     line = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return line if limit is None else line[:limit]

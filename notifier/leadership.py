@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from notifier.clock import SYSTEM_CLOCK, Clock
 from notifier.config import Config
 from notifier.errors import StoreError
 from notifier.store.lease import Fence, Lease, LeaseStore, fair_share, preference
@@ -62,7 +62,7 @@ class LeaseKeeper:
         ttl: float,
         *,
         interval: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
         self.ttl = ttl
@@ -80,7 +80,7 @@ class LeaseKeeper:
 
     def leads(self, source: str) -> bool:
         held = self._held.get(source)
-        return held is not None and self._clock() < held.renewed_at + self.ttl * SAFETY
+        return held is not None and self._clock.monotonic() < held.renewed_at + self.ttl * SAFETY
 
     def led(self) -> list[str]:
         return sorted(name for name in self._held if self.leads(name))
@@ -94,7 +94,7 @@ class LeaseKeeper:
         return None if held is None else held.lease.epoch
 
     def due(self) -> bool:
-        return self._clock() >= self.next_at
+        return self._clock.monotonic() >= self.next_at
 
     def drop(self, source: str) -> None:
         """The lease was found lost (a poll's fencing check failed)."""
@@ -103,7 +103,7 @@ class LeaseKeeper:
     def maintain(self, sources: Sequence[str], busy: Collection[str] = ()) -> LeaseChanges:
         """Heartbeat, renew, take up to the fair share, hand extras over."""
         changes = LeaseChanges()
-        now = self._clock()
+        now = self._clock.monotonic()
         self.next_at = now + self.interval
         before = set(self._held)
         try:
@@ -188,7 +188,7 @@ class LeaseKeeper:
     def _failed(self, exc: StoreError) -> None:
         self._failures += 1
         delay = min(self.interval, RETRY_AFTER * 2 ** min(self._failures - 1, 16))
-        self.next_at = self._clock() + delay
+        self.next_at = self._clock.monotonic() + delay
         self.failing = True
         kind = type(exc.__cause__ or exc).__name__
         if kind in self._error_kinds:

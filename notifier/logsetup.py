@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -28,9 +27,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from notifier.config import Config
 from notifier.model import encodable
+from notifier.redaction import MASK, mask_log_text
 
 LOG_FORMATS: Final = ("journal", "text", "json")
-MASK: Final = "********"
 
 #: syslog priorities journald reads from a ``<N>`` prefix
 _PRIORITIES: Final = (
@@ -39,40 +38,6 @@ _PRIORITIES: Final = (
     (logging.WARNING, 4),
     (logging.INFO, 6),
     (logging.DEBUG, 7),
-)
-
-#: names of keys whose values are credentials (not secrets themselves)
-_SECRET_KEYS = "|".join(
-    (
-        "password|passwd|pass|secret|secret_key|secretkey|access_key|accesskey|sk|ak",
-        "token|auth_token|security_token|x-auth-token|x-subject-token|x-security-token",
-        "api_key|apikey|key|signature|sig|credential|credentials|authorization",
-    )
-)
-_PATTERNS: Final = (
-    # Authorization: SDK-HMAC-SHA256 Access=..., Signature=...  /  Bearer and Basic
-    # credentials (capitalised as in the header, followed by a token-like word, so that
-    # "Generate basic configurations" or "signature rejected" stay readable)
-    re.compile(
-        r"(?P<keep>\b(?i:access|signature)=|\b(?:Bearer|Basic)\s+(?=[A-Za-z0-9+/=._~-]{12,}))"
-        r"(?P<secret>(?!\*{8})[^\s,\"']+)"
-    ),
-    # key=value, key: value, "key": "value" (query strings, headers, JSON, reprs)
-    re.compile(
-        rf"""(?ix)
-        (?P<keep>(?<![A-Za-z0-9_-])["']?(?:{_SECRET_KEYS})["']?\s*[:=]\s*["']?)
-        (?P<secret>(?!\*{{8}})[^\s"'&,;}}\])]+)
-        """
-    ),
-    # header tuples as httpcore logs them: (b'X-Subject-Token', b'MII...')
-    re.compile(
-        r"(?i)(?P<keep>(?:x-auth-token|x-subject-token|x-security-token|authorization)"
-        r"['\"]?,\s*b?['\"])(?P<secret>(?!\*{8})[^'\"]+)"
-    ),
-    # scheme://user:password@host
-    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?P<secret>(?!\*{8})[^@\s/]+)(?=@)"),
-    # Standard Webhooks secrets and IAM PKI tokens (long base64 starting with MII)
-    re.compile(r"(?P<keep>)(?P<secret>\bwhsec_[A-Za-z0-9+/=_-]+|\bMII[A-Za-z0-9+/=_-]{20,})"),
 )
 
 
@@ -93,9 +58,8 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda match: f"{match.group('keep')}{MASK}", text)
-        return encodable(text)  # a lone surrogate from the API must not break the handler
+        # a lone surrogate from the API must not break the handler
+        return encodable(mask_log_text(text))
 
 
 def config_secrets(config: Config) -> list[str]:

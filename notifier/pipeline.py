@@ -9,10 +9,8 @@ polling works again.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from notifier.bcs.sanitize import CONTENT_ERRORS
@@ -23,6 +21,7 @@ from notifier.bcs.source import (
     fetch_listing,
     queries_supported,
 )
+from notifier.clock import SYSTEM_CLOCK, Clock, iso
 from notifier.config import Config, SourceConfig
 from notifier.cycle import (
     gone_ids,
@@ -107,15 +106,13 @@ class Poller:
         engine: Engine,
         *,
         client_factory: ClientFactory = default_client_factory,
-        clock: Callable[[], float] = time.time,
-        timer: Callable[[], float] = time.perf_counter,
+        clock: Clock = SYSTEM_CLOCK,
         reconcile_at_start: bool = False,
     ) -> None:
         self.config = config
         self.repository = Repository(engine)
         self.client_factory = client_factory
         self.clock = clock
-        self.timer = timer
         self._clients: dict[str, tuple[SourceConfig, SourceClient]] = {}
         service = config.service
         self.stalls = StallWatch(
@@ -173,8 +170,8 @@ class Poller:
         """One cycle; ``full`` forces a complete listing (else :meth:`wants_complete`).
         ``fence``: the lease this poll runs under (several instances); its check ends the
         write, LeaseLost when it was lost."""
-        started = self.timer()
-        now_ms = int(self.clock() * 1000)
+        started = self.clock.monotonic()
+        now_ms = self.clock.wall_ms()
         state = self.repository.source_state(source.name)
         if state.rest_until is not None and now_ms < state.rest_until:
             # credentials were refused: sending again could lock the key (five AK/SK
@@ -189,7 +186,7 @@ class Poller:
                 keep_last_error=True,
                 fence=fence,
             )
-            return replace(result, duration=self.timer() - started)
+            return replace(result, duration=self.clock.monotonic() - started)
         client = self._client(source)
         if state.rest_until is None and getattr(client, "retry_not_before", None) is not None:
             # every rest is stored; none stored means `source clear-rest` ended it
@@ -220,7 +217,7 @@ class Poller:
                 if dry_run:  # the one write a dry run makes: it protects the key
                     self.repository.save_rest(source.name, int(rest_until * 1000))
             result = self._failure(source, exc, now_ms, dry_run=dry_run, state=state, fence=fence)
-            return replace(result, duration=self.timer() - started, complete=complete)
+            return replace(result, duration=self.clock.monotonic() - started, complete=complete)
         records = [record for record, _digest in listing.records]
         result = self._success(
             source,
@@ -238,7 +235,7 @@ class Poller:
         )
         return replace(
             result,
-            duration=self.timer() - started,
+            duration=self.clock.monotonic() - started,
             skipped=listing.skipped,
             complete=complete,
         )
@@ -335,7 +332,7 @@ class Poller:
                 "operations updated after the last change it held are reported",
                 name,
                 self.marker.path if self.marker is not None else "-",
-                datetime.fromtimestamp(lost.baseline_at / 1000, UTC).isoformat(timespec="seconds"),
+                iso(lost.baseline_at, "offset"),
             )
         if plan.rescoped:
             logger.info(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from clock_support import FakeClock as SharedFakeClock
+
 from notifier.config import AuthConfig, Secret, SourceConfig
 
 ENDPOINT = "https://bcs.cn-north-4.myhuaweicloud.com"
@@ -16,12 +18,11 @@ TOKEN = "MIIUser-Token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP-x"
 OK_BODY = {"count": 0, "operation_records": []}
 
 
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
+class FakeClock(SharedFakeClock):
+    """The shared fake clock (``clock_support``) at ``NOW``, in epoch seconds on both readings."""
 
-    def __call__(self) -> float:
-        return self.now
+    def __init__(self, now: float = NOW) -> None:
+        super().__init__(now, wall_start_ms=round(now * 1000))
 
 
 def make_source(auth: AuthConfig | None = None, **overrides: Any) -> SourceConfig:

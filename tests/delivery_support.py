@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from clock_support import FakeClock as SharedFakeClock
 from sqlalchemy import Engine, insert
 
 from notifier.config import ChannelConfig, Config, DeliveryConfig, ServiceConfig
@@ -190,19 +191,9 @@ def make_config(
     )
 
 
-class FakeClock:
-    """An injected clock; ``sleep`` advances it and records the waits."""
+class FakeClock(SharedFakeClock):
+    """The shared fake clock (``clock_support``) at ``NOW_MS``: its monotonic reading in
+    seconds equals the wall time, so the dispatcher's pacing and its stored ms agree."""
 
     def __init__(self, start: float = NOW_MS / 1000) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(start, wall_start_ms=round(start * 1000))

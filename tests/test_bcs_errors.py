@@ -11,10 +11,10 @@ from notifier.bcs.errors import (
     MAX_MESSAGE,
     api_error,
     html_excerpt,
-    redact,
     signature_echo,
 )
 from notifier.errors import ApiError, AuthError, SignatureRejected, ThrottledError
+from notifier.redaction import redact
 
 NGINX_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"

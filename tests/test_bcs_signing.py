@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import respx
+from clock_support import FakeClock
 
 from notifier.bcs import signing
 from notifier.bcs.auth import AkSkAuth
@@ -173,7 +174,7 @@ def _auth_for(vector: Vector) -> AkSkAuth:
         secret_key=Secret(vector.secret_key),
         project_id=vector.project_id,
         security_token=Secret(vector.security_token) if vector.security_token else None,
-        clock=lambda: FIXED_NOW,
+        clock=FakeClock.at_wall(FIXED_NOW),
         sign_headers=("content-type", "user-agent"),
     )
 
@@ -229,7 +230,7 @@ def test_default_signed_headers_leave_out_unstable_ones() -> None:
         access_key=Secret(vector.access_key),
         secret_key=Secret(vector.secret_key),
         project_id=vector.project_id,
-        clock=lambda: FIXED_NOW,
+        clock=FakeClock.at_wall(FIXED_NOW),
     ).sign(request)
     parsed = signing.parse_authorization(request.headers["Authorization"])
     assert parsed is not None
@@ -239,9 +240,9 @@ def test_default_signed_headers_leave_out_unstable_ones() -> None:
 
 def test_post_body_gets_content_type_and_it_is_signed() -> None:
     request = httpx.Request("POST", "https://iam.example.com/v3/auth/tokens", content=b"{}")
-    AkSkAuth(access_key=Secret("AK"), secret_key=Secret("SK"), clock=lambda: FIXED_NOW).sign(
-        request
-    )
+    AkSkAuth(
+        access_key=Secret("AK"), secret_key=Secret("SK"), clock=FakeClock.at_wall(FIXED_NOW)
+    ).sign(request)
     assert request.headers["Content-Type"] == "application/json"
     parsed = signing.parse_authorization(request.headers["Authorization"])
     assert parsed is not None
@@ -273,7 +274,9 @@ def test_canonical_query_encoding(pairs: list[tuple[str, str]], expected: str) -
 def test_auth_sends_the_canonical_query(pairs: list[tuple[str, str]], expected: str) -> None:
     """Whatever encoding httpx chose, the URL sent carries exactly the signed query."""
     request = httpx.Request("GET", "https://bcs.example.com/v2/p/operation/record", params=pairs)
-    auth = AkSkAuth(access_key=Secret("AK"), secret_key=Secret("SK"), clock=lambda: FIXED_NOW)
+    auth = AkSkAuth(
+        access_key=Secret("AK"), secret_key=Secret("SK"), clock=FakeClock.at_wall(FIXED_NOW)
+    )
     auth.sign(request)
     assert request.url.query.decode() == expected
     assert auth.last_canonical_request is not None

@@ -182,7 +182,7 @@ def test_dead_after_max_attempts_then_retry_and_purge(engine: Engine) -> None:
         assert outbox_module.counts_by_state(engine) == {"pending": 0, "sent": 0, "dead": 1}
 
         receiver.default_status = 200
-        assert outbox_module.retry(engine, now_ms=int(clock() * 1000)) == 1
+        assert outbox_module.retry(engine, now_ms=clock.wall_ms()) == 1
         assert dispatcher.dispatch_due().sent == 1
     assert outbox_module.purge(engine, states=["dead"]) == 0
     assert outbox_module.purge(engine, states=["sent"], older_than_ms=0) == 0
@@ -264,7 +264,7 @@ def test_slack_payload_and_pacing(engine: Engine, monkeypatch: pytest.MonkeyPatc
     post = SlackSender._post
 
     def timed_post(self: SlackSender, payload: dict[str, Any], limit: Any) -> Any:
-        times.append(clock())
+        times.append(clock.monotonic())
         return post(self, payload, limit)
 
     monkeypatch.setattr(SlackSender, "_post", timed_post)

@@ -421,7 +421,7 @@ def test_a_fresh_database_where_one_existed_reports_what_changed(
     from notifier.cli.service import collect_status
 
     with pytest.raises(StoreError, match="held the baseline of prod: it was deleted or moved"):
-        collect_status(config, 0.0)  # what `status` says (not "no database yet")
+        collect_status(config, 0)  # what `status` says (not "no database yet")
     moved = good_record(1, 3)  # finished while there was no database
     route.respond(200, text=body_text([old, moved]), headers={"Content-Type": "application/json"})
     with caplog.at_level(logging.ERROR, logger="notifier.pipeline"):

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 import respx
+from clock_support import FakeClock
 from config_support import RECORD_URL, config_toml, source
 from sqlalchemy import Engine, func, select
 
@@ -113,12 +114,9 @@ def api(router: respx.MockRouter) -> FakeApi:
     return FakeApi(router)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+def make_clock() -> FakeClock:
+    """The shared fake clock at ``T0`` epoch seconds."""
+    return FakeClock.at_wall(T0)
 
 
 def make_config(**service: Any) -> Config:
@@ -126,7 +124,7 @@ def make_config(**service: Any) -> Config:
     return parse_config(config_toml(service=settings, sources=[source(max_retries=0)]))
 
 
-def make_poller(config: Config, engine: Engine, clock: Clock) -> Poller:
+def make_poller(config: Config, engine: Engine, clock: FakeClock) -> Poller:
     return Poller(
         config,
         engine,
@@ -160,7 +158,7 @@ def story(api: FakeApi) -> FakeApi:
 def test_a_cycle_asks_the_status_lists_then_follows_up_on_what_left_them(
     engine: Engine, story: FakeApi
 ) -> None:
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         first = poller.poll_source(config.sources[0])
@@ -208,7 +206,7 @@ def test_status_lists_carry_the_single_valued_filters(engine: Engine, story: Fak
             ]
         )
     )
-    clock = Clock()
+    clock = make_clock()
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
         clock.now += 5
@@ -223,7 +221,7 @@ def test_status_lists_carry_the_single_valued_filters(engine: Engine, story: Fak
 def test_one_created_and_finished_between_polls_comes_with_the_next_full_listing(
     engine: Engine, story: FakeApi
 ) -> None:
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
@@ -265,7 +263,7 @@ def test_one_created_and_finished_between_polls_comes_with_the_next_full_listing
 def test_a_failed_short_request_changes_nothing(
     engine: Engine, story: FakeApi, failing: dict[str, str], response: httpx.Response
 ) -> None:
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
@@ -291,7 +289,7 @@ def test_a_failed_short_request_changes_nothing(
 def test_short_lists_never_mark_gone_and_the_full_listing_does(
     engine: Engine, story: FakeApi
 ) -> None:
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
@@ -330,7 +328,7 @@ def story_steps() -> Iterator[dict[str, Any]]:
 def run_story(engine: Engine, router: respx.MockRouter, mode: str) -> list[str]:
     api = FakeApi(router)
     api.put(record("OP-B", "finished", 50 * NS))
-    clock = Clock()
+    clock = make_clock()
     config = make_config(poll_mode=mode)
     with make_poller(config, engine, clock) as poller:
         for raw in story_steps():
@@ -372,7 +370,7 @@ def test_an_unchanged_raw_record_is_not_parsed(
         return real(raw)
 
     monkeypatch.setattr(bcs_source, "parse_record", counting)
-    clock = Clock()
+    clock = make_clock()
     config = make_config(poll_mode="full")
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
@@ -400,7 +398,7 @@ def test_a_record_changed_by_another_writer_is_parsed_again(
     engine: Engine, story: FakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The in-memory index is checked against the stored content hash every listing."""
-    clock = Clock()
+    clock = make_clock()
     config = make_config(poll_mode="full")
     parsed: list[str] = []
     real = bcs_source.parse_record
@@ -422,7 +420,7 @@ def test_a_record_changed_by_another_writer_is_parsed_again(
 
 
 def test_poll_mode_full_lists_everything_every_cycle(engine: Engine, story: FakeApi) -> None:
-    clock = Clock()
+    clock = make_clock()
     config = make_config(poll_mode="full")
     with make_poller(config, engine, clock) as poller:
         for _ in range(3):
@@ -432,7 +430,7 @@ def test_poll_mode_full_lists_everything_every_cycle(engine: Engine, story: Fake
 
 
 def test_run_reconciles_with_a_full_listing_at_start(engine: Engine, story: FakeApi) -> None:
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
@@ -456,7 +454,7 @@ def test_an_operation_moving_between_the_two_lists_is_kept_once(
     engine: Engine, story: FakeApi
 ) -> None:
     """Waiting when the first list is read, processing when the second is."""
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         poller.poll_source(config.sources[0])
@@ -486,7 +484,7 @@ def test_records_are_decoded_from_the_stream_with_the_count_after_them(
     body = json.dumps({"operation_records": raws, "count": 50}).encode()
     chunks = [body[start : start + 777] for start in range(0, len(body), 777)]
     router.get(RECORD_URL).mock(return_value=httpx.Response(200, stream=IterStream(chunks)))
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     with make_poller(config, engine, clock) as poller:
         result = poller.poll_source(config.sources[0])
@@ -537,7 +535,7 @@ def test_a_silent_baseline_stores_every_record_whole(engine: Engine, api: FakeAp
         raw["desc"] = f"链 {number} – naïve"
         api.put(raw)
     config = make_config()
-    with make_poller(config, engine, Clock()) as poller:
+    with make_poller(config, engine, make_clock()) as poller:
         result = poller.poll_source(config.sources[0])
     assert result.ok
     assert not result.events
@@ -562,7 +560,7 @@ def test_a_lost_database_reports_newer_operations_with_their_whole_state(
     config = make_config()
     first = db.make_engine(f"sqlite:///{path}")
     db.upgrade(first)
-    with make_poller(config, first, Clock()) as poller:
+    with make_poller(config, first, make_clock()) as poller:
         assert poller.poll_source(config.sources[0]).ok
     first.dispose()
     for name in ("lost.db", "lost.db-wal", "lost.db-shm"):
@@ -574,7 +572,7 @@ def test_a_lost_database_reports_newer_operations_with_their_whole_state(
     second = db.make_engine(f"sqlite:///{path}")
     db.upgrade(second)
     try:
-        with make_poller(config, second, Clock()) as poller:
+        with make_poller(config, second, make_clock()) as poller:
             result = poller.poll_source(config.sources[0])
     finally:
         second.dispose()

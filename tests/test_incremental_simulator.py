@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
+from clock_support import SecondsClock
 from config_support import sim_source, write_config
 from sim_support import START
 from sqlalchemy import Engine, select
@@ -35,7 +36,7 @@ def play(sim: Simulator, engine: Engine, mode: str) -> list[tuple[str, str, str 
     """Poll every ``STEP`` simulated seconds until the story settled, then once with a
     complete listing; the recorded events as (id, operation, to)."""
     config = sim_config(sim, mode)
-    clock = lambda: sim.clock.now_ns() / 1e9  # noqa: E731 - the simulated clock
+    clock = SecondsClock(lambda: sim.clock.now_ns() / 1e9)  # the simulated clock
     with Poller(
         config, engine, clock=clock, client_factory=lambda source: BcsClient(source, clock=clock)
     ) as poller:

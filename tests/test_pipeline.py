@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from clock_support import FakeClock
 from config_support import channel, config_toml, source
 from source_support import Fetched, ScriptedClient, with_new_operation
 from sqlalchemy import Engine, func, select
@@ -41,15 +42,12 @@ def make_config(
     )
 
 
-class Clock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
+def make_clock(start: float = 1_700_000_000.0) -> FakeClock:
+    """The shared fake clock at ``start`` epoch seconds."""
+    return FakeClock.at_wall(start)
 
 
-def make_poller(config: Config, engine: Engine, client: ScriptedClient, clock: Clock) -> Poller:
+def make_poller(config: Config, engine: Engine, client: ScriptedClient, clock: FakeClock) -> Poller:
     return Poller(config, engine, client_factory=lambda _source: client, clock=clock)
 
 
@@ -78,7 +76,7 @@ def test_first_poll_is_a_silent_baseline_then_changes_are_reported(
     engine: Engine, example_body: dict[str, Any]
 ) -> None:
     client = ScriptedClient([example_body, finish_storage(example_body)])
-    clock = Clock()
+    clock = make_clock()
     config = make_config()
     poller = make_poller(config, engine, client, clock)
 
@@ -107,14 +105,14 @@ def test_unchanged_record_costs_no_write_and_restart_does_not_re_emit(
 ) -> None:
     config = make_config()
     changed = finish_storage(example_body)
-    poller = make_poller(config, engine, ScriptedClient([example_body, changed]), Clock())
+    poller = make_poller(config, engine, ScriptedClient([example_body, changed]), make_clock())
     poller.poll_source(config.sources[0])
     poller.poll_source(config.sources[0])
     before = snapshot_rows(engine)
 
     # a new process: new Poller, same database, same response
     restarted = make_poller(
-        config, engine, ScriptedClient([changed, changed]), Clock(1_800_000_000)
+        config, engine, ScriptedClient([changed, changed]), make_clock(1_800_000_000)
     )
     for _ in range(2):
         result = restarted.poll_source(config.sources[0])
@@ -129,7 +127,7 @@ def test_notify_existing_reports_the_first_poll(
     engine: Engine, example_body: dict[str, Any]
 ) -> None:
     config = make_config(notify_existing=True)
-    poller = make_poller(config, engine, ScriptedClient([example_body]), Clock())
+    poller = make_poller(config, engine, ScriptedClient([example_body]), make_clock())
     result = poller.poll_source(config.sources[0])
     assert [event.type for event in result.events] == [EventType.OPERATION_CREATED]
 
@@ -139,7 +137,7 @@ def test_new_operation_after_baseline_is_created(
 ) -> None:
     config = make_config()
     client = ScriptedClient([example_body, with_new_operation(example_body)])
-    poller = make_poller(config, engine, client, Clock())
+    poller = make_poller(config, engine, client, make_clock())
     poller.poll_source(config.sources[0])
     result = poller.poll_source(config.sources[0])
     assert [(e.type, e.operation_id, e.to_status) for e in result.events] == [
@@ -162,7 +160,7 @@ def test_failed_or_partial_fetch_changes_nothing(
 ) -> None:
     config = make_config()
     client = ScriptedClient([example_body, failure, finish_storage(example_body)])
-    clock = Clock()
+    clock = make_clock()
     poller = make_poller(config, engine, client, clock)
     poller.poll_source(config.sources[0])
     before = snapshot_rows(engine)
@@ -190,7 +188,7 @@ def test_absent_record_is_marked_gone_and_not_created_again(
     config = make_config()
     empty = {"count": 0, "operation_records": []}
     client = ScriptedClient([example_body, empty, example_body])
-    poller = make_poller(config, engine, client, Clock())
+    poller = make_poller(config, engine, client, make_clock())
     poller.poll_source(config.sources[0])
     gone = poller.poll_source(config.sources[0])
     assert gone.events == ()
@@ -208,7 +206,7 @@ def test_unreachable_once_after_threshold_then_recovered_once(
     config = make_config(unreachable_after=60)
     errors: list[Any] = [TransportError(f"connection refused {n}") for n in range(4)]
     client = ScriptedClient([example_body, *errors, example_body, example_body])
-    clock = Clock()
+    clock = make_clock()
     poller = make_poller(config, engine, client, clock)
     poller.poll_source(config.sources[0])
 
@@ -236,7 +234,7 @@ def test_outbox_rows_follow_channel_routing(engine: Engine, example_body: dict[s
         ]
     )
     client = ScriptedClient([example_body, finish_storage(example_body)])
-    poller = make_poller(config, engine, client, Clock())
+    poller = make_poller(config, engine, client, make_clock())
     poller.poll_source(config.sources[0])
     poller.poll_source(config.sources[0])
     with engine.connect() as connection:
@@ -247,7 +245,7 @@ def test_outbox_rows_follow_channel_routing(engine: Engine, example_body: dict[s
 def test_dry_run_writes_nothing(engine: Engine, example_body: dict[str, Any]) -> None:
     config = make_config()
     client = ScriptedClient([example_body, finish_storage(example_body)])
-    poller = make_poller(config, engine, client, Clock())
+    poller = make_poller(config, engine, client, make_clock())
     poller.poll_source(config.sources[0])
     before = snapshot_rows(engine)
     result = poller.poll_source(config.sources[0], dry_run=True)
@@ -259,7 +257,7 @@ def test_dry_run_writes_nothing(engine: Engine, example_body: dict[str, Any]) ->
 def test_multi_valued_filter_narrows_locally(engine: Engine, example_body: dict[str, Any]) -> None:
     config = make_config(filters={"operation_type": ["01", "02"]})
     body = with_new_operation(example_body)  # one "99" record, one "01" record
-    poller = make_poller(config, engine, ScriptedClient([body]), Clock())
+    poller = make_poller(config, engine, ScriptedClient([body]), make_clock())
     result = poller.poll_source(config.sources[0])
     assert result.records == 1
     with engine.connect() as connection:
@@ -278,7 +276,7 @@ def test_clients_are_reused_and_closed(engine: Engine, example_body: dict[str, A
         return client
 
     factory_typed: Callable[[Any], ScriptedClient] = factory
-    with Poller(config, engine, client_factory=factory_typed, clock=Clock()) as poller:
+    with Poller(config, engine, client_factory=factory_typed, clock=make_clock()) as poller:
         poller.poll_all()
         poller.poll_all()
     assert len(made) == 1
@@ -296,10 +294,10 @@ def test_a_reloaded_poller_adopts_the_clients_of_unchanged_sources(
         return client
 
     old_config = make_config()
-    old = Poller(old_config, engine, client_factory=factory, clock=Clock())
+    old = Poller(old_config, engine, client_factory=factory, clock=make_clock())
     old.poll_source(old_config.sources[0])
 
-    same = Poller(make_config(), engine, client_factory=factory, clock=Clock())
+    same = Poller(make_config(), engine, client_factory=factory, clock=make_clock())
     same.adopt_clients(old)
     same.poll_source(same.config.sources[0])
     assert len(made) == 1  # the client (and its cached IAM token) carried over
@@ -308,7 +306,7 @@ def test_a_reloaded_poller_adopts_the_clients_of_unchanged_sources(
 
     base = make_config()
     moved = replace(base, sources=(replace(base.sources[0], timeout=3.0),))
-    changed = Poller(moved, engine, client_factory=factory, clock=Clock())
+    changed = Poller(moved, engine, client_factory=factory, clock=make_clock())
     changed.adopt_clients(same)
     same.close()
     assert made[0].closed  # the source changed: its old client was not adopted
@@ -320,7 +318,7 @@ def test_refused_credentials_rest_until_the_client_says_then_polling_resumes(
     from notifier.errors import SignatureRejected
 
     config = make_config()
-    clock = Clock()
+    clock = make_clock()
 
     class RefusingClient(ScriptedClient):
         retry_not_before: float | None = None
@@ -403,7 +401,7 @@ def test_long_operation_ids_and_statuses_are_stored_and_reported(
     second = copy.deepcopy(first)
     second["operation_records"][0]["operation_status"] = long_status
     config = make_config()
-    poller = make_poller(config, engine, ScriptedClient([first, second]), Clock())
+    poller = make_poller(config, engine, ScriptedClient([first, second]), make_clock())
     baseline = poller.poll_source(config.sources[0])
     assert baseline.ok
     assert baseline.skipped == ("x" * 600,)

@@ -6,6 +6,7 @@ import copy
 from dataclasses import replace
 from typing import Any
 
+from clock_support import FakeClock
 from config_support import config_toml, source
 from source_support import FixedClient, with_new_operation
 from sqlalchemy import Engine
@@ -25,11 +26,15 @@ def test_widening_a_filter_reports_no_history_but_later_changes(
     body = with_new_operation(example_body, "finished")
     client = FixedClient(body)
     narrow = config({"operation_type": "99"})
-    poller = Poller(narrow, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
+    poller = Poller(
+        narrow, engine, client_factory=lambda _s: client, clock=FakeClock.at_wall(1.0e9)
+    )
     assert poller.poll_source(narrow.sources[0]).baseline
 
     wide = config()
-    poller = Poller(wide, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9 + 5)
+    poller = Poller(
+        wide, engine, client_factory=lambda _s: client, clock=FakeClock.at_wall(1.0e9 + 5)
+    )
     widened = poller.poll_source(wide.sources[0])
     assert widened.ok
     assert widened.events == ()  # the "01" operation is history, not news
@@ -54,7 +59,9 @@ def test_an_unchanged_scope_keeps_reporting_new_operations(
     first = copy.deepcopy(example_body)
     client = FixedClient(first)
     settings = config()
-    poller = Poller(settings, engine, client_factory=lambda _s: client, clock=lambda: 1.0e9)
+    poller = Poller(
+        settings, engine, client_factory=lambda _s: client, clock=FakeClock.at_wall(1.0e9)
+    )
     poller.poll_source(settings.sources[0])
     client.body = with_new_operation(example_body, "finished")
     same = replace(settings.sources[0])  # equal config, as after a reload

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock_support import FakeClock as SharedFakeClock
 from config_support import config_toml, source, token_auth
 from net_support import NotifyListener
 from sqlalchemy import Engine, func, insert, select, update
@@ -53,31 +54,19 @@ def make_config(database: str, sources: tuple[str, ...] = ("a",), **service: Any
     return parse_config(text)
 
 
-class FakeClock:
-    """Monotonic and wall time that only move when the loop sleeps; ``at`` maps a time to
-    an action run when a sleep passes it."""
+class FakeClock(SharedFakeClock):
+    """The shared fake clock (both readings move only when the loop waits), starting at
+    monotonic 0 and wall ``EPOCH``; once a wait passes ``stop_at`` the daemon is asked to
+    stop (after ``on_stop``)."""
 
     def __init__(self) -> None:
-        self.now = 0.0
+        super().__init__(0.0, wall_start_ms=int(EPOCH * 1000))
         self.stop_at: float | None = None
         self.on_stop: Callable[[], None] | None = None
         self.daemon: Daemon | None = None
-        self.sleeps: list[float] = []
-        self.at: dict[float, Callable[[], None]] = {}
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return EPOCH + self.now
 
     def wait(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        before, self.now = self.now, self.now + seconds
-        for when, action in sorted(self.at.items()):
-            if before < when <= self.now:
-                del self.at[when]
-                action()
+        super().wait(seconds)
         if self.stop_at is not None and self.now >= self.stop_at and self.daemon is not None:
             if self.on_stop is not None and not self.daemon.stopping:
                 self.on_stop()
@@ -131,7 +120,7 @@ class FakeDispatcher:
             select(outbox.c.id)
             .where(
                 outbox.c.state == "pending",
-                outbox.c.next_attempt_at <= int(self.clock.wall() * 1000),
+                outbox.c.next_attempt_at <= self.clock.wall_ms(),
             )
             .limit(limit if limit is not None else -1)
         )
@@ -189,8 +178,7 @@ def build(
         config,
         engine,
         components=lambda _config, _engine: Components(poller, dispatch),
-        clock=clock.monotonic,
-        wall=clock.wall,
+        clock=clock,
         wait=clock.wait,
         executor=InlineExecutor(),
         **kwargs,
@@ -282,6 +270,27 @@ def test_active_rate_while_an_operation_runs_then_idle_rate(
     assert set(gaps(poller.times("a"))[6:]) == {60}
 
 
+def test_polls_follow_the_monotonic_clock_and_status_the_wall_clock(
+    engine: Engine, database_url: str
+) -> None:
+    """The wall clock jumping (NTP, a VM resumed) moves no poll: intervals are measured on
+    the monotonic reading; what is stored and shown is wall time in ms."""
+    clock = FakeClock()
+
+    def jump() -> None:
+        clock.wall_start_ms += 86_400_000  # a day ahead at monotonic 90
+
+    clock.at[90.0] = jump
+    daemon, poller, _ = build(make_config(database_url), engine, clock)
+    assert run_for(daemon, clock, 200) == 0
+    assert poller.times("a") == [0, 60, 120, 180]
+    schedule = daemon.schedules["a"]
+    assert schedule.last_poll_at == int(EPOCH * 1000) + 86_400_000 + 180_000
+    assert isinstance(schedule.last_success_at, int)
+    assert daemon.health().details["sources"]["a"]["last_success"] == "2023-11-15T22:16:20Z"
+    assert "last poll 2023-11-15 22:16:20Z" in daemon.status_line()
+
+
 @pytest.mark.parametrize(
     ("mode", "idle_gap"), [("incremental", 40), ("full", 60)], ids=["incremental", "full"]
 )
@@ -371,7 +380,7 @@ def test_clearing_a_stored_rest_polls_the_source_again_at_once(
 
     def script(name: str, now: float, count: int) -> Result:
         if count == 0:  # what the pipeline does on a refusal: store the rest, then fail
-            repository.save_rest(name, int((clock.wall() + 300) * 1000))
+            repository.save_rest(name, clock.wall_ms() + 300_000)
             error = SignatureRejected(status=401, code="APIGW.0301", message="bad signature")
             return Result(name, error=error)
         return Result(name, active=True)
@@ -444,7 +453,7 @@ def test_events_are_dispatched_right_after_the_poll_that_found_them(
 
     def script(name: str, now: float, _count: int) -> Result:
         if now == 120:
-            add_pending(engine, 2, int(clock.wall() * 1000))
+            add_pending(engine, 2, clock.wall_ms())
             return Result(name, events=(event(),))
         return Result(name)
 
@@ -460,7 +469,7 @@ def test_a_scheduled_retry_is_dispatched_when_it_falls_due(
     engine: Engine, database_url: str
 ) -> None:
     clock = FakeClock()
-    add_pending(engine, 1, int(clock.wall() * 1000), due_in_ms=42_000)
+    add_pending(engine, 1, clock.wall_ms(), due_in_ms=42_000)
     daemon, _, dispatcher = build(with_chat(make_config(database_url)), engine, clock)
     run_for(daemon, clock, 50)
     assert next(at for at, _ in dispatcher.calls if at > 0) == pytest.approx(42, abs=0.01)
@@ -489,7 +498,7 @@ def test_a_failing_dispatch_backs_off_and_logs_once(
     engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
-    add_pending(engine, 1, int(clock.wall() * 1000) - 1000)
+    add_pending(engine, 1, clock.wall_ms() - 1000)
     dispatcher = FlakyDispatcher(clock, engine, error=StoreError("database is locked"))
     daemon, _, _ = build(with_chat(make_config(database_url)), engine, clock, dispatcher=dispatcher)
     with caplog.at_level(logging.DEBUG, logger="notifier.daemon"):
@@ -509,7 +518,7 @@ def test_dispatching_resumes_after_the_failure_clears(
     engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
-    add_pending(engine, 1, int(clock.wall() * 1000) - 1000)
+    add_pending(engine, 1, clock.wall_ms() - 1000)
     dispatcher = FlakyDispatcher(clock, engine, error=StoreError("database is locked"))
 
     def heal() -> None:
@@ -527,12 +536,12 @@ def test_outbox_retry_is_noticed_within_the_recheck_interval(
     engine: Engine, database_url: str
 ) -> None:
     clock = FakeClock()
-    now_ms = int(clock.wall() * 1000)
+    now_ms = clock.wall_ms()
     add_pending(engine, 1, now_ms - 1000, due_in_ms=1000 + 10**9)  # a retry far in the future
     dispatcher = FlakyDispatcher(clock, engine)
 
     def retry_now() -> None:
-        retry(engine, now_ms=int(clock.wall() * 1000), include_pending=True)
+        retry(engine, now_ms=clock.wall_ms(), include_pending=True)
 
     clock.at[91.0] = retry_now  # just after a summary refresh (every 30 s)
     daemon, _, _ = build(with_chat(make_config(database_url)), engine, clock, dispatcher=dispatcher)
@@ -552,7 +561,7 @@ def test_stop_gives_due_deliveries_a_grace_period(engine: Engine, database_url: 
     config = with_chat(make_config(database_url))
     daemon, _, _ = build(config, engine, clock, dispatcher=dispatcher)
     # 25 rows become due just as SIGTERM arrives
-    clock.on_stop = lambda: add_pending(engine, 25, int(clock.wall() * 1000))
+    clock.on_stop = lambda: add_pending(engine, 25, clock.wall_ms())
     assert run_for(daemon, clock, 60) == 0
     assert pending(engine) == 0
     assert [limit for at, limit in dispatcher.calls if at >= 60] == [10, 10, 10]
@@ -560,7 +569,7 @@ def test_stop_gives_due_deliveries_a_grace_period(engine: Engine, database_url: 
 
 def test_stop_keeps_undeliverable_rows_in_the_outbox(engine: Engine, database_url: str) -> None:
     clock = FakeClock()
-    add_pending(engine, 3, int(clock.wall() * 1000))
+    add_pending(engine, 3, clock.wall_ms())
     dispatcher = FakeDispatcher(clock, engine, deliver=False)
     daemon, _, _ = build(make_config(database_url), engine, clock, dispatcher=dispatcher)
     assert run_for(daemon, clock, 10) == 0
@@ -641,8 +650,7 @@ def test_reload_drops_a_removed_source_and_closes_the_old_poller(
         engine,
         components=factory,
         config_loader=lambda: make_config(database_url, sources=("a",)),
-        clock=clock.monotonic,
-        wall=clock.wall,
+        clock=clock,
         wait=clock.wait,
         executor=InlineExecutor(),
     )
@@ -671,7 +679,7 @@ def test_watchdog_every_cycle_status_and_stopping_over_a_real_socket(
 ) -> None:
     clock = FakeClock()
     notifier = SystemdNotifier(notify_listener.address)
-    add_pending(engine, 2, int(clock.wall() * 1000), due_in_ms=10**9)
+    add_pending(engine, 2, clock.wall_ms(), due_in_ms=10**9)
     daemon, _, _ = build(
         make_config(database_url),
         engine,

@@ -34,13 +34,12 @@ class FencedPoller:
 def _instance(engine: Engine, holder: str, clock: FakeClock) -> tuple[Daemon, FencedPoller]:
     config = make_config(str(engine.url), sources=("s1", "s2"), lease_ttl=30)
     poller = FencedPoller(clock)
-    keeper = LeaseKeeper(LeaseStore(engine, holder, 30), 30, clock=clock.monotonic)
+    keeper = LeaseKeeper(LeaseStore(engine, holder, 30), 30, clock=clock)
     daemon = Daemon(
         config,
         engine,
         components=lambda _c, _e: Components(poller, FakeDispatcher(clock, engine)),
-        clock=clock.monotonic,
-        wall=clock.wall,
+        clock=clock,
         wait=clock.wait,
         executor=InlineExecutor(),
         leases=keeper,

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from clock_support import SecondsClock
 from sim_support import START
 
 from notifier.bcs.client import BcsClient
@@ -39,7 +40,9 @@ def sim() -> Iterator[Simulator]:
 
 
 def client_for(sim: Simulator, source: SourceConfig, sleeps: Sleeps | None = None) -> BcsClient:
-    return BcsClient(source, clock=sim.clock.time, sleep=sleeps or Sleeps(), jitter=lambda: 0.0)
+    return BcsClient(
+        source, clock=SecondsClock(sim.clock.time), sleep=sleeps or Sleeps(), jitter=lambda: 0.0
+    )
 
 
 def record_requests(sim: Simulator) -> list[tuple[str, int | None, str]]:

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from clock_support import FakeClock, SecondsClock
 from config_support import channel, config_toml, sim_source
 from sim_support import START
 from sqlalchemy import Engine, func, select
@@ -68,9 +69,9 @@ class Watch:
 
     def _poller(self) -> Poller:
         def client(source: SourceConfig) -> BcsClient:
-            return BcsClient(source, clock=self.sim.clock.time, sleep=lambda _s: None)
+            return BcsClient(source, clock=SecondsClock(self.sim.clock.time), sleep=lambda _s: None)
 
-        options = {"clock": self.sim.clock.time, **self.poller_options}
+        options = {"clock": SecondsClock(self.sim.clock.time), **self.poller_options}
         return Poller(self.config, self.engine, client_factory=client, **options)
 
     def restart(self) -> None:
@@ -240,7 +241,7 @@ def test_elapsed_time_is_the_apis_not_the_hosts(watch: Callable[..., Watch]) -> 
     """The host's clock a day ahead changes nothing: elapsed comes from the API's times."""
     w = watch()
     w.poller.close()
-    w.poller_options = {"clock": lambda: w.sim.clock.time() + 86_400}
+    w.poller_options = {"clock": SecondsClock(lambda: w.sim.clock.time() + 86_400)}
     w.poller = w._poller()
     w.poll()
     plan, stuck = stuck_sub_step(w.sim)
@@ -424,7 +425,7 @@ def test_samples_are_bounded_per_key(watch: Callable[..., Watch]) -> None:
 def test_the_client_reads_the_apis_clock_from_the_date_header() -> None:
     with simulator(stall_story()) as sim:
         sim.advance(12.7)
-        with BcsClient(source_config(sim, "token"), clock=sim.clock.time) as client:
+        with BcsClient(source_config(sim, "token"), clock=SecondsClock(sim.clock.time)) as client:
             fetched = client.fetch()
     assert fetched.server_time_ns == (START + 12) * NS  # whole seconds, as HTTP dates are
 
@@ -458,5 +459,5 @@ def test_an_absent_or_odd_date_header_is_no_clock(
             200, json={"count": 0, "operation_records": []}, headers=headers
         )
     )
-    with BcsClient(source, clock=lambda: START) as client:
+    with BcsClient(source, clock=FakeClock.at_wall(START)) as client:
         assert client.fetch().server_time_ns == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from clock_support import FakeClock
 from sqlalchemy import Engine, func, select, update
 
 from notifier.errors import LeaseLost
@@ -190,25 +191,17 @@ def test_preference_differs_between_instances() -> None:
     assert preference("a", names) != preference("b", names)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
-def _keeper(engine: Engine, holder: str, clock: _Clock) -> LeaseKeeper:
+def _keeper(engine: Engine, holder: str, clock: FakeClock) -> LeaseKeeper:
     return LeaseKeeper(LeaseStore(engine, holder, ttl=30), 30, clock=clock)
 
 
 def test_two_keepers_split_the_sources_and_one_takes_all_when_the_other_dies(
-    store_engine: Engine, clock: _Clock
+    store_engine: Engine, clock: FakeClock
 ) -> None:
     sources = ["s1", "s2", "s3", "s4"]
     first = _keeper(store_engine, "a", clock)
@@ -230,7 +223,7 @@ def test_two_keepers_split_the_sources_and_one_takes_all_when_the_other_dies(
 
 
 def test_a_keeper_that_cannot_renew_stops_leading_after_the_ttl(
-    store_engine: Engine, clock: _Clock
+    store_engine: Engine, clock: FakeClock
 ) -> None:
     keeper = _keeper(store_engine, "a", clock)
     keeper.maintain(["prod"])
@@ -247,7 +240,7 @@ def test_a_keeper_that_cannot_renew_stops_leading_after_the_ttl(
     assert not keeper.leads("prod")
 
 
-def test_release_all_hands_every_lease_over(store_engine: Engine, clock: _Clock) -> None:
+def test_release_all_hands_every_lease_over(store_engine: Engine, clock: FakeClock) -> None:
     first = _keeper(store_engine, "a", clock)
     first.maintain(["s1", "s2"])
     first.release_all()

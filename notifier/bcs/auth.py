@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Generator, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl
@@ -36,21 +35,15 @@ from urllib.parse import parse_qsl
 import httpx
 
 from notifier.bcs import signing
-from notifier.bcs.errors import (
-    REDACTED,
-    api_error,
-    header,
-    iso_seconds,
-    json_or_none,
-    one_line,
-    redact,
-)
+from notifier.bcs.errors import api_error, header, json_or_none
+from notifier.clock import SYSTEM_CLOCK, Clock, epoch_seconds, iso, ms_from_seconds
 from notifier.config import Secret, SourceConfig
 from notifier.errors import ApiError, AuthError
+from notifier.redaction import REDACTED, redact
+from notifier.text import one_line
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 _T = TypeVar("_T")
 
 TOKEN_HEADER: Final = "X-Auth-Token"  # noqa: S105 - a header name, not a secret
@@ -109,7 +102,7 @@ class PasswordAuth(BcsAuth):
     """An IAM token obtained with a password, cached and refreshed before it expires.
 
     ``project_name`` (e.g. ``"cn-north-4"``) scopes the token by name when given; otherwise it
-    is scoped to ``project_id``. ``clock`` returns epoch seconds (``time.time``).
+    is scoped to ``project_id``. ``clock``: :data:`notifier.clock.SYSTEM_CLOCK` by default.
     """
 
     kind = "password"
@@ -123,7 +116,7 @@ class PasswordAuth(BcsAuth):
         password: Secret,
         project_id: str,
         project_name: str | None = None,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         user_agent: str | None = None,
         refresh_margin: float = REFRESH_MARGIN,
         failure_backoff: float = IAM_FAILURE_BACKOFF,
@@ -219,14 +212,14 @@ class PasswordAuth(BcsAuth):
         yield request
 
     def _current_token(self) -> Generator[httpx.Request, httpx.Response, str]:
-        if self._token is not None and self._clock() < self._refresh_at:
+        if self._token is not None and epoch_seconds(self._clock) < self._refresh_at:
             return self._token.reveal()
         if self._token is not None:
             logger.info("%s: the IAM token is due for refresh; getting a new one", self._label)
         return (yield from self._new_token())
 
     def _new_token(self) -> Generator[httpx.Request, httpx.Response, str]:
-        now = self._clock()
+        now = epoch_seconds(self._clock)
         if self._failure is not None:
             if now < self._failure_until:
                 raise self._repeat_failure(self._failure)
@@ -236,7 +229,7 @@ class PasswordAuth(BcsAuth):
         return self._accept(response, now)
 
     def _repeat_failure(self, failure: AuthError) -> AuthError:
-        until = datetime.fromtimestamp(self._failure_until, UTC).strftime("%H:%M:%S UTC")
+        until = iso(ms_from_seconds(self._failure_until), "time")
         return AuthError(
             status=failure.status,
             code=failure.code,
@@ -290,8 +283,8 @@ class PasswordAuth(BcsAuth):
             self._label,
             self._username,
             self._domain,
-            iso_seconds(self._expires_at),
-            iso_seconds(self._refresh_at),
+            iso(ms_from_seconds(self._expires_at), "offset"),
+            iso(ms_from_seconds(self._refresh_at), "offset"),
         )
         return token
 
@@ -357,7 +350,7 @@ class AkSkAuth(BcsAuth):
         secret_key: Secret,
         project_id: str | None = None,
         security_token: Secret | None = None,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         sign_headers: Iterable[str] = (),
     ) -> None:
         self._access_key = access_key
@@ -384,7 +377,7 @@ class AkSkAuth(BcsAuth):
         query = signing.canonical_query(parse_qsl(raw_query, keep_blank_values=True))
         if query != raw_query:
             request.url = request.url.copy_with(query=query.encode("ascii") or None)
-        now = datetime.fromtimestamp(self._clock(), UTC)
+        now = datetime.fromtimestamp(epoch_seconds(self._clock), UTC)
         request.headers[signing.HEADER_DATE] = signing.sdk_date(now)
         names = {"host", "x-sdk-date"}
         if self._project_id:
@@ -423,7 +416,7 @@ class AkSkAuth(BcsAuth):
         return one_line(text.replace("\n", "\\n"), 2000)
 
 
-def build_auth(source: SourceConfig, *, clock: Clock = time.time, user_agent: str) -> BcsAuth:
+def build_auth(source: SourceConfig, *, clock: Clock = SYSTEM_CLOCK, user_agent: str) -> BcsAuth:
     """The auth flow for a source's ``[sources.auth]`` table."""
     auth = source.auth
     label = f"source {source.name}"

@@ -44,8 +44,8 @@ import httpx
 from notifier import __version__
 from notifier.backoff import compute_backoff
 from notifier.bcs import signing
-from notifier.bcs.auth import AkSkAuth, BcsAuth, Clock, build_auth
-from notifier.bcs.errors import REQUEST_ID_HEADER, iso_seconds, one_line, signature_echo
+from notifier.bcs.auth import AkSkAuth, BcsAuth, build_auth
+from notifier.bcs.errors import MAX_MESSAGE, REQUEST_ID_HEADER, signature_echo
 from notifier.bcs.response import (
     ERROR_BODY_LIMIT,
     BodyTooLarge,
@@ -63,8 +63,10 @@ from notifier.bcs.response import (
 )
 from notifier.bcs.sanitize import decode_json
 from notifier.bcs.stream import DecodeWhole, RecordStream, RecordTooLarge
+from notifier.clock import SYSTEM_CLOCK, Clock, epoch_seconds, iso, ms_from_seconds
 from notifier.config import SourceConfig
 from notifier.errors import ApiError, SignatureRejected, SourceError, TransportError
+from notifier.text import one_line
 
 __all__ = [
     "BACKOFF_BASE",
@@ -114,8 +116,9 @@ class BcsClient:
     :func:`notifier.bcs.signing.canonical_query` (sorted, percent-encoded) for every auth type,
     so the query sent is byte for byte the one an AK/SK signature covers.
 
-    ``transport`` replaces httpx's network transport (tests, the simulator); ``clock`` returns
-    epoch seconds (token expiry, ``X-Sdk-Date``, Retry-After dates, skew check); ``sleep`` waits
+    ``transport`` replaces httpx's network transport (tests, the simulator); ``clock`` gives the
+    wall time (token expiry, ``X-Sdk-Date``, Retry-After dates, skew check; kept in epoch
+    seconds here, the unit of every API time it is compared with); ``sleep`` waits
     between retries; ``jitter`` returns a float in [0, 1) that spreads the back-offs.
 
     Not thread-safe: use one client per thread. Close it (or use it as a context manager).
@@ -126,7 +129,7 @@ class BcsClient:
         source: SourceConfig,
         *,
         transport: httpx.BaseTransport | None = None,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         auth: BcsAuth | None = None,
@@ -175,7 +178,7 @@ class BcsClient:
         Set after a ``SignatureRejected`` (now + ``SignatureRejected.min_backoff``) and after
         IAM refused the password; the service loop should not poll this source earlier.
         """
-        now = self._clock()
+        now = epoch_seconds(self._clock)
         candidates = [self._signature_rest_until, self.auth.retry_not_before or 0.0]
         latest = max(candidates)
         return latest if latest > now else None
@@ -283,7 +286,7 @@ class BcsClient:
         except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise TransportError(
-                f"cannot load ca_file {self.source.ca_file}: {one_line(reason)}"
+                f"cannot load ca_file {self.source.ca_file}: {one_line(reason, MAX_MESSAGE)}"
             ) from exc
 
     def _attempt(
@@ -345,7 +348,7 @@ class BcsClient:
             self._rest_after_rejection(error, body)
             raise error
         if status == 429:
-            return _Retry(error, retry_after(response.headers, self._clock()))
+            return _Retry(error, retry_after(response.headers, epoch_seconds(self._clock)))
         if status >= 500:
             return _Retry(error)
         raise error
@@ -389,7 +392,7 @@ class BcsClient:
             return
         if server.tzinfo is None:
             server = server.replace(tzinfo=UTC)
-        skew = server.timestamp() - self._clock()
+        skew = server.timestamp() - epoch_seconds(self._clock)
         if abs(skew) > CLOCK_SKEW_WARNING:
             self._skew_warned = True
             logger.warning(
@@ -416,7 +419,7 @@ class BcsClient:
 
     def _rest_after_rejection(self, error: SignatureRejected, body: bytes) -> None:
         self._signature_rejection = error
-        self._signature_rest_until = self._clock() + SignatureRejected.min_backoff
+        self._signature_rest_until = epoch_seconds(self._clock) + SignatureRejected.min_backoff
         echo = signature_echo(body, self.auth.secrets())
         ours = self.auth.describe_last_request() if isinstance(self.auth, AkSkAuth) else None
         logger.error(
@@ -426,7 +429,7 @@ class BcsClient:
             "Gateway canonical request: %s. Ours: %s",
             self.source.name,
             error.one_line(),
-            iso_seconds(self._signature_rest_until),
+            iso(ms_from_seconds(self._signature_rest_until), "offset"),
             echo.replace("\n", "\\n") if echo else "(not given)",
             ours or "(none)",
         )
@@ -435,7 +438,7 @@ class BcsClient:
         previous = self._signature_rejection
         if previous is None:
             return
-        if self._clock() >= self._signature_rest_until:
+        if epoch_seconds(self._clock) >= self._signature_rest_until:
             self._signature_rejection = None
             return
         raise SignatureRejected(
@@ -443,7 +446,7 @@ class BcsClient:
             code=previous.code,
             message=(
                 f"{previous.error_message} (signature rejected earlier; not signing again "
-                f"before {iso_seconds(self._signature_rest_until)})"
+                f"before {iso(ms_from_seconds(self._signature_rest_until), 'offset')})"
             ),
             request_id=previous.request_id,
             url=previous.url,

@@ -21,11 +21,12 @@ import html
 import json
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final
 
 from notifier.errors import ApiError, AuthError, SignatureRejected, ThrottledError
+from notifier.redaction import REDACTED, SECRET_HEADER_LINE_RE, redact
+from notifier.text import one_line
 
 #: Longest server message kept in an error (characters); longer ones end with "…".
 MAX_MESSAGE: Final = 300
@@ -35,21 +36,11 @@ MAX_EXCERPT: Final = 160
 MAX_ECHO: Final = 2000
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
-REDACTED: Final = "***"
-
-_SIGNATURE_RE: Final = re.compile(r"(Signature=)[0-9A-Fa-f]{16,}")
-# IAM tokens are long base64 blobs starting "MII" (PKI tokens); never let one through.
-_IAM_TOKEN_RE: Final = re.compile(r"MII[A-Za-z0-9+/=_-]{60,}")
-_SECRET_HEADER_LINE_RE: Final = re.compile(
-    r"^(\s*(?:x-security-token|x-auth-token|x-subject-token|authorization)\s*:).*$",
-    re.IGNORECASE | re.MULTILINE,
-)
 _DROP_BLOCKS_RE: Final = re.compile(
     r"<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL
 )
 _TAG_RE: Final = re.compile(r"<[^>]*>")
 _TITLE_RE: Final = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _ECHO_KEY_RE: Final = re.compile(r"canonical[_-]?(request|string)", re.IGNORECASE)
 _ECHO_TEXT_RE: Final = re.compile(
     r"canonical[ _-]?(?:request|string)[^'\"`]*?['\"`](.+?)['\"`]", re.IGNORECASE | re.DOTALL
@@ -66,22 +57,6 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return item
     return None
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every given secret, signature and IAM-token-looking blob replaced."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    text = _SIGNATURE_RE.sub(rf"\g<1>{REDACTED}", text)
-    return _IAM_TOKEN_RE.sub(REDACTED, text)
-
-
-def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """Whitespace and control characters collapsed to single spaces, capped at ``limit``."""
-    text = " ".join(_CONTROL_RE.sub(" ", text).split())
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return text
 
 
 def html_excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
@@ -107,11 +82,6 @@ def json_excerpt(body: Mapping[str, Any], limit: int = 200) -> str:
     """A decoded body as one line of compact JSON, cut at ``limit`` characters."""
     text = " ".join(json.dumps(body, ensure_ascii=False, default=str).split())
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
-
-
-def iso_seconds(epoch: float) -> str:
-    """Epoch seconds as an ISO 8601 UTC time to the second, for messages."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def json_or_none(body: bytes) -> Any:
@@ -187,7 +157,7 @@ def signature_echo(body: bytes, secrets: Iterable[str] = ()) -> str | None:
             found = match.group(1).replace("\\n", "\n")
     if not found:
         return None
-    found = _SECRET_HEADER_LINE_RE.sub(rf"\g<1>{REDACTED}", found)
+    found = SECRET_HEADER_LINE_RE.sub(rf"\g<1>{REDACTED}", found)
     found = redact(found, secrets)
     return found[:MAX_ECHO]
 
@@ -245,7 +215,7 @@ def api_error(
     """
     code, message, body_request_id = body_message(body)
     secrets = tuple(secrets)
-    message = one_line(redact(message, secrets))
+    message = one_line(redact(message, secrets), MAX_MESSAGE)
     if not message:
         try:
             message = HTTPStatus(status).phrase

@@ -25,10 +25,12 @@ from typing import Any, Final, Generic, TypeVar
 
 import httpx
 
-from notifier.bcs.errors import REQUEST_ID_HEADER, api_error, html_excerpt, one_line, redact
+from notifier.bcs.errors import REQUEST_ID_HEADER, api_error, html_excerpt
 from notifier.bcs.sanitize import decode_json
 from notifier.bcs.stream import RecordTooLarge
 from notifier.errors import ApiError, InvalidResponse, ResponseTooLarge, SourceError, TransportError
+from notifier.redaction import redact
+from notifier.text import one_line
 
 T = TypeVar("T")
 

@@ -27,9 +27,10 @@ from typing import Any, Final
 
 import ijson
 
-from notifier.bcs.errors import html_excerpt, one_line
+from notifier.bcs.errors import html_excerpt
 from notifier.bcs.sanitize import decode_json
 from notifier.errors import InvalidResponse
+from notifier.text import one_line
 
 #: Bytes read before the ``operation_records`` array must have started (else: decoded whole).
 HEAD_LIMIT: Final = 1024 * 1024

@@ -14,17 +14,14 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-MASK: Final = "****"
-#: Query keys whose values are secrets (besides every ``+header`` and ``-param`` value).
-_SECRET_KEY_RE: Final = re.compile(
-    r"secret|token|key|pass|pwd|auth|sig|credential|session|cookie|bearer|code|hash",
-    re.IGNORECASE,
-)
+from notifier.redaction import URL_MASK, URL_SECRET_KEY_RE
+
+MASK: Final = URL_MASK
 _MIN_SECRET_LENGTH: Final = 4
 
 
 def _is_secret_key(key: str) -> bool:
-    return key.startswith(("+", "-")) or bool(_SECRET_KEY_RE.search(key))
+    return key.startswith(("+", "-")) or bool(URL_SECRET_KEY_RE.search(key))
 
 
 def mask_url(url: str) -> str:

@@ -15,6 +15,7 @@ from notifier import __version__
 from notifier.config import ChannelValidator, Config, find_config_path, load_config
 from notifier.errors import AlreadyRunning, ConfigError, NotifierError
 from notifier.logsetup import Redactor, config_secrets, configure
+from notifier.text import one_line
 
 EX_CONFIG = 78
 EX_SOFTWARE = 70
@@ -89,7 +90,7 @@ def fail_config(exc: ConfigError) -> NoReturn:
 
 def fail(exc: NotifierError, code: int | None = None) -> NoReturn:
     """End the command: ``error: <one line>`` on stderr, the status of :data:`EXIT_CODES`."""
-    line = exc.one_line() if hasattr(exc, "one_line") else " ".join(str(exc).split())
+    line = exc.one_line() if hasattr(exc, "one_line") else one_line(exc)
     click.echo(f"error: {line}", err=True)
     sys.exit(exit_code(exc) if code is None else code)
 

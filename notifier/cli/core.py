@@ -19,6 +19,7 @@ from notifier.cli.base import (
     pass_context,
     reported,
 )
+from notifier.clock import SYSTEM_CLOCK
 from notifier.config import Config, SourceConfig
 from notifier.model import Event, describe, event_body
 
@@ -191,11 +192,9 @@ def poll(
 
 def _deliveries_due(config: Config, engine: Engine) -> bool:
     """Any outbox row of a configured channel due now (one cheap query, no apprise)."""
-    import time
-
     from notifier.store.status import outbox_summary
 
-    now_ms = int(time.time() * 1000)
+    now_ms = SYSTEM_CLOCK.wall_ms()
     names = [channel.name for channel in config.channels]
     return outbox_summary(engine, now_ms, names).due > 0
 

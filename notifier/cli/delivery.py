@@ -8,21 +8,19 @@ import re
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from notifier.cli.base import Context, exit_code, main, pass_context, reported
+from notifier.clock import SYSTEM_CLOCK, iso, ms_from_seconds
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def _iso_ms(value: int | None) -> str:
-    if not value:
-        return "-"
-    return datetime.fromtimestamp(value / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(value) if value else "-"
 
 
 def _parse_duration(value: str) -> float:
@@ -144,7 +142,7 @@ def outbox_retry(
         engine = open_store(context)
         count = outbox_module.retry(
             engine,
-            now_ms=int(time.time() * 1000),
+            now_ms=SYSTEM_CLOCK.wall_ms(),
             ids=ids,
             channel=channel,
             include_pending=include_pending,
@@ -193,7 +191,7 @@ def outbox_purge(
         raise click.UsageError("nothing to purge: give --sent and/or --dead")
     cutoff = None
     if older_than is not None:
-        cutoff = int((time.time() - _parse_duration(older_than)) * 1000)
+        cutoff = SYSTEM_CLOCK.wall_ms() - ms_from_seconds(_parse_duration(older_than))
     config = context.config()
     with reported(context):
         engine = open_store(context)
@@ -237,7 +235,7 @@ def outbox_reassign(context: Context, old: str, new: str) -> None:
             engine,
             old=old,
             new=new,
-            now_ms=int(time.time() * 1000),
+            now_ms=SYSTEM_CLOCK.wall_ms(),
             admits=lambda event: event_matches(target, event),
         )
     count = done.moved

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,10 @@ from notifier.cli.base import (
     pass_context,
     reported,
 )
+from notifier.clock import SYSTEM_CLOCK, iso
 from notifier.config import Config
 from notifier.errors import AlreadyRunning, ConfigError, NotifierError, StoreError
+from notifier.text import one_line
 
 logger = logging.getLogger("notifier.cli")
 
@@ -91,7 +92,7 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
     except NotifierError as exc:
         # the config's problems and the lock's holder as they are, anything else on one line
         whole = isinstance(exc, AlreadyRunning | ConfigError)
-        logger.error("not starting: %s", exc if whole else " ".join(str(exc).split()))
+        logger.error("not starting: %s", exc if whole else one_line(exc))
         sys.exit(exit_code(exc))
     sys.exit(code)
 
@@ -99,14 +100,12 @@ def run(context: Context, log_format: str | None, stop_grace: float) -> None:
 # -- status ---------------------------------------------------------------------------------
 
 
-def _age(now: float, then_ms: int | None) -> float | None:
-    return None if then_ms is None else max(0.0, now - then_ms / 1000)
+def _age(now_ms: int, then_ms: int | None) -> float | None:
+    return None if then_ms is None else max(0.0, (now_ms - then_ms) / 1000)
 
 
 def _when(then_ms: int | None) -> str | None:
-    if then_ms is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(then_ms / 1000))
+    return None if then_ms is None else iso(then_ms)
 
 
 def _human_age(seconds: float | None) -> str:
@@ -136,7 +135,7 @@ def _lost_database(url: str) -> str | None:
     )
 
 
-def collect_status(config: Config, now: float) -> dict[str, Any]:
+def collect_status(config: Config, now_ms: int) -> dict[str, Any]:
     """Everything ``status`` shows, as JSON-ready data (secrets redacted)."""
     from notifier.logsetup import Redactor, config_secrets
     from notifier.store import db
@@ -153,9 +152,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     try:
         db.require_current(engine)
         states = source_statuses(engine)
-        summary = outbox_summary(
-            engine, int(now * 1000), [channel.name for channel in config.channels]
-        )
+        summary = outbox_summary(engine, now_ms, [channel.name for channel in config.channels])
         lock = InstanceLock(engine)
         holder = lock.holder()
         can_tell = lock.path is not None
@@ -168,14 +165,14 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
     for name in names:
         state = states.get(name)
         error = state.last_error if state else None
-        resting = state is not None and (state.rest_until or 0) > now * 1000
+        resting = state is not None and (state.rest_until or 0) > now_ms
         sources.append(
             {
                 "source": name,
                 "configured": name in {source.name for source in config.sources},
                 "last_poll": _when(state.last_poll_at) if state else None,
                 "last_success": _when(state.last_success_at) if state else None,
-                "last_success_age": _age(now, state.last_success_at) if state else None,
+                "last_success_age": _age(now_ms, state.last_success_at) if state else None,
                 "consecutive_failures": state.consecutive_failures if state else 0,
                 "failing_since": _when(state.failing_since) if state else None,
                 "unreachable_reported": state.unreachable_reported if state else False,
@@ -197,7 +194,7 @@ def collect_status(config: Config, now: float) -> dict[str, Any]:
             "pending": summary.pending,
             "due": summary.due,
             "oldest_pending": _when(summary.oldest_pending_at),
-            "oldest_pending_age": summary.oldest_pending_age(int(now * 1000)),
+            "oldest_pending_age": summary.oldest_pending_age(now_ms),
             "dead": summary.dead,
             "sent": summary.sent,
             "unconfigured_channels": dict(sorted(summary.unconfigured.items())),
@@ -238,9 +235,8 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
 def status(context: Context, as_json: bool) -> None:
     """Last poll per source, failures, outbox depth, oldest undelivered, dead deliveries."""
     config = context.config()
-    now = time.time()
     with reported():
-        report = collect_status(config, now)
+        report = collect_status(config, SYSTEM_CLOCK.wall_ms())
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return

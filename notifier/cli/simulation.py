@@ -12,6 +12,7 @@ from typing import Final
 import click
 
 from notifier.cli.base import main
+from notifier.text import one_line
 
 DEFAULT_PORT: Final = 9390
 AUTH_CHOICES: Final = ("token", "password", "aksk")
@@ -199,7 +200,7 @@ def demo(speed: float, seed: int, auth_type: str, interval: float) -> None:
     try:
         report = runner.run()
     except NotifierError as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from exc
+        raise click.ClickException(one_line(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot start the demo: {exc}") from exc
     finally:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from notifier.cli.base import Context, main, pass_context, reported
+from notifier.clock import SYSTEM_CLOCK, iso
 
 
 @main.group("source")
@@ -42,11 +41,11 @@ def clear_rest(context: Context, name: str) -> None:
         before = repository.clear_rest(name)
         lock = InstanceLock(engine)
         holder, can_tell = lock.holder(), lock.path is not None
-    now_ms = int(time.time() * 1000)
+    now_ms = SYSTEM_CLOCK.wall_ms()
     if before.rest_until is None or before.rest_until <= now_ms:
         click.echo(f"{name}: not resting; nothing to clear")
         return
-    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before.rest_until / 1000))
+    until = iso(before.rest_until)
     click.echo(
         f"{name}: credential rest until {until} cleared "
         f"(refused: {context.redactor.redact(before.last_error or 'no detail')})"

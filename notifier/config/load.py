@@ -38,6 +38,7 @@ from notifier.config.model import (
 from notifier.config.reader import Reader, Section
 from notifier.errors import ConfigError, ConfigProblem
 from notifier.model import KNOWN_STATUSES, EventType
+from notifier.redaction import MASK
 from notifier.stalls import MAX_SAMPLES
 
 #: Extra checks of a channel that need what this package stays free of (apprise, Jinja2):
@@ -158,7 +159,7 @@ def _check_url(reader: Reader, value: str | None, path: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         shown = value
         if password:  # never echo a credential, even a misplaced one
-            shown = value.replace(f":{password}@", ":********@")
+            shown = value.replace(f":{password}@", f":{MASK}@")
         reader.problem(path, f"must be an http(s) URL, not {shown!r}")
 
 

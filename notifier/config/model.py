@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from notifier.redaction import MASK
+
 CONFIG_ENV_VAR: Final = "BCS_NOTIFIER_CONFIG"
 DEFAULT_CONFIG_PATHS: Final = (Path("notifier.toml"), Path("/etc/bcs-notifier/notifier.toml"))
 #: four slashes: an absolute path (three would be relative to the working directory)
@@ -34,7 +36,7 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return "Secret('********')"
+        return f"Secret('{MASK}')"
 
     __str__ = __repr__
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from notifier.daemon.schedule import DISPATCH_RETRY, dispatch_failure_delay
 from notifier.daemon.status import dispatch_counts
 from notifier.errors import NotifierError, error_line
 from notifier.store.startup import is_outage
-from notifier.store.status import next_attempt_at, outbox_summary
+from notifier.store.status import OutboxSummary, next_attempt_at, outbox_summary
 
 if TYPE_CHECKING:
     from notifier.daemon.loop import Daemon
@@ -28,27 +30,53 @@ OUTBOX_RECHECK: Final = 5.0
 SUMMARY_MAX_AGE: Final = 30.0
 
 
+@dataclass
+class DispatchState:
+    """The run loop's delivery state (``Daemon.dispatching``): times are monotonic seconds."""
+
+    #: the running dispatch, if any (at most one at a time)
+    job: Future[Any] | None = None
+    #: dispatch at this time or later (``math.inf`` while one runs)
+    at: float = 0.0
+    #: the backoff after a dispatch that raised: no dispatch before this time
+    not_before: float = -math.inf
+    failures: int = 0
+    #: the kinds of dispatch failure whose traceback was logged (once per kind)
+    error_kinds: set[str] = field(default_factory=set)
+    #: the next look for rows others made due (``outbox retry``)
+    recheck_at: float = -math.inf
+    #: the last dispatch attempted nothing although rows were due
+    idle: bool = False
+    summary: OutboxSummary = field(default_factory=OutboxSummary)
+    summary_at: float = -math.inf
+    summary_dirty: bool = True
+    #: reading the summary failed (warned once per outage)
+    summary_failing: bool = False
+
+
 def dispatch_soon(daemon: Daemon, when: float) -> None:
     """Dispatch at ``when`` or earlier as planned, but never inside a failure backoff."""
-    daemon._dispatch_at = max(min(daemon._dispatch_at, when), daemon._dispatch_not_before)
+    state = daemon.dispatching
+    state.at = max(min(state.at, when), state.not_before)
 
 
 def maybe_dispatch(daemon: Daemon) -> None:
-    if daemon._dispatch_job is not None or daemon._components is None:
+    state = daemon.dispatching
+    if state.job is not None or daemon.components is None:
         return
-    now = daemon._clock()
-    if now >= daemon._recheck_at:
+    now = daemon.clock.monotonic()
+    if now >= state.recheck_at:
         recheck_outbox(daemon, now)
-    if now < daemon._dispatch_at or now < daemon._dispatch_not_before:
+    if now < state.at or now < state.not_before:
         return
-    components = daemon._components
-    daemon._dispatch_at = math.inf  # set again when the dispatch reports (or fails)
-    daemon._dispatch_job = daemon._submit(components.dispatcher.dispatch_due)
+    components = daemon.components
+    state.at = math.inf  # set again when the dispatch reports (or fails)
+    state.job = daemon.submit(components.dispatcher.dispatch_due)
 
 
 def recheck_outbox(daemon: Daemon, now: float) -> None:
     """Notice rows others made due (``outbox retry``): one cheap indexed query."""
-    daemon._recheck_at = now + OUTBOX_RECHECK
+    daemon.dispatching.recheck_at = now + OUTBOX_RECHECK
     recheck_rests(daemon, now)
     try:
         earliest = next_attempt_at(daemon.engine, channel_names(daemon))
@@ -56,20 +84,21 @@ def recheck_outbox(daemon: Daemon, now: float) -> None:
         logger.debug("cannot look at the outbox: %s", exc)
         return
     if earliest is not None:
-        dispatch_soon(daemon, now + max(0.0, earliest / 1000 - daemon._wall()))
+        dispatch_soon(daemon, now + max(0.0, (earliest - daemon.clock.wall_ms()) / 1000))
 
 
 def dispatch_failed(daemon: Daemon, exc: BaseException) -> None:
     """Back off (DISPATCH_RETRY doubling up to DISPATCH_FAILURE_BACKOFF_MAX); log the
     traceback once per kind of failure, later ones of that kind as one debug line."""
-    daemon._dispatch_failures += 1
-    delay = dispatch_failure_delay(daemon._dispatch_failures)
-    now = daemon._clock()
-    daemon._dispatch_not_before = now + delay
-    daemon._dispatch_at = daemon._dispatch_not_before
+    state = daemon.dispatching
+    state.failures += 1
+    delay = dispatch_failure_delay(state.failures)
+    now = daemon.clock.monotonic()
+    state.not_before = now + delay
+    state.at = state.not_before
     kind = type(exc).__name__
-    if kind not in daemon._dispatch_error_kinds:
-        daemon._dispatch_error_kinds.add(kind)
+    if kind not in state.error_kinds:
+        state.error_kinds.add(kind)
         logger.error(
             "dispatching deliveries failed (%s); retrying in %.0fs, backing off while it "
             "keeps failing (logged once per kind of failure)",
@@ -80,21 +109,22 @@ def dispatch_failed(daemon: Daemon, exc: BaseException) -> None:
     else:
         logger.debug(
             "dispatching deliveries failed again (%d in a row: %s); retrying in %.0fs",
-            daemon._dispatch_failures,
+            state.failures,
             error_line(exc),
             delay,
         )
 
 
 def dispatch_succeeded(daemon: Daemon) -> None:
-    if daemon._dispatch_failures:
+    state = daemon.dispatching
+    if state.failures:
         logger.info(
             "dispatching deliveries works again after %d failed attempt(s)",
-            daemon._dispatch_failures,
+            state.failures,
         )
-    daemon._dispatch_failures = 0
-    daemon._dispatch_error_kinds.clear()
-    daemon._dispatch_not_before = -math.inf
+    state.failures = 0
+    state.error_kinds.clear()
+    state.not_before = -math.inf
 
 
 def channel_names(daemon: Daemon) -> list[str]:
@@ -108,56 +138,57 @@ def record_dispatch(daemon: Daemon, stats: Any) -> None:
             daemon.metrics.inc("deliveries_total", count, result=result)
     # next run: when the earliest pending row is due (refreshed below); when this run
     # attempted nothing although rows were due, do not spin on them
-    daemon._idle_dispatch = bool(counts) and not any(counts.values())
+    daemon.dispatching.idle = bool(counts) and not any(counts.values())
     refresh_summary(daemon, force=True)
     schedule_dispatch_from_summary(daemon)
 
 
 def schedule_dispatch_from_summary(daemon: Daemon) -> None:
-    summary = daemon._summary
-    now = daemon._clock()
+    state = daemon.dispatching
+    summary = state.summary
+    now = daemon.clock.monotonic()
     if summary.due:
-        delay = DISPATCH_RETRY if daemon._idle_dispatch else 0.0
-        daemon._dispatch_at = max(now + delay, daemon._dispatch_not_before)
+        delay = DISPATCH_RETRY if state.idle else 0.0
+        state.at = max(now + delay, state.not_before)
         return
     if summary.next_attempt_at is not None:
-        delay = max(0.0, summary.next_attempt_at / 1000 - daemon._wall())
+        delay = max(0.0, (summary.next_attempt_at - daemon.clock.wall_ms()) / 1000)
         dispatch_soon(daemon, now + delay)
 
 
 def refresh_summary(daemon: Daemon, *, force: bool = False) -> None:
-    now = daemon._clock()
-    if not force and not daemon._summary_dirty and now - daemon._summary_at < SUMMARY_MAX_AGE:
+    state = daemon.dispatching
+    now = daemon.clock.monotonic()
+    if not force and not state.summary_dirty and now - state.summary_at < SUMMARY_MAX_AGE:
         return
+    now_ms = daemon.clock.wall_ms()
     try:
-        daemon._summary = outbox_summary(
-            daemon.engine, int(daemon._wall() * 1000), channel_names(daemon)
-        )
+        state.summary = outbox_summary(daemon.engine, now_ms, channel_names(daemon))
     except NotifierError as exc:
-        if not daemon._summary_failing:  # once per outage, not every cycle
+        if not state.summary_failing:  # once per outage, not every cycle
             logger.warning("cannot read the outbox: %s", error_line(exc))
-        daemon._summary_failing = True
+        state.summary_failing = True
         return
-    daemon._summary_failing = False
-    daemon._summary_at = now
-    daemon._summary_dirty = False
-    summary = daemon._summary
+    state.summary_failing = False
+    state.summary_at = now
+    state.summary_dirty = False
+    summary = state.summary
     daemon.metrics.set("outbox_depth", summary.pending)
     daemon.metrics.set("outbox_dead", summary.dead)
-    age = summary.oldest_pending_age(int(daemon._wall() * 1000))
+    age = summary.oldest_pending_age(now_ms)
     daemon.metrics.set("outbox_oldest_pending_age_seconds", age or 0.0)
-    if daemon._dispatch_job is None:
+    if state.job is None:
         schedule_dispatch_from_summary(daemon)
 
 
 def recheck_rests(daemon: Daemon, now: float) -> None:
     """Poll a resting source at once when its stored rest was cleared (``source
     clear-rest``: the credentials were fixed) or ended."""
-    resting = [s for s in daemon._schedules.values() if s.rest_until is not None]
+    resting = [s for s in daemon.schedules.values() if s.rest_until is not None]
     if not resting:
         return
-    states = daemon._known_states()
-    wall_ms = daemon._wall() * 1000
+    states = daemon.known_states()
+    wall_ms = daemon.clock.wall_ms()
     for schedule in resting:
         stored = getattr(states.get(schedule.name), "rest_until", None)
         if isinstance(stored, int) and stored > wall_ms:

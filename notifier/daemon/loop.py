@@ -39,16 +39,17 @@ import math
 import random
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
+from notifier.clock import SYSTEM_CLOCK, Clock, seconds_from_ms
 from notifier.config import Config, SourceConfig
 from notifier.daemon.delivery import (
     SUMMARY_MAX_AGE,
+    DispatchState,
     dispatch_failed,
     dispatch_succeeded,
     maybe_dispatch,
@@ -69,12 +70,12 @@ from notifier.daemon.seams import (
     DaemonThreadExecutor,
     ExecutorLike,
     PollerLike,
-    PollResultLike,
+    PollOutcome,
     SourceSchedule,
     Wakeup,
     stop_dispatcher,
 )
-from notifier.daemon.status import feed_watchdog, hung_sources, report_status, status_line
+from notifier.daemon.status import feed_watchdog, hung_sources, status_line
 from notifier.daemon.status import health as health_report
 from notifier.errors import LeaseLost, NotifierError, SignatureRejected, error_line
 from notifier.health import HealthReport, Metrics
@@ -93,14 +94,7 @@ logger = logging.getLogger("notifier.daemon")
 GRACE_BATCH: Final = 10
 
 
-# -- a poll's outcome, options -----------------------------------------------------------
-
-
-@dataclass
-class _PollOutcome:
-    result: PollResultLike | None
-    error: BaseException | None
-    duration: float
+# -- options -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -114,6 +108,13 @@ class DaemonOptions:
 
 
 class Daemon:
+    """The run loop. Its parts in the other modules of the package read and change it
+    through its public attributes only: ``config``, ``engine``, ``clock``, ``metrics``,
+    ``notifier``, ``options``, ``leases``, ``components`` (and ``retired``, the replaced
+    ones still to close), ``schedules``, ``dispatching``, ``database_lost``,
+    ``started_at_ms``/``last_cycle_at_ms`` (wall ms), and the methods ``submit``,
+    ``interval``, ``failure_interval``, ``known_states``, ``recheck_leases``."""
+
     def __init__(
         self,
         config: Config,
@@ -125,54 +126,41 @@ class Daemon:
         options: DaemonOptions | None = None,
         config_loader: Callable[[], Config] | None = None,
         on_reload: Callable[[Config, Config], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         wait: Callable[[float], None] | None = None,
         executor: ExecutorLike | None = None,
         rng: random.Random | None = None,
         leases: LeaseKeeper | None = None,
     ) -> None:
         self.config = config
-        self._leases = leases  # None: the only instance on this database (polls everything)
-        self._summary_failing = False
         self.engine = engine
+        self.clock = clock
         self.options = options or DaemonOptions()
         self.metrics = metrics or Metrics()
         self.notifier = notifier or SystemdNotifier(None)
+        #: None: the only instance on this database (polls everything)
+        self.leases = leases
+        self.components: Components | None = None
+        #: components replaced by a reload, closed once no job uses them
+        self.retired: list[Components] = []
+        self.schedules: dict[str, SourceSchedule] = {}
+        self.dispatching = DispatchState()
+        self.started_at_ms: int = clock.wall_ms()
+        self.last_cycle_at_ms: int = self.started_at_ms
+        #: SQLite: the database file as it was at start; a deleted or replaced file stops
+        #: polling and delivering and fails health (notifier.store.guard)
+        self.database_lost: str | None = None
+        self._database_file = DatabaseFile.for_engine(engine)
         self._factory = components
         self._loader = config_loader
         self._on_reload = on_reload
-        self._clock = clock
-        self._wall = wall
         self._wakeup = Wakeup()
         self._wait = wait or self._wakeup.wait
         self._executor: ExecutorLike = executor or DaemonThreadExecutor()
         self._rng = rng or random.Random(self.options.jitter_seed)  # noqa: S311 - jitter
-        self._components: Components | None = None
-        self._retired: list[Components] = []
-        self._schedules: dict[str, SourceSchedule] = {}
-        self._dispatch_job: Future[Any] | None = None
-        self._dispatch_components: Components | None = None
-        self._dispatch_at: float = 0.0
-        self._idle_dispatch = False
-        self._dispatch_not_before: float = -math.inf  # backoff after a failed dispatch
-        self._dispatch_failures = 0
-        self._dispatch_error_kinds: set[str] = set()
-        self._recheck_at: float = -math.inf
-        self._summary = OutboxSummary()
-        self._summary_at: float = -math.inf
-        self._summary_dirty = True
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._started_wall: float = wall()
-        self._last_cycle_wall: float = self._started_wall
-        self._last_watchdog: float = -math.inf
         self._status_text = ""
-        self._cycles = 0
-        #: SQLite: the database file as it was at start; a deleted or replaced file stops
-        #: polling and delivering and fails health (notifier.store.guard)
-        self._database_file = DatabaseFile.for_engine(engine)
-        self._database_lost: str | None = None
 
     # -- control (signal handlers and other threads) --
 
@@ -213,24 +201,24 @@ class Daemon:
 
     def start(self) -> None:
         """Build the components and schedule every source for an immediate first poll."""
-        self._components = self._factory(self.config, self.engine)
-        now = self._clock()
-        known = self._known_states()
+        self.components = self._factory(self.config, self.engine)
+        now = self.clock.monotonic()
+        known = self.known_states()
         for source in self.config.sources:
             schedule = SourceSchedule(config=source, next_at=now)
             state = known.get(source.name)
             if state is not None:
                 schedule.failures = state.consecutive_failures
                 schedule.last_error = state.last_error
-                schedule.last_poll_at = _seconds(state.last_poll_at)
-                schedule.last_success_at = _seconds(state.last_success_at)
-            self._schedules[source.name] = schedule
+                schedule.last_poll_at = state.last_poll_at
+                schedule.last_success_at = state.last_success_at
+            self.schedules[source.name] = schedule
         self._publish_leader_metrics()
         refresh_summary(self, force=True)
 
     def run(self) -> int:
         """Loop until a stop is requested; then stop gracefully. Returns the exit code 0."""
-        if self._components is None:
+        if self.components is None:
             self.start()
         try:
             while not self._stop.is_set():
@@ -250,28 +238,27 @@ class Daemon:
             self.reload()
         self._check_database()
         self._collect()
-        if not self._stop.is_set() and self._database_lost is None:
+        if not self._stop.is_set() and self.database_lost is None:
             self._maintain_leases()
             self._submit_due_polls()
             self._collect()  # inline executors finish at once
             maybe_dispatch(self)
             self._collect()
-        self._cycles += 1
-        self._last_cycle_wall = self._wall()
-        self.metrics.set("last_cycle_timestamp_seconds", self._last_cycle_wall)
+        self.last_cycle_at_ms = self.clock.wall_ms()
+        self.metrics.set("last_cycle_timestamp_seconds", seconds_from_ms(self.last_cycle_at_ms))
         refresh_summary(self)
         feed_watchdog(self)
-        report_status(self)
+        self._report_status()
 
     # -- the database file --
 
     def _check_database(self) -> None:
-        if self._database_file is None or self._database_lost is not None:
+        if self._database_file is None or self.database_lost is not None:
             return
         lost = self._database_file.check()
         if lost is None:
             return
-        self._database_lost = lost
+        self.database_lost = lost
         self.metrics.set("database_lost", 1)
         logger.critical(
             "%s: polling and delivering stop (a new empty file would take a silent "
@@ -286,28 +273,28 @@ class Daemon:
     # -- polling --
 
     def _submit_due_polls(self) -> None:
-        components = self._components
+        components = self.components
         if components is None:
             return
-        now = self._clock()
+        now = self.clock.monotonic()
         due = sorted(
-            (s for s in self._schedules.values() if s.job is None and s.next_at <= now),
+            (s for s in self.schedules.values() if s.job is None and s.next_at <= now),
             key=lambda s: s.next_at,
         )
         for schedule in due:
             fence = None
-            if self._leases is not None:
-                if not self._leases.leads(schedule.name):
+            if self.leases is not None:
+                if not self.leases.leads(schedule.name):
                     continue  # another instance leads it (or nobody yet): standby
-                fence = self._leases.fence(schedule.name)
+                fence = self.leases.fence(schedule.name)
             schedule.job_started = now
-            schedule.job = self._submit(self._poll_job(components.poller, schedule.config, fence))
+            schedule.job = self.submit(self._poll_job(components.poller, schedule.config, fence))
 
     def _poll_job(
         self, poller: PollerLike, source: SourceConfig, fence: Fence | None = None
-    ) -> Callable[[], _PollOutcome]:
-        def job() -> _PollOutcome:
-            started = time.monotonic()
+    ) -> Callable[[], PollOutcome]:
+        def job() -> PollOutcome:
+            started = self.clock.monotonic()
             try:
                 if fence is None:
                     result = poller.poll_source(source)
@@ -315,20 +302,21 @@ class Daemon:
                     result = poller.poll_source(source, fence=fence)  # type: ignore[call-arg]
             except LeaseLost as exc:
                 logger.warning("%s: %s", source.name, exc)
-                return _PollOutcome(None, exc, time.monotonic() - started)
-            except Exception as exc:  # a bug or a store failure: logged by _record_poll
-                return _PollOutcome(None, exc, time.monotonic() - started)
-            return _PollOutcome(result, None, time.monotonic() - started)
+                return PollOutcome(None, exc, self.clock.monotonic() - started)
+            except Exception as exc:  # a bug or a store failure: logged by record_poll
+                return PollOutcome(None, exc, self.clock.monotonic() - started)
+            return PollOutcome(result, None, self.clock.monotonic() - started)
 
         return job
 
-    def _submit(self, job: Callable[[], Any]) -> Future[Any]:
+    def submit(self, job: Callable[[], Any]) -> Future[Any]:
+        """Run ``job`` on the executor; the loop wakes when it is done."""
         future = self._executor.submit(job)
         future.add_done_callback(lambda _f: self._wakeup.wake())
         return future
 
     def _collect(self) -> None:
-        for schedule in list(self._schedules.values()):
+        for schedule in list(self.schedules.values()):
             job = schedule.job
             if job is None or not job.done():
                 continue
@@ -336,13 +324,13 @@ class Daemon:
             schedule.job_started = None
             schedule.stuck_reported = False
             try:
-                outcome: _PollOutcome = job.result()
+                outcome: PollOutcome = job.result()
             except Exception as exc:  # pragma: no cover - _poll_job catches everything
-                outcome = _PollOutcome(None, exc, 0.0)
+                outcome = PollOutcome(None, exc, 0.0)
             record_poll(self, schedule, outcome)
-        job = self._dispatch_job
+        job = self.dispatching.job
         if job is not None and job.done():
-            self._dispatch_job = None
+            self.dispatching.job = None
             try:
                 stats = job.result()
             except Exception as exc:
@@ -350,7 +338,7 @@ class Daemon:
             else:
                 dispatch_succeeded(self)
                 record_dispatch(self, stats)
-            self._summary_dirty = True
+            self.dispatching.summary_dirty = True
         close_retired(self)
 
     # -- timing (notifier.daemon.schedule), status (notifier.daemon.status) --
@@ -361,7 +349,8 @@ class Daemon:
             return 0.0
         return self._rng.uniform(-1.0, 1.0)
 
-    def _interval(self, source: SourceConfig, *, active: bool) -> float:
+    def interval(self, source: SourceConfig, *, active: bool) -> float:
+        """Seconds until the source's next poll after one that worked (with jitter)."""
         service = self.config.service
         incremental = service.poll_mode == "incremental"  # the complete listing is due by then
         return poll_interval(
@@ -373,7 +362,8 @@ class Daemon:
             spread=self._spread(),
         )
 
-    def _failure_interval(self, source: SourceConfig, failures: int, error: BaseException) -> float:
+    def failure_interval(self, source: SourceConfig, failures: int, error: BaseException) -> float:
+        """Seconds until the next try after ``failures`` failed polls in a row."""
         service = self.config.service
         spread = self._spread()
         hint = getattr(error, "retry_after", None)
@@ -399,45 +389,51 @@ class Daemon:
 
     def reload(self) -> bool:
         """Re-read the config (SIGHUP); keep the running one when the new one is invalid."""
-        return reload_config(self)
+        return reload_config(self, self._loader, self._factory, self._on_reload)
+
+    def _report_status(self) -> None:
+        text = self.status_line()
+        if text != self._status_text:
+            self._status_text = text
+            self.notifier.status(text)
 
     def _sleep_time(self) -> float:
-        now = self._clock()
+        now = self.clock.monotonic()
+        state = self.dispatching
         deadlines = [
-            max(self._dispatch_at, self._dispatch_not_before)
-            if self._dispatch_job is None
-            else math.inf,
-            self._recheck_at if self._dispatch_job is None else math.inf,
+            max(state.at, state.not_before) if state.job is None else math.inf,
+            state.recheck_at if state.job is None else math.inf,
         ]
-        deadlines.extend(s.next_at for s in self._schedules.values() if s.job is None)
-        deadlines.append(self._summary_at + SUMMARY_MAX_AGE)
-        if self._leases is not None:
-            deadlines.append(self._leases.next_at)
+        deadlines.extend(s.next_at for s in self.schedules.values() if s.job is None)
+        deadlines.append(state.summary_at + SUMMARY_MAX_AGE)
+        if self.leases is not None:
+            deadlines.append(self.leases.next_at)
         return sleep_time(now, deadlines, self.options.watchdog_interval)
 
     # -- leases (several instances on one database) --
 
     def _maintain_leases(self) -> None:
         """Renew and take leases when due; a newly led source is polled at once."""
-        keeper = self._leases
+        keeper = self.leases
         if keeper is None or not keeper.due():
             return
-        busy = [s.name for s in self._schedules.values() if s.job is not None]
-        changes = keeper.maintain(list(self._schedules), busy)
-        now = self._clock()
+        busy = [s.name for s in self.schedules.values() if s.job is not None]
+        changes = keeper.maintain(list(self.schedules), busy)
+        now = self.clock.monotonic()
         for name in changes.gained:
-            schedule = self._schedules.get(name)
+            schedule = self.schedules.get(name)
             if schedule is not None and schedule.job is None:
                 schedule.next_at = now
         self._publish_leader_metrics()
 
-    def _recheck_leases(self) -> None:
-        if self._leases is not None:
-            self._leases.next_at = -math.inf
+    def recheck_leases(self) -> None:
+        """Maintain the leases at the next cycle (a poll found its lease lost)."""
+        if self.leases is not None:
+            self.leases.next_at = -math.inf
 
     def _publish_leader_metrics(self) -> None:
-        keeper = self._leases
-        for name in self._schedules:
+        keeper = self.leases
+        for name in self.schedules:
             leads = (keeper is None or keeper.leads(name)) and not self._stop.is_set()
             self.metrics.set("leader", 1 if leads else 0, source=name)
 
@@ -445,14 +441,14 @@ class Daemon:
 
     def _shutdown(self) -> None:
         grace = self.options.stop_grace
-        deadline = self._clock() + grace
-        if self._leases is not None:  # first: another instance takes over at once
-            self._leases.release_all()
+        deadline = self.clock.monotonic() + grace
+        if self.leases is not None:  # first: another instance takes over at once
+            self.leases.release_all()
             self._publish_leader_metrics()
         self.notifier.stopping("stopping: finishing the current step")
         logger.info("stopping: up to %.0fs for running jobs and due deliveries", grace)
-        components = self._components
-        for part in [components, self._dispatch_components, *self._retired]:
+        components = self.components
+        for part in [components, *self.retired]:
             if part is not None:
                 stop_dispatcher(part.dispatcher, grace)
         left_behind = self._drain_jobs(deadline)
@@ -460,47 +456,47 @@ class Daemon:
         while (
             components is not None
             and not left_behind
-            and self._summary.due
-            and self._clock() < deadline
+            and self.summary.due
+            and self.clock.monotonic() < deadline
         ):
-            due_before = self._summary.due
+            due_before = self.summary.due
             try:
                 stats = components.dispatcher.dispatch_due(limit=GRACE_BATCH)
             except Exception as exc:
-                if type(exc).__name__ in self._dispatch_error_kinds:  # traceback logged before
+                if type(exc).__name__ in self.dispatching.error_kinds:  # traceback logged before
                     logger.warning("delivering during shutdown failed: %s", error_line(exc))
                 else:
                     logger.exception("delivering during shutdown failed")
                 break
             record_dispatch(self, stats)  # refreshes the summary
             self._ping_during_stop()
-            if self._idle_dispatch or self._summary.due >= due_before:
+            if self.dispatching.idle or self.summary.due >= due_before:
                 break  # no progress: what is due cannot be sent now
         refresh_summary(self, force=True)
-        if self._summary.pending:
+        if self.summary.pending:
             logger.info(
                 "stopped with %d pending deliveries kept in the outbox for the next start",
-                self._summary.pending,
+                self.summary.pending,
             )
         self._executor.shutdown(wait=not left_behind)
         if not left_behind:  # a job left running may still use them; the exit ends it
-            for retired in self._retired:
+            for retired in self.retired:
                 retired.close()
-            self._retired.clear()
+            self.retired.clear()
             if components is not None:
                 components.close()
-        self.notifier.status(f"stopped; {self._summary.pending} deliveries pending")
+        self.notifier.status(f"stopped; {self.summary.pending} deliveries pending")
 
     def _drain_jobs(self, deadline: float) -> list[str]:
         """Wait for running jobs until ``deadline``; the names of those still running then."""
         while True:
             self._collect()
-            running = {name: s.job for name, s in self._schedules.items() if s.job is not None}
-            if self._dispatch_job is not None:
-                running["the delivery"] = self._dispatch_job
+            running = {name: s.job for name, s in self.schedules.items() if s.job is not None}
+            if self.dispatching.job is not None:
+                running["the delivery"] = self.dispatching.job
             if not running:
                 return []
-            remaining = deadline - self._clock()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 names = sorted(running)
                 logger.warning(
@@ -516,7 +512,8 @@ class Daemon:
         if self.options.watchdog_interval and not hung_sources(self):
             self.notifier.watchdog()
 
-    def _known_states(self) -> Mapping[str, Any]:
+    def known_states(self) -> Mapping[str, Any]:
+        """Every source's stored state (empty when the store cannot be read)."""
         try:
             return source_statuses(self.engine)
         except NotifierError as exc:
@@ -526,13 +523,5 @@ class Daemon:
     # -- views for status and tests --
 
     @property
-    def schedules(self) -> Mapping[str, SourceSchedule]:
-        return self._schedules
-
-    @property
     def summary(self) -> OutboxSummary:
-        return self._summary
-
-
-def _seconds(milliseconds: int | None) -> float | None:
-    return None if milliseconds is None else milliseconds / 1000
+        return self.dispatching.summary

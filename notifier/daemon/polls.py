@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from notifier.clock import seconds_from_ms
 from notifier.daemon.delivery import dispatch_soon
 from notifier.errors import (
     AuthError,
@@ -17,30 +18,31 @@ from notifier.errors import (
     error_line,
 )
 from notifier.model import Event, describe
+from notifier.text import one_line
 
 if TYPE_CHECKING:
-    from notifier.daemon.loop import Daemon, _PollOutcome
-    from notifier.daemon.seams import SourceSchedule
+    from notifier.daemon.loop import Daemon
+    from notifier.daemon.seams import PollOutcome, SourceSchedule
 
 logger = logging.getLogger("notifier.daemon")
 
 
-def record_poll(daemon: Daemon, schedule: SourceSchedule, outcome: _PollOutcome) -> None:
+def record_poll(daemon: Daemon, schedule: SourceSchedule, outcome: PollOutcome) -> None:
     name = schedule.name
-    if name not in daemon._schedules or daemon._schedules[name] is not schedule:
+    if name not in daemon.schedules or daemon.schedules[name] is not schedule:
         return  # the source was removed by a reload while it was polled
     if isinstance(outcome.error, LeaseLost):
-        if daemon._leases is not None:
-            daemon._leases.drop(name)
-        daemon._recheck_leases()
+        if daemon.leases is not None:
+            daemon.leases.drop(name)
+        daemon.recheck_leases()
         return  # nothing was written; whoever leads the source now polls it
     result = outcome.result
     duration = result.duration if result is not None else outcome.duration
     error: BaseException | None = outcome.error
     if result is not None and result.error is not None:
         error = result.error
-    now_wall = daemon._wall()
-    schedule.last_poll_at = now_wall
+    now_ms = daemon.clock.wall_ms()
+    schedule.last_poll_at = now_ms
     daemon.metrics.inc("polls_total", source=name)
     daemon.metrics.observe("poll_duration_seconds", duration, source=name)
     events = list(result.events) if result is not None else []
@@ -48,8 +50,8 @@ def record_poll(daemon: Daemon, schedule: SourceSchedule, outcome: _PollOutcome)
         daemon.metrics.inc("events_total", type=str(event.type))
         _log_event(event)
     if events:
-        daemon._summary_dirty = True
-        dispatch_soon(daemon, daemon._clock())
+        daemon.dispatching.summary_dirty = True
+        dispatch_soon(daemon, daemon.clock.monotonic())
     if error is None and result is not None:
         if schedule.logged_failure is not None:
             logger.warning(
@@ -64,11 +66,13 @@ def record_poll(daemon: Daemon, schedule: SourceSchedule, outcome: _PollOutcome)
         schedule.last_error = None
         schedule.last_error_kind = None
         schedule.rest_until = schedule.rest_reason = None
-        schedule.last_success_at = now_wall
+        schedule.last_success_at = now_ms
         schedule.active = bool(result.active)
         daemon.metrics.set("source_up", 1, source=name)
-        daemon.metrics.set("source_last_success_timestamp_seconds", now_wall, source=name)
-        interval = daemon._interval(schedule.config, active=schedule.active)
+        daemon.metrics.set(
+            "source_last_success_timestamp_seconds", seconds_from_ms(now_ms), source=name
+        )
+        interval = daemon.interval(schedule.config, active=schedule.active)
         logger.debug(
             "polled %s: %d record(s), %d event(s), %s, next in %.1fs",
             name,
@@ -87,7 +91,7 @@ def record_poll(daemon: Daemon, schedule: SourceSchedule, outcome: _PollOutcome)
         text = error.one_line() if isinstance(error, SourceError) else error_line(error)
         daemon.metrics.inc("poll_errors_total", source=name, kind=kind)
         daemon.metrics.set("source_up", 0, source=name)
-        interval = daemon._failure_interval(schedule.config, schedule.failures, error)
+        interval = daemon.failure_interval(schedule.config, schedule.failures, error)
         # the pipeline logs every failed fetch; here only what the scheduler decides
         if isinstance(error, SignatureRejected):
             logger.warning(
@@ -109,7 +113,7 @@ def record_poll(daemon: Daemon, schedule: SourceSchedule, outcome: _PollOutcome)
         if isinstance(error, AuthError):
             note_rest(daemon, schedule)
     daemon.metrics.set("source_consecutive_failures", schedule.failures, source=name)
-    schedule.next_at = daemon._clock() + interval
+    schedule.next_at = daemon.clock.monotonic() + interval
 
 
 def log_unexpected(daemon: Daemon, schedule: SourceSchedule, error: BaseException) -> None:
@@ -135,10 +139,10 @@ def log_unexpected(daemon: Daemon, schedule: SourceSchedule, error: BaseExceptio
 
 def note_rest(daemon: Daemon, schedule: SourceSchedule) -> None:
     """After a refused login or signature: the rest the poll stored, if any."""
-    state = daemon._known_states().get(schedule.name)
+    state = daemon.known_states().get(schedule.name)
     rest_ms = getattr(state, "rest_until", None)
-    if isinstance(rest_ms, int) and rest_ms > daemon._wall() * 1000:
-        schedule.rest_until = rest_ms / 1000
+    if isinstance(rest_ms, int) and rest_ms > daemon.clock.wall_ms():
+        schedule.rest_until = rest_ms
         schedule.rest_reason = getattr(state, "last_error", None) or schedule.last_error
     else:
         schedule.rest_until = schedule.rest_reason = None
@@ -157,5 +161,5 @@ def failure_kind(error: BaseException) -> str:
     while cause is not None and cause.__cause__ is not None:
         cause = cause.__cause__
     original = getattr(cause, "orig", None) or cause
-    detail = " ".join(str(original).split())[:80]
+    detail = one_line(original)[:80]
     return f"{type(error).__name__}/{type(original).__name__}: {detail}"

@@ -41,6 +41,15 @@ class PollResultLike(Protocol):
     def duration(self) -> float: ...
 
 
+@dataclass
+class PollOutcome:
+    """A finished poll job: the poller's result, or what it raised, and how long it took."""
+
+    result: PollResultLike | None
+    error: BaseException | None
+    duration: float
+
+
 class PollerLike(Protocol):
     def poll_source(self, source: SourceConfig, /) -> PollResultLike: ...
 
@@ -162,19 +171,19 @@ class Wakeup:
 @dataclass
 class SourceSchedule:
     config: SourceConfig
-    next_at: float
+    next_at: float  # monotonic seconds
     job: Future[Any] | None = None
-    job_started: float | None = None
+    job_started: float | None = None  # monotonic seconds
     active: bool = False
     failures: int = 0
-    last_poll_at: float | None = None  # wall clock
-    last_success_at: float | None = None  # wall clock
+    last_poll_at: int | None = None  # wall time, ms
+    last_success_at: int | None = None  # wall time, ms
     last_error: str | None = None
     last_error_kind: str | None = None
     stuck_reported: bool = False
-    #: the stored credential rest (wall clock seconds) after a refused login or signature,
+    #: the stored credential rest (wall time, ms) after a refused login or signature,
     #: and why; ``source clear-rest`` ends it early
-    rest_until: float | None = None
+    rest_until: int | None = None
     rest_reason: str | None = None
     #: the kind of unexpected failure (a store error, a bug) last logged in full: the same
     #: kind again is one debug line, until a poll works again

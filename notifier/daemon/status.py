@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from notifier.clock import iso
 from notifier.daemon.schedule import is_stuck, stuck_after
 from notifier.errors import NotifierError
 from notifier.health import HealthReport
@@ -19,9 +19,9 @@ logger = logging.getLogger("notifier.daemon")
 
 
 def hung_sources(daemon: Daemon) -> list[str]:
-    now = daemon._clock()
+    now = daemon.clock.monotonic()
     hung = []
-    for schedule in daemon._schedules.values():
+    for schedule in daemon.schedules.values():
         started = schedule.job_started
         if started is not None and is_stuck(started, now, stuck_after(schedule.config)):
             hung.append(schedule.name)
@@ -39,20 +39,19 @@ def hung_sources(daemon: Daemon) -> list[str]:
 def feed_watchdog(daemon: Daemon) -> None:
     if not daemon.options.watchdog_interval:
         return
-    if hung_sources(daemon) or daemon._database_lost is not None:
+    if hung_sources(daemon) or daemon.database_lost is not None:
         return
     daemon.notifier.watchdog()
-    daemon._last_watchdog = daemon._clock()
 
 
 def status_line(daemon: Daemon) -> str:
-    schedules = list(daemon._schedules.values())
+    schedules = list(daemon.schedules.values())
     polled = [s.last_poll_at for s in schedules if s.last_poll_at is not None]
     parts = []
-    if daemon._database_lost is not None:
+    if daemon.database_lost is not None:
         parts.append("DATABASE LOST, not polling")
     if polled:
-        parts.append(f"last poll {_clock_text(max(polled))}")
+        parts.append(f"last poll {iso(max(polled), 'space')}")
     else:
         parts.append("no poll yet")
     failing = [s.name for s in schedules if s.failures]
@@ -61,19 +60,12 @@ def status_line(daemon: Daemon) -> str:
     active = [s.name for s in schedules if s.active]
     if active:
         parts.append(f"active: {', '.join(sorted(active))}")
-    summary = daemon._summary
+    summary = daemon.summary
     parts.append(f"outbox {summary.pending} pending, {summary.dead} dead")
-    if daemon._leases is not None:
-        led = daemon._leases.led()
+    if daemon.leases is not None:
+        led = daemon.leases.led()
         parts.append(f"leads {', '.join(led)}" if led else "standby")
     return "; ".join(parts)
-
-
-def report_status(daemon: Daemon) -> None:
-    text = daemon.status_line()
-    if text != daemon._status_text:
-        daemon._status_text = text
-        daemon.notifier.status(text)
 
 
 def health(daemon: Daemon) -> HealthReport:
@@ -83,16 +75,16 @@ def health(daemon: Daemon) -> HealthReport:
     stale_after = http.stale_after if http is not None and http.stale_after > 0 else 0.0
     if not stale_after:
         stale_after = 3 * service.poll_interval + service.unreachable_after
-    now = daemon._wall()
+    now_ms = daemon.clock.wall_ms()
     reasons: list[str] = []
-    loop_age = now - daemon._last_cycle_wall
+    loop_age = (now_ms - daemon.last_cycle_at_ms) / 1000
     watchdog_bound = max(stale_after, 3 * (daemon.options.watchdog_interval or 0))
     if loop_age > watchdog_bound:
         reasons.append(f"the run loop last went round {loop_age:.0f}s ago")
     sources: dict[str, Any] = {}
-    for schedule in daemon._schedules.values():
+    for schedule in daemon.schedules.values():
         # a restart gets a fresh window: downtime before it is not the loop's fault
-        age = now - max(schedule.last_success_at or 0.0, daemon._started_wall)
+        age = (now_ms - max(schedule.last_success_at or 0, daemon.started_at_ms)) / 1000
         sources[schedule.name] = {
             "last_success": _iso(schedule.last_success_at),
             "consecutive_failures": schedule.failures,
@@ -100,24 +92,24 @@ def health(daemon: Daemon) -> HealthReport:
             "resting_until": _iso(schedule.rest_until),
             "rest_reason": schedule.rest_reason,
         }
-        if daemon._leases is not None:
-            leads = daemon._leases.leads(schedule.name)
+        if daemon.leases is not None:
+            leads = daemon.leases.leads(schedule.name)
             sources[schedule.name]["leader"] = leads
             if not leads:
                 continue  # another instance polls it: its freshness is not ours to judge
         if age > stale_after:
             reasons.append(f"source {schedule.name}: no successful poll for {age:.0f}s")
-    if daemon._database_lost is not None:
-        reasons.append(daemon._database_lost)
-    if daemon._stop.is_set():
+    if daemon.database_lost is not None:
+        reasons.append(daemon.database_lost)
+    if daemon.stopping:
         reasons.append("stopping")
     details = {
         "sources": sources,
-        "outbox": {"pending": daemon._summary.pending, "dead": daemon._summary.dead},
+        "outbox": {"pending": daemon.summary.pending, "dead": daemon.summary.dead},
         "stale_after": stale_after,
     }
-    if daemon._leases is not None:
-        details["instance"] = daemon._leases.holder
+    if daemon.leases is not None:
+        details["instance"] = daemon.leases.holder
         details["cluster"] = cluster_view(daemon)
     return HealthReport(not reasons, tuple(reasons), details)
 
@@ -158,11 +150,5 @@ def dispatch_counts(stats: Any) -> dict[str, int]:
     return counts
 
 
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _clock_text(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+def _iso(milliseconds: int | None) -> str | None:
+    return None if milliseconds is None else iso(milliseconds)

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Final
 from notifier import routing
 from notifier.channels.render import Templates
 from notifier.channels.targets import SendResult, Target, UnloadableURL, build_targets
+from notifier.clock import SYSTEM_CLOCK, Clock
 from notifier.config import ChannelConfig, Config
 from notifier.errors import StoreError, error_line
 from notifier.outbox.delivery import Delivery
@@ -101,7 +102,7 @@ class Dispatcher(Delivery):
         config: Config,
         engine: Engine,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         pacing_budget: float = 5.0,
@@ -124,7 +125,7 @@ class Dispatcher(Delivery):
         self._reported: set[tuple[str, str]] = set()
         self._writer: ResultWriter | None = None
         self._counted: dict[int, tuple[str, str]] = {}  # row id -> (channel, state) counted
-        self._stop_at: float | None = None  # self.clock() time; set by stop_within()
+        self._stop_at: float | None = None  # monotonic time; set by stop_within()
         self._claims = Claims(engine, claim_ttl(config.service.lease_ttl))
         self._token = new_token()
         self._held_at = 0.0
@@ -137,7 +138,7 @@ class Dispatcher(Delivery):
         self._waited = 0.0
         now_ms = self._now_ms()
         batch = limit if limit is not None else self.config.delivery.batch_size
-        self._token, self._held_at = new_token(), self.clock()
+        self._token, self._held_at = new_token(), self.clock.monotonic()
         try:
             with store_errors("cannot read the outbox"):
                 bundles = self._load_bundles(now_ms, batch)
@@ -169,7 +170,7 @@ class Dispatcher(Delivery):
     def stop_within(self, seconds: float) -> None:
         """Stop: no send starts after ``seconds`` from now and none lasts beyond that.
         Safe to call from another thread while a dispatch runs (the service's stop)."""
-        self._stop_at = self.clock() + max(0.0, seconds)
+        self._stop_at = self.clock.monotonic() + max(0.0, seconds)
 
     def close(self) -> None:
         """Close the targets' connections (they reopen on the next send)."""
@@ -178,7 +179,7 @@ class Dispatcher(Delivery):
                 target.close()
 
     def _out_of_time(self) -> bool:
-        return self._stop_at is not None and self.clock() >= self._stop_at
+        return self._stop_at is not None and self.clock.monotonic() >= self._stop_at
 
     def next_due_at(self) -> float | None:
         """When the earliest pending row of a configured channel is due (seconds since the
@@ -190,7 +191,7 @@ class Dispatcher(Delivery):
         """One warning per channel that is not configured but has pending rows (repeated
         every ``UNCONFIGURED_REMINDER`` seconds while they wait), never one per row."""
         waiting = unconfigured_counts(self.engine, self._channels, states=(PENDING,))
-        now = self.clock()
+        now = self.clock.monotonic()
         for name, count in sorted(waiting.items()):
             last = self._warned_unconfigured.get(name)
             if last is not None and now - last < UNCONFIGURED_REMINDER:
@@ -217,7 +218,7 @@ class Dispatcher(Delivery):
     # -- loading ------------------------------------------------------------------------------
 
     def _now_ms(self) -> int:
-        return int(self.clock() * 1000)
+        return self.clock.wall_ms()
 
     def _load_bundles(self, now_ms: int, batch: int) -> list[tuple[str, list[Row]]]:
         """Due rows grouped per (channel, source, operation), each group with every pending
@@ -298,20 +299,21 @@ class Dispatcher(Delivery):
         last = self._last_send.get(target.pacing_key)
         if last is None:
             return True
-        wait = last + target.interval - self.clock()
+        wait = last + target.interval - self.clock.monotonic()
         if wait <= 0:
             return True
         if self._waited + wait > self.pacing_budget:
             return False
-        if self._stop_at is not None and self.clock() + wait >= self._stop_at:
+        if self._stop_at is not None and self.clock.monotonic() + wait >= self._stop_at:
             return False  # stopping: the wait would outlast the grace
         self._waited += wait
         self.sleep(wait)
         return True
 
     def _defer(self, rows: Iterable[Row], target: Target) -> None:
-        last = self._last_send.get(target.pacing_key, self.clock())
-        until = int((last + target.interval) * 1000) + 1
+        now = self.clock.monotonic()
+        last = self._last_send.get(target.pacing_key, now)
+        until = self._now_ms() + int((last + target.interval - now) * 1000) + 1
         for row in rows:
             row.deferred_until = max(row.deferred_until or 0, until)
 
@@ -321,9 +323,9 @@ class Dispatcher(Delivery):
         self._hold_claim()
         timeout = target.timeout
         if self._stop_at is not None:
-            timeout = min(timeout, self._stop_at - self.clock())
+            timeout = min(timeout, self._stop_at - self.clock.monotonic())
         result = target.send(**message, timeout=timeout)
-        self._last_send[target.pacing_key] = self.clock()
+        self._last_send[target.pacing_key] = self.clock.monotonic()
         if not result.ok and self._out_of_time():
             for row in rows:
                 row.interrupted = True
@@ -351,7 +353,7 @@ class Dispatcher(Delivery):
     def _hold_claim(self) -> None:
         """Before a request: extend the claim once a third of its time has passed; stop
         (ClaimLost) when it is no longer this dispatch's."""
-        now = self.clock()
+        now = self.clock.monotonic()
         if (now - self._held_at) * 1000 < self._claims.ttl_ms / 3:
             return
         self._claims.hold(self._token, self._now_ms())

@@ -11,16 +11,16 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from notifier.text import one_line as text_one_line
+
 _ELLIPSIS: Final = "…"
-_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MARKDOWN_SPECIAL_RE: Final = re.compile(r"([\\`*_\[\]<>|~#&!])")
 
 
 def one_line(value: object) -> str:
-    """API text as one line: control characters and newlines become spaces."""
-    text = "" if value is None else str(value)
-    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
-    return _CONTROL_RE.sub(" ", text)
+    """API text as one line: control characters and newlines become spaces, the spacing
+    is kept (:func:`notifier.text.one_line` without collapsing)."""
+    return text_one_line(value, collapse=False)
 
 
 def escape_markdown(value: object) -> str:
