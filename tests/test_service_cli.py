@@ -20,11 +20,15 @@ from notifier.store.schema import event_groups, outbox, source_state
 
 
 def write_config(
-    tmp_path: Path, database_url: str, *, sources: tuple[str, ...] = ("prod",)
+    tmp_path: Path,
+    database_url: str,
+    *,
+    sources: tuple[str, ...] = ("prod",),
+    poll_mode: str = "incremental",
 ) -> Path:
     return config_support.write_config(
         tmp_path,
-        service={"database": database_url},
+        service={"database": database_url, "poll_mode": poll_mode},
         sources=[
             config_support.source(
                 name, project_id="p", auth=config_support.token_auth(f"tok-{name}-secret-value")
@@ -88,6 +92,42 @@ def test_status_text(engine: Engine, database_url: str, tmp_path: Path) -> None:
     assert lines[5].endswith("(4m ago); 1 dead; 1 sent")
     assert lines[6].startswith("  waiting for channels that are not configured: chat (2) ")
     assert "tok-prod-secret-value" not in result.output
+
+
+@pytest.mark.parametrize("poll_mode", ["incremental", "full"])
+def test_status_shows_the_last_complete_listing(
+    engine: Engine, database_url: str, tmp_path: Path, poll_mode: str
+) -> None:
+    """Incremental polling lists everything only now and then: status says when it last did."""
+    now_ms = int(time.time() * 1000)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(source_state).values(
+                source="prod",
+                baseline_at=now_ms - 7_200_000,
+                last_poll_at=now_ms - 1_000,
+                last_success_at=now_ms - 1_000,
+                last_full_at=now_ms - 420_000,
+                consecutive_failures=0,
+                unreachable_reported=False,
+            )
+        )
+    config = write_config(tmp_path, database_url, poll_mode=poll_mode)
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 0, result.output
+    listing = [line for line in result.output.splitlines() if "last complete listing" in line]
+    if poll_mode == "incremental":  # a full poll lists everything every cycle: no line
+        assert len(listing) == 1
+        assert listing[0].startswith("    last complete listing ")
+        assert listing[0].endswith("(7m ago)")
+    else:
+        assert listing == []
+    report = json.loads(
+        CliRunner().invoke(main, ["--config", str(config), "status", "--json"]).output
+    )
+    prod = report["sources"][0]
+    assert 419 <= prod["last_full_listing_age"] <= 500
+    assert prod["last_full_listing"].endswith("Z")
 
 
 def test_status_json_and_running(engine: Engine, database_url: str, tmp_path: Path) -> None:

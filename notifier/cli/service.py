@@ -173,6 +173,9 @@ def collect_status(config: Config, now_ms: int) -> dict[str, Any]:
                 "last_poll": _when(state.last_poll_at) if state else None,
                 "last_success": _when(state.last_success_at) if state else None,
                 "last_success_age": _age(now_ms, state.last_success_at) if state else None,
+                # incremental polling: the last complete listing (reconciles and marks gone)
+                "last_full_listing": _when(state.last_full_at) if state else None,
+                "last_full_listing_age": _age(now_ms, state.last_full_at) if state else None,
                 "consecutive_failures": state.consecutive_failures if state else 0,
                 "failing_since": _when(state.failing_since) if state else None,
                 "unreachable_reported": state.unreachable_reported if state else False,
@@ -253,6 +256,7 @@ def status(context: Context, as_json: bool) -> None:
     if "instances" in report:
         _print_instances(report["instances"])
     click.echo("sources:")
+    incremental = config.service.poll_mode == "incremental"
     for source in report["sources"]:
         failures = source["consecutive_failures"]
         health = "ok" if not failures else f"{failures} failed poll(s) in a row"
@@ -267,6 +271,11 @@ def status(context: Context, as_json: bool) -> None:
             f"  {source['source']}: {health}; last successful poll {last} "
             f"({_human_age(source['last_success_age'])})"
         )
+        if incremental and source["last_full_listing"]:
+            click.echo(
+                f"    last complete listing {source['last_full_listing']} "
+                f"({_human_age(source['last_full_listing_age'])})"
+            )
         if source["resting_until"]:
             click.echo(
                 f"    credentials resting until {source['resting_until']} "
