@@ -148,6 +148,12 @@ class NotifyCloudEventWebhook(NotifyBase):
             self._session = requests.Session()
         return self._session
 
+    def signature(self, message_id: str, timestamp: int, payload: bytes) -> str | None:
+        """The ``webhook-signature`` header of a message, None without a secret."""
+        if self._key is None:
+            return None
+        return sign(self._key, message_id, timestamp, payload)
+
     @property
     def endpoint(self) -> str:
         schema = "https" if self.secure else "http"
@@ -170,8 +176,9 @@ class NotifyCloudEventWebhook(NotifyBase):
             "webhook-timestamp": str(timestamp),
         }
         headers.update(self.headers)
-        if self._key is not None:
-            headers["webhook-signature"] = sign(self._key, message_id, timestamp, payload)
+        signature = self.signature(message_id, timestamp, payload)
+        if signature is not None:
+            headers["webhook-signature"] = signature
         auth = (self.user, self.password or "") if self.user else None
         self.throttle()
         try:
@@ -299,8 +306,9 @@ class WebhookSender:
             message_id, payload = _as_cloudevent(message.body, message.title, message.notify_type)
         timestamp = self.plugin.clock.wall_ms() // MS_PER_SECOND
         headers = _headers(self.plugin, message_id, timestamp)
-        if self.plugin._key is not None:
-            headers["webhook-signature"] = sign(self.plugin._key, message_id, timestamp, payload)
+        signature = self.plugin.signature(message_id, timestamp, payload)
+        if signature is not None:
+            headers["webhook-signature"] = signature
         limit = httpx.Timeout(min(self._read, timeout), connect=min(self._connect, timeout))
         try:
             response = self._http().post(

@@ -82,7 +82,6 @@ from notifier.store.outbox_queries import (
     write_now,
 )
 from notifier.store.outbox_writes import ResultWriter
-from notifier.store.status import next_attempt_at
 
 if TYPE_CHECKING:  # only a type: every statement is in notifier/store/outbox_queries.py
     from notifier.store.db import Engine
@@ -180,12 +179,6 @@ class Dispatcher(Delivery):
 
     def _out_of_time(self) -> bool:
         return self._stop_at is not None and self.clock.monotonic() >= self._stop_at
-
-    def next_due_at(self) -> float | None:
-        """When the earliest pending row of a configured channel is due (seconds since the
-        epoch), or None."""
-        value = next_attempt_at(self.engine, self._channels)
-        return None if value is None else value / 1000.0
 
     def _warn_unconfigured(self) -> None:
         """One warning per channel that is not configured but has pending rows (repeated
