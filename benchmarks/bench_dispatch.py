@@ -83,6 +83,42 @@ def _receiver(port_out: Any, count: Any, stop: Any) -> None:
     asyncio.run(_serve(port_out, count, stop))
 
 
+class Receiver:
+    """The receiver in its own process, for the ``with`` block: ``port``, and ``received``
+    (how many requests it answered so far)."""
+
+    def __enter__(self) -> Receiver:
+        context = multiprocessing.get_context("spawn")
+        self._port = context.Value("i", 0)
+        self._received = context.Value("q", 0)
+        self._stop = context.Event()
+        self._process = context.Process(
+            target=_receiver, args=(self._port, self._received, self._stop), daemon=True
+        )
+        self._process.start()
+        deadline = time.monotonic() + 30
+        while not self._port.value and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._port.value:
+            self.__exit__()
+            raise SystemExit("the receiver did not start")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+
+    @property
+    def port(self) -> int:
+        return int(self._port.value)
+
+    @property
+    def received(self) -> int:
+        return int(self._received.value)
+
+
 # -- the workload ---------------------------------------------------------------------------
 
 
@@ -164,7 +200,8 @@ def _fill_outbox(engine: Engine, found: list[Event], record: OperationRecord) ->
         )
 
 
-def _reset_outbox(engine: Engine) -> None:
+def reset_outbox(engine: Engine) -> None:
+    """Every row pending again, due now, nothing sent."""
     now = int(time.time() * 1000)
     with engine.begin() as connection:
         connection.execute(
@@ -179,97 +216,85 @@ def main() -> None:
     args = parser.parse_args()
     count: int = args.count
 
-    context = multiprocessing.get_context("spawn")
-    port_value = context.Value("i", 0)
-    received = context.Value("q", 0)
-    stop = context.Event()
-    process = context.Process(target=_receiver, args=(port_value, received, stop), daemon=True)
-    process.start()
-    deadline = time.monotonic() + 30
-    while not port_value.value and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if not port_value.value:
-        raise SystemExit("the receiver did not start")
-    url = f"http://127.0.0.1:{port_value.value}/events"
+    with Receiver() as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/events"
 
-    found, record = _events(count)
-    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+        found, record = _events(count)
+        key = base64.b64decode(SECRET.removeprefix("whsec_"))
 
-    def signed(event: Event) -> tuple[bytes, dict[str, str]]:
-        body = json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":")).encode()
-        timestamp = int(time.time())
-        return body, {
-            "Content-Type": "application/cloudevents+json",
-            "webhook-id": event.id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(key, event.id, timestamp, body),
-        }
+        def signed(event: Event) -> tuple[bytes, dict[str, str]]:
+            body = json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":")).encode()
+            timestamp = int(time.time())
+            return body, {
+                "Content-Type": "application/cloudevents+json",
+                "webhook-id": event.id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(key, event.id, timestamp, body),
+            }
 
-    def httpx_posts() -> None:
-        with httpx.Client() as client:
+        def httpx_posts() -> None:
+            with httpx.Client() as client:
+                for event in found:
+                    body, headers = signed(event)
+                    client.post(url, content=body, headers=headers).raise_for_status()
+
+        def requests_posts() -> None:
             for event in found:
                 body, headers = signed(event)
-                client.post(url, content=body, headers=headers).raise_for_status()
+                requests.post(url, data=body, headers=headers, timeout=10).raise_for_status()
 
-    def requests_posts() -> None:
-        for event in found:
-            body, headers = signed(event)
-            requests.post(url, data=body, headers=headers, timeout=10).raise_for_status()
+        def session_posts() -> None:
+            with requests.Session() as session:
+                for event in found:
+                    body, headers = signed(event)
+                    session.post(url, data=body, headers=headers, timeout=10).raise_for_status()
 
-    def session_posts() -> None:
-        with requests.Session() as session:
-            for event in found:
-                body, headers = signed(event)
-                session.post(url, data=body, headers=headers, timeout=10).raise_for_status()
+        with tempfile.TemporaryDirectory() as scratch:
+            engine = db.make_engine(f"sqlite:///{Path(scratch) / 'bench.db'}")
+            db.upgrade(engine, backup=False)
+            _fill_outbox(engine, found, record)
+            channel = ChannelConfig(
+                name="hook", urls=(f"webhook://127.0.0.1:{receiver.port}/events?secret={SECRET}",)
+            )
+            config = Config(
+                service=ServiceConfig(),
+                delivery=DeliveryConfig(batch_size=count),
+                sources=(),
+                channels=(channel,),
+            )
 
-    with tempfile.TemporaryDirectory() as scratch:
-        engine = db.make_engine(f"sqlite:///{Path(scratch) / 'bench.db'}")
-        db.upgrade(engine, backup=False)
-        _fill_outbox(engine, found, record)
-        channel = ChannelConfig(
-            name="hook", urls=(f"webhook://127.0.0.1:{port_value.value}/events?secret={SECRET}",)
-        )
-        config = Config(
-            service=ServiceConfig(),
-            delivery=DeliveryConfig(batch_size=count),
-            sources=(),
-            channels=(channel,),
-        )
-
-        def dispatch() -> None:
-            _reset_outbox(engine)
-            dispatcher = Dispatcher(config, engine)
-            started = time.perf_counter()
-            stats = dispatcher.dispatch_due()
-            timings["dispatch"] = time.perf_counter() - started
-            assert stats.sent == count, stats
-
-        timings: dict[str, float] = {}
-        cases: list[tuple[str, Callable[[], None]]] = [
-            ("bare httpx.Client posts (keep-alive)", httpx_posts),
-            ("bare requests.post (new connection each)", requests_posts),
-            ("bare requests.Session posts (keep-alive)", session_posts),
-            ("Dispatcher.dispatch_due (sign + send + record)", dispatch),
-        ]
-        best = dict.fromkeys((label for label, _ in cases), float("inf"))
-        for _ in range(args.rounds):  # interleaved, so a busy moment hits every case alike
-            for label, run in cases:
-                before = received.value
+            def dispatch() -> None:
+                reset_outbox(engine)
+                dispatcher = Dispatcher(config, engine)
                 started = time.perf_counter()
-                run()
-                elapsed = timings.pop("dispatch", time.perf_counter() - started)
-                assert received.value - before == count, f"{label}: not all received"
-                best[label] = min(best[label], elapsed)
+                stats = dispatcher.dispatch_due()
+                timings["dispatch"] = time.perf_counter() - started
+                assert stats.sent == count, stats
 
-        print(f"{count} signed CloudEvents to a local keep-alive receiver, best of {args.rounds}")
-        for label, elapsed in best.items():
-            print(f"{label:<46} {count:>6} in {elapsed:6.3f} s = {count / elapsed:8.0f} /s")
-        baseline, bare_requests, session, dispatcher_time = best.values()
-        engine.dispose()
-    stop.set()
-    process.join(timeout=10)
-    if process.is_alive():
-        process.terminate()
+            timings: dict[str, float] = {}
+            cases: list[tuple[str, Callable[[], None]]] = [
+                ("bare httpx.Client posts (keep-alive)", httpx_posts),
+                ("bare requests.post (new connection each)", requests_posts),
+                ("bare requests.Session posts (keep-alive)", session_posts),
+                ("Dispatcher.dispatch_due (sign + send + record)", dispatch),
+            ]
+            best = dict.fromkeys((label for label, _ in cases), float("inf"))
+            for _ in range(args.rounds):  # interleaved, so a busy moment hits every case alike
+                for label, run in cases:
+                    before = receiver.received
+                    started = time.perf_counter()
+                    run()
+                    elapsed = timings.pop("dispatch", time.perf_counter() - started)
+                    assert receiver.received - before == count, f"{label}: not all received"
+                    best[label] = min(best[label], elapsed)
+
+            print(
+                f"{count} signed CloudEvents to a local keep-alive receiver, best of {args.rounds}"
+            )
+            for label, elapsed in best.items():
+                print(f"{label:<46} {count:>6} in {elapsed:6.3f} s = {count / elapsed:8.0f} /s")
+            baseline, bare_requests, session, dispatcher_time = best.values()
+            engine.dispose()
     print(
         f"time vs bare httpx: dispatcher {dispatcher_time / baseline:.2f}x, "
         f"requests.post {bare_requests / baseline:.2f}x, "

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
 
-from bench_dispatch import SECRET, _receiver
-from sqlalchemy import Engine, insert, update
+from bench_dispatch import SECRET, Receiver, reset_outbox
+from sqlalchemy import Engine, insert
 
 from notifier.config import ChannelConfig, Config, DeliveryConfig, ServiceConfig
 from notifier.model import Event, EventType, OperationRecord
@@ -132,14 +131,6 @@ def _fill(
         )
 
 
-def _reset(engine: Engine) -> None:
-    now = int(time.time() * 1000)
-    with engine.begin() as connection:
-        connection.execute(
-            update(outbox).values(state="pending", done_targets="[]", next_attempt_at=now)
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("count", nargs="?", type=int, default=500)
@@ -147,74 +138,59 @@ def main() -> None:
     args = parser.parse_args()
     count: int = args.count
 
-    context = multiprocessing.get_context("spawn")
-    port_value = context.Value("i", 0)
-    received = context.Value("q", 0)
-    stop = context.Event()
-    process = context.Process(target=_receiver, args=(port_value, received, stop), daemon=True)
-    process.start()
-    deadline = time.monotonic() + 30
-    while not port_value.value and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if not port_value.value:
-        raise SystemExit("the receiver did not start")
+    with Receiver() as receiver:
+        channel = ChannelConfig(
+            name="hook",
+            urls=(f"webhook://127.0.0.1:{receiver.port}/events?secret={SECRET}",),
+            events=("operation.*", "substep.*"),
+            statuses=("failed", "finished"),
+            blockchains=(*(f"bcs-{number}" for number in range(50)), "bcs-bench"),
+            resource_types=("BCSSVC01",),
+            operation_types=("99",),
+        )
+        config = Config(
+            service=ServiceConfig(),
+            delivery=DeliveryConfig(batch_size=count),
+            sources=(),
+            channels=(channel,),
+        )
+        groups = _groups(count)
+        expected = sum(len(matching_events(channel, found)) for found in groups)
 
-    channel = ChannelConfig(
-        name="hook",
-        urls=(f"webhook://127.0.0.1:{port_value.value}/events?secret={SECRET}",),
-        events=("operation.*", "substep.*"),
-        statuses=("failed", "finished"),
-        blockchains=(*(f"bcs-{number}" for number in range(50)), "bcs-bench"),
-        resource_types=("BCSSVC01",),
-        operation_types=("99",),
-    )
-    config = Config(
-        service=ServiceConfig(),
-        delivery=DeliveryConfig(batch_size=count),
-        sources=(),
-        channels=(channel,),
-    )
-    groups = _groups(count)
-    expected = sum(len(matching_events(channel, found)) for found in groups)
+        with tempfile.TemporaryDirectory() as scratch:
+            engines: dict[str, Engine] = {}
+            labels = {
+                "legacy": "event_ids NULL: routed at dispatch (pre-0007)",
+                "stored": "stored event_ids: routed at write (now)",
+            }
+            for name in labels:
+                engine = db.make_engine(f"sqlite:///{Path(scratch) / f'{name}.db'}")
+                db.upgrade(engine, backup=False)
+                _fill(engine, groups, channel, stored=name == "stored")
+                engines[name] = engine
 
-    with tempfile.TemporaryDirectory() as scratch:
-        engines: dict[str, Engine] = {}
-        labels = {
-            "legacy": "event_ids NULL: routed at dispatch (pre-0007)",
-            "stored": "stored event_ids: routed at write (now)",
-        }
-        for name in labels:
-            engine = db.make_engine(f"sqlite:///{Path(scratch) / f'{name}.db'}")
-            db.upgrade(engine, backup=False)
-            _fill(engine, groups, channel, stored=name == "stored")
-            engines[name] = engine
+            best = dict.fromkeys(labels, float("inf"))
+            for _ in range(args.rounds):  # interleaved, so a busy moment hits both alike
+                for name, engine in engines.items():
+                    reset_outbox(engine)
+                    dispatcher = Dispatcher(config, engine)
+                    before = receiver.received
+                    started = time.perf_counter()
+                    stats = dispatcher.dispatch_due()
+                    elapsed = time.perf_counter() - started
+                    assert stats.sent == count, stats
+                    assert receiver.received - before == expected, f"{name}: not all received"
+                    best[name] = min(best[name], elapsed)
 
-        best = dict.fromkeys(labels, float("inf"))
-        for _ in range(args.rounds):  # interleaved, so a busy moment hits both alike
-            for name, engine in engines.items():
-                _reset(engine)
-                dispatcher = Dispatcher(config, engine)
-                before = received.value
+            routing_best = float("inf")
+            for _ in range(args.rounds):
                 started = time.perf_counter()
-                stats = dispatcher.dispatch_due()
-                elapsed = time.perf_counter() - started
-                assert stats.sent == count, stats
-                assert received.value - before == expected, f"{name}: not all received"
-                best[name] = min(best[name], elapsed)
-
-        routing_best = float("inf")
-        for _ in range(args.rounds):
-            started = time.perf_counter()
-            for found in groups:
-                matching_events(channel, found)  # at dispatch
-                matching_events(channel, found)  # and again at completion
-            routing_best = min(routing_best, time.perf_counter() - started)
-        for engine in engines.values():
-            engine.dispose()
-    stop.set()
-    process.join(timeout=10)
-    if process.is_alive():
-        process.terminate()
+                for found in groups:
+                    matching_events(channel, found)  # at dispatch
+                    matching_events(channel, found)  # and again at completion
+                routing_best = min(routing_best, time.perf_counter() - started)
+            for engine in engines.values():
+                engine.dispose()
 
     print(
         f"{count} outbox rows x {len(_KINDS)} events, {expected} signed CloudEvents sent per "
