@@ -242,12 +242,25 @@ def test_db_commands(config_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["db", "current"], ["events"], ["outbox", "list"], ["outbox"], ["status"]],
+    [
+        ["db", "current"],
+        ["events"],
+        ["outbox", "list"],
+        ["outbox"],
+        ["status"],
+        # the commands that change deliveries have nothing to change before the first poll
+        ["outbox", "retry", "--pending"],
+        ["outbox", "purge", "--dead"],
+        ["outbox", "reassign", "old", "chat"],
+        ["outbox", "dispatch"],
+    ],
     ids=" ".join,
 )
-def test_a_command_that_only_reads_never_creates_a_database(
-    config_path: Path, tmp_path: Path, command: list[str]
+def test_a_command_that_reads_or_changes_deliveries_never_creates_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
+    monkeypatch.setenv("BCS_TOKEN", "tok-SECRET-123")
+    config_path = prod_config(tmp_path, channels=[channel("chat", "json://127.0.0.1:9/")])
     before = sorted(tmp_path.iterdir())
 
     result = run(config_path, *command)

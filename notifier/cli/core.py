@@ -69,12 +69,16 @@ def db_current(context: Context) -> None:
     click.echo(f"current: {current or 'none'}\nhead: {head}\n{state}")
 
 
-def open_store(context: Context, *, dry_run: bool = False) -> Engine:
+def open_store(context: Context, *, dry_run: bool = False, create: bool = True) -> Engine:
     """The migrated store; for a dry run on a database that does not exist yet, a
-    temporary one (so the dry run shows what a first poll would do and writes nothing)."""
+    temporary one (so the dry run shows what a first poll would do and writes nothing).
+    ``create`` False: a database that does not exist yet is a one-line error (a command
+    that changes deliveries has nothing to change there, and must not leave a file)."""
     from notifier.store import db as store_db
 
     config = context.config(check_channels=False)  # the database URL is all it needs
+    if not create:
+        store_db.require_database(config.service.database)
     if dry_run:
         if not store_db.database_exists(config.service.database):
             scratch = Path(tempfile.mkdtemp(prefix="bcs-notifier-dry-run-"))

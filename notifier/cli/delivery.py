@@ -139,7 +139,7 @@ def outbox_retry(
 
     context.config()
     with reported(context):
-        engine = open_store(context)
+        engine = open_store(context, create=False)
         count = outbox_module.retry(
             engine,
             now_ms=SYSTEM_CLOCK.wall_ms(),
@@ -194,7 +194,7 @@ def outbox_purge(
         cutoff = SYSTEM_CLOCK.wall_ms() - ms_from_seconds(_parse_duration(older_than))
     config = context.config()
     with reported(context):
-        engine = open_store(context)
+        engine = open_store(context, create=False)
         count = outbox_module.purge(
             engine,
             states=states,
@@ -230,7 +230,7 @@ def outbox_reassign(context: Context, old: str, new: str) -> None:
     if old == new:
         raise click.BadParameter("OLD and NEW are the same channel", param_hint="NEW")
     with reported(context):
-        engine = open_store(context)
+        engine = open_store(context, create=False)
         done = outbox_module.reassign(
             engine,
             old=old,
@@ -262,7 +262,7 @@ def outbox_dispatch(context: Context, limit: int | None) -> None:
 
     config = context.config()
     with reported(context):
-        engine = open_store(context)
+        engine = open_store(context, create=False)
         hold_instance_lock(context, engine, hint="the running service delivers due rows itself")
         stats = Dispatcher(config, engine).dispatch_due(limit=limit)
     click.echo(
