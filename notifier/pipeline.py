@@ -386,7 +386,7 @@ class Poller:
             check=not (baseline and silent_new),
             learned=listing.samples if listing else (),
         )
-        groups = self._with_stalls(name, groups, stalls.events, records)
+        groups = self._with_stalls(name, groups, stalls.events, watched)
 
         if unstorable:
             writes = [item for item in writes if item.record.operation_id not in unstorable]

@@ -19,6 +19,10 @@ from notifier.demo import Demo, DemoOptions, demo_config_text, source_config, su
 from notifier.simulator import Simulator
 
 FAST = {"speed": 400.0, "interval": 0.2}
+#: The story whose stall the test checks: the sub-step hangs 150 simulated seconds past
+#: its 30 s threshold, which at 150x is one real second for a poll to see it on a busy
+#: machine (at 400x it was 0.375 s: a slow poll missed the stall now and then).
+STORY_PACE = {"speed": 150.0, "interval": 0.2}
 
 
 @pytest.fixture
@@ -54,7 +58,7 @@ def test_the_demo_plays_the_story_and_leaves_nothing_behind(
     said: list[str] = []
     threads_before = set(threading.enumerate())
 
-    report = Demo(DemoOptions(auth=auth, **FAST), say=said.append).run()
+    report = Demo(DemoOptions(auth=auth, **STORY_PACE), say=said.append).run()
 
     assert report.completed, report.errors
     assert not report.interrupted
@@ -176,7 +180,7 @@ def _demo_process(tmp_path: Path, *arguments: str) -> subprocess.Popen[str]:
 
 
 def test_the_demo_command_exits_zero_by_itself(tmp_path: Path) -> None:
-    process = _demo_process(tmp_path, "--speed", "400", "--interval", "0.2", "--seed", "2")
+    process = _demo_process(tmp_path, "--speed", "150", "--interval", "0.2", "--seed", "2")
     try:
         out, err = process.communicate(timeout=60)
     finally:

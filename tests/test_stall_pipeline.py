@@ -30,7 +30,7 @@ from notifier.simulator.stories import STALL_STEP, STALL_SUBSTEP, stall_story
 from notifier.stalls import DurationKey, StallSettings
 from notifier.store import db
 from notifier.store.durations import duration_table
-from notifier.store.schema import stall_alerts, step_durations
+from notifier.store.schema import event_groups, stall_alerts, step_durations
 
 NS = NS_PER_SECOND
 SCHEMA = json.loads(
@@ -461,3 +461,32 @@ def test_an_absent_or_odd_date_header_is_no_clock(
     )
     with BcsClient(source, clock=FakeClock.at_wall(START)) as client:
         assert client.fetch().server_time_ns == expected
+
+
+@pytest.mark.parametrize("poll_mode", ["full", "incremental"])
+def test_a_stall_of_an_operation_whose_record_did_not_change_is_reported(
+    watch: Callable[..., Watch], poll_mode: str
+) -> None:
+    """The hung operation's record is the same at the next poll: a complete listing skips
+    it unparsed and watches it through its stored snapshot, the short lists parse it. Both
+    report its stall, with the record, and the poll works."""
+    w = watch(poll_mode=poll_mode, full_poll_interval=1)
+    assert w.poll().baseline
+    plan, stuck = stuck_sub_step(w.sim)
+    assert stuck.start_ns is not None
+    assert stuck.end_ns is not None
+    w.move_to(stuck.start_ns + NS)
+    started = w.poll()
+    assert any(event.operation_id == plan.operation_id for event in started.events)
+    w.move_to(stuck.start_ns + 12 * NS)  # past the 6 s threshold, nothing changed since
+    assert stuck.end_ns > w.sim.clock.now_ns()
+    hung = w.poll()
+    assert hung.complete  # full_poll_interval = 1: incremental mode lists everything too
+    assert [(event.operation_id, event.type, event.substep) for event in hung.events] == [
+        (plan.operation_id, EventType.SUBSTEP_STALLED, STALL_SUBSTEP)
+    ]
+    with w.engine.connect() as connection:
+        stored = connection.execute(
+            select(event_groups.c.record).where(event_groups.c.id == hung.groups[0].id)
+        ).scalar_one()
+    assert plan.operation_id in stored  # the stall's message shows the operation's steps
