@@ -13,9 +13,9 @@ import hashlib
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 
 from notifier.bcs.sanitize import CONTENT_ERRORS
+from notifier.clock import iso
 from notifier.config import ChannelConfig, SourceConfig
 from notifier.errors import AuthError, SignatureRejected, SourceError
 from notifier.model import (
@@ -214,10 +214,9 @@ def plan_failure(
 
 def resting_error(source: SourceConfig, state: SourceState, now_ms: int) -> SourceError:
     """The error of a poll skipped while the source's credentials rest."""
-    until = datetime.fromtimestamp((state.rest_until or now_ms) / 1000, UTC)
     message = (
         f"credentials refused earlier ({state.last_error or 'no detail'}); "
-        f"no request before {until.isoformat(timespec='seconds')}"
+        f"no request before {iso(state.rest_until or now_ms, 'offset')}"
     )
     error: SourceError
     if source.auth.type == "aksk":

@@ -214,6 +214,10 @@ def test_resting_error(auth: str, kind: type[Exception]) -> None:
     assert type(error) is kind
     assert error.retry_after == 60
     assert "401 refused" in error.one_line()
+    # NOW + 60 s is 2023-11-14T22:14:20.000Z; a fraction of a second is dropped
+    assert "no request before 2023-11-14T22:14:20+00:00" in error.one_line()
+    later = resting_error(source, replace(state, rest_until=NOW + 60_999), NOW)
+    assert "no request before 2023-11-14T22:14:20+00:00" in later.one_line()
 
 
 # -- groups ---------------------------------------------------------------------------------
