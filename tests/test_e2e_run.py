@@ -1,6 +1,7 @@
 """End to end: ``bcs-notifier run`` as a real process against the simulator (manual clock,
 moved to every instant a record changes) and a signed-webhook receiver; faults injected
-mid-run, and the service stopped with SIGTERM and killed with SIGKILL in the middle."""
+mid-run, and the service stopped with SIGTERM and killed with SIGKILL in the middle. Each in
+both poll modes: one complete listing a cycle, and the short lists of incremental polling."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from config_support import sim_source
 from e2e_support import (
     NS,
+    Cycle,
     GatedSimulator,
     Service,
     Transition,
@@ -22,6 +25,7 @@ from e2e_support import (
     assert_in_order,
     expected_transitions,
     operation_deliveries,
+    seen_alone,
     webhook_receiver,
     write_config,
 )
@@ -53,6 +57,27 @@ FAULTS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
+#: poll_mode -> [service] settings; incremental: besides the start, a complete listing every
+#: 2 s (wall time), so complete listings and short lists interleave
+MODES: dict[str, dict[str, Any]] = {
+    "full": {"poll_mode": "full"},
+    "incremental": {"poll_mode": "incremental", "full_poll_interval": 2},
+}
+BOTH_MODES = pytest.mark.parametrize("poll_mode", list(MODES))
+
+
+def assert_mode(cycles: list[Cycle], poll_mode: str) -> None:
+    """The cycles were the mode's: incremental ones asked the short lists and followed up on
+    what left them (terminal states read with ``?operation_id=``)."""
+    committed = [cycle for cycle in cycles if cycle.committed]
+    short = [cycle for cycle in committed if not cycle.complete]
+    if poll_mode == "full":
+        assert not short
+    else:
+        assert short, "no incremental cycle was committed"
+        assert any(cycle.follow_ups for cycle in short), "no terminal state was followed up"
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -70,13 +95,15 @@ def _wait_delivered(
     )
 
 
-def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> None:
+@BOTH_MODES
+def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_mode: str) -> None:
     with GatedSimulator(seed=5, story=STORY) as sim, webhook_receiver() as receiver:
         source = sim_source(sim, "password", "prod", timeout=CLIENT_TIMEOUT, max_retries=0)
-        service = Service(write_config(tmp_path, [source], receiver.url), tmp_path)
+        config = write_config(tmp_path, [source], receiver.url, **MODES[poll_mode])
+        service = Service(config, tmp_path)
         try:
             service.start()
-            sim.wait_valid_after(0)  # the silent baseline
+            sim.wait_committed_after(0)  # the silent baseline
             instants = sim.change_instants()
             assert len(instants) > max(FAULTS) + 3
             for index, instant in enumerate(instants):
@@ -87,7 +114,8 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> No
                     elif fault is not None:
                         sim.inject(fault[0], **fault[1])
                     mark = sim.move_to(instant)
-                sim.wait_valid_after(mark)
+                # a whole cycle begun at this instant (a fault costs the one it lands in)
+                sim.wait_committed_after(mark)
             expected = expected_transitions("prod", sim.truths())
             _wait_delivered(receiver, expected)
             assert service.stop(signal.SIGTERM) == 0
@@ -98,15 +126,17 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> No
         assert_exactly_once(deliveries, expected)
         assert_in_order(deliveries, expected)
         assert_chains(deliveries, "prod", sim.truths(), expected)
-        # every change instant was seen on its own: the transitions told are every one the
-        # simulator made, none merged into a jump
-        intact = [o.now_ns for o in sim.observations if o.valid]
-        assert set(instants) <= set(intact)
-        # every fault was really served, and each cost exactly one failed poll
+        # every change instant was seen on its own, by a whole cycle: the transitions told
+        # are every one the simulator made, none merged into a jump
+        cycles = sim.cycles()
+        assert set(instants) <= seen_alone(cycles)
+        assert_mode(cycles, poll_mode)
+        # every fault was really served, and each cost exactly one failed cycle
         faults = [o.fault for o in sim.observations if o.fault is not None]
         assert sorted(faults) == sorted(
             ["500", "429", "502", "truncated", "count", "slow", "disconnect"]
         )
+        assert sum(cycle.failed for cycle in cycles) == len(faults)
         rejected = [o for o in sim.observations if o.status == 401]
         assert len(rejected) == 1  # the revoked token, answered by one new login
         logins = [r for r in sim.requests() if r.path.startswith("/v3/auth/tokens")]
@@ -115,20 +145,23 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path) -> No
         assert "Traceback" not in log
 
 
-def test_restarts_resume_without_resending(tmp_path: Path) -> None:
+@BOTH_MODES
+def test_restarts_resume_without_resending(tmp_path: Path, poll_mode: str) -> None:
     """SIGTERM while a webhook is in flight: it completes, nothing is sent twice. SIGKILL
     while a webhook is in flight: after the restart exactly that one event is sent again
-    (at-least-once), every other event exactly once, and nothing is lost."""
+    (at-least-once), every other event exactly once, and nothing is lost. Incremental: the
+    shipped full_poll_interval, so each process lists everything once, at its start."""
     with GatedSimulator(seed=6, story=STORY) as sim, webhook_receiver() as receiver:
         source = sim_source(sim, "aksk", "prod", timeout=5, max_retries=0)
-        service = Service(write_config(tmp_path, [source], receiver.url), tmp_path)
+        config = write_config(tmp_path, [source], receiver.url, poll_mode=poll_mode)
+        service = Service(config, tmp_path)
         origin = sim.scenario.origin_ns
         settled = sim.scenario.story_settled_ns
         steps = [origin + (settled - origin) * k // 8 for k in range(1, 9)] + [settled + NS]
 
         def step(target: int) -> dict[Transition, int]:
             mark = sim.move_to(target)
-            sim.wait_valid_after(mark)
+            sim.wait_committed_after(mark)
             expected = expected_transitions("prod", sim.truths())
             _wait_delivered(receiver, expected)
             return expected
@@ -137,13 +170,13 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
             """Move on and hold the first webhook of that poll; returns its id."""
             receiver.http.hold_next()
             mark = sim.move_to(target)
-            sim.wait_valid_after(mark)
+            sim.wait_committed_after(mark)
             assert receiver.http.wait_held(20), "no webhook was sent"
             return receiver.snapshot()[-1].webhook_id
 
         try:
             service.start()
-            sim.wait_valid_after(0)
+            sim.wait_committed_after(0)
             step(steps[0])
             step(steps[1])
 
@@ -158,7 +191,7 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
 
             mark = sim.mark()
             service.start()
-            sim.wait_valid_after(mark)
+            sim.wait_committed_after(mark)
             step(steps[3])
             step(steps[4])
 
@@ -170,7 +203,7 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
 
             mark = sim.mark()
             service.start()
-            sim.wait_valid_after(mark)
+            sim.wait_committed_after(mark)
             for target in steps[6:]:
                 expected = step(target)
             receiver.wait_for(lambda got: [d.webhook_id for d in got].count(killed_id) == 2)
@@ -186,3 +219,10 @@ def test_restarts_resume_without_resending(tmp_path: Path) -> None:
         # three processes, one baseline: the restarts reported nothing as "created" again
         assert sum(1 for t in expected if t.type == "operation.created") == 3
         assert service.runs == 3
+        cycles = sim.cycles()
+        assert_mode(cycles, poll_mode)
+        # each process began with a complete listing; incremental: only then
+        complete = [cycle for cycle in cycles if cycle.committed and cycle.complete]
+        assert len(complete) >= 3
+        if poll_mode == "incremental":
+            assert len(complete) == 3
