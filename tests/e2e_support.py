@@ -50,6 +50,15 @@ ROOT = Path(__file__).parent.parent
 # -- a simulator that knows what every poll saw ---------------------------------------------
 
 
+def request_kind(query: str) -> str:
+    """What a record request with ``query`` asks for: "complete" (a complete listing),
+    "waiting" or "processing" (a status list), "follow-up" (``?operation_id=``)."""
+    params = {key: value for key, value in parse_qsl(query) if value}
+    if "operation_id" in params:
+        return "follow-up"
+    return params.get("operation_status", "complete")
+
+
 @dataclass(frozen=True)
 class Observation:
     """One operation-record request: the simulated time it was answered at, how, and what it
@@ -73,19 +82,23 @@ class Observation:
     @property
     def complete(self) -> bool:
         """A complete listing: neither a status list nor a follow-up."""
-        params = self.params
-        return "operation_status" not in params and "operation_id" not in params
+        return self.kind == "complete"
 
     @property
     def status_list(self) -> str | None:
         """The status a short list asked for (None: not a status list)."""
-        params = self.params
-        return None if "operation_id" in params else params.get("operation_status")
+        kind = self.kind
+        return None if kind in ("complete", "follow-up") else kind
 
     @property
     def follow_up(self) -> str | None:
         """The operation a follow-up asked for (None: not a follow-up)."""
         return self.params.get("operation_id")
+
+    @property
+    def kind(self) -> str:
+        """ "complete", "waiting", "processing" or "follow-up" (:func:`request_kind`)."""
+        return request_kind(self.query)
 
     def records(self, records_at: Callable[[int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """What the API answered: the records at ``now_ns`` its query selects."""
@@ -110,10 +123,13 @@ class GatedSimulator(Simulator):
         self._records_at: dict[int, list[dict[str, Any]]] = {}
         self._records_of = self.scenario
         self._reader = CycleReader(self._records_then)
+        self._armed: list[tuple[str | None, str, dict[str, Any]]] = []
 
     def handle(self, request: ReceivedRequest) -> SimResponse:
         with self.gate:
             now = self.clock.now_ns()
+            if request.method == "GET" and RECORD_PATH.match(request.path):
+                self._fire(request_kind(request.query))
             response = super().handle(request)
             if request.method == "GET" and RECORD_PATH.match(request.path):
                 entry = self.requests()[-1]
@@ -122,6 +138,25 @@ class GatedSimulator(Simulator):
                 )
             self.gate.notify_all()
         return response
+
+    def inject_on(self, where: str | None, kind: str, **options: Any) -> None:
+        """A fault (``Simulator.inject`` arguments) for the next record request of the kind
+        ``where`` (:func:`request_kind`; None: any): injected as that request arrives, so
+        that one request takes it, wherever it falls in a cycle."""
+        with self.gate:
+            self._armed.append((where, kind, options))
+
+    def armed(self) -> list[tuple[str | None, str, dict[str, Any]]]:
+        """The faults of ``inject_on`` no request has taken yet."""
+        with self.gate:
+            return list(self._armed)
+
+    def _fire(self, request: str) -> None:
+        for position, (where, kind, options) in enumerate(self._armed):
+            if where in (None, request):
+                del self._armed[position]
+                self.inject(kind, **options)
+                return
 
     def _records_then(self, now_ns: int) -> list[dict[str, Any]]:
         """The records at ``now_ns`` (kept: the oracle reads each instant many times)."""

@@ -12,12 +12,16 @@ from e2e_support import (
     FAILED,
     UNFINISHED,
     CycleReader,
+    GatedSimulator,
     Observation,
     committed_views,
     expected_transitions,
     group_cycles,
+    request_kind,
     seen_alone,
 )
+
+from notifier.simulator import ReceivedRequest
 
 WAITING = "operation_status=waiting"
 PROCESSING = "operation_status=processing"
@@ -221,3 +225,40 @@ def test_in_full_mode_the_views_are_the_intact_answers() -> None:
     old = [(index, records_at(o.now_ns)) for index, o in enumerate(observations) if o.valid]
     assert committed_views(cycles) == old
     assert seen_alone(cycles) == {1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("query", "kind"),
+    [
+        ("", "complete"),
+        ("blockchain_id=abc", "complete"),
+        (WAITING, "waiting"),
+        (f"blockchain_id=abc&{PROCESSING}", "processing"),
+        ("operation_id=x", "follow-up"),
+        ("operation_id=", "complete"),  # a blank parameter is no filter (the API ignores it)
+    ],
+    ids=["plain", "filtered", "waiting", "processing", "follow-up", "blank"],
+)
+def test_what_a_request_asks_for(query: str, kind: str) -> None:
+    assert request_kind(query) == kind
+    assert ask(1, query).kind == kind
+
+
+def test_a_fault_aimed_at_a_kind_of_request_is_taken_by_the_next_one_of_that_kind() -> None:
+    sim = GatedSimulator(seed=3)  # not started: requests are handed to it directly
+    path = f"/v2/{sim.project_id}/operation/record"
+    headers = {"x-auth-token": sim.credentials.token}
+
+    def get(query: str) -> int:
+        return sim.handle(ReceivedRequest("GET", path, query, headers, b"")).status
+
+    sim.inject_on("processing", "500")
+    sim.inject_on(None, "502")
+    assert [get(WAITING), get(PROCESSING), get(PROCESSING), get("")] == [502, 500, 200, 200]
+    assert sim.armed() == []
+    assert [(o.kind, o.fault) for o in sim.observations] == [
+        ("waiting", "502"),
+        ("processing", "500"),
+        ("processing", None),
+        ("complete", None),
+    ]

@@ -15,6 +15,7 @@ import pytest
 from config_support import sim_source
 from e2e_support import (
     NS,
+    TERMINAL,
     Cycle,
     GatedSimulator,
     Service,
@@ -44,26 +45,26 @@ STORY = (
 )
 CLIENT_TIMEOUT = 1.0
 
-#: fault injected right before the clock moves to the change instant with this index
-FAULTS: dict[int, tuple[str, dict[str, Any]]] = {
-    2: ("500", {}),
-    5: ("429", {"retry_after": 1}),
-    8: ("502", {}),
-    11: ("truncated", {}),
-    14: ("count", {}),
-    17: ("slow", {"delay": CLIENT_TIMEOUT + 1.0}),
-    20: ("disconnect", {}),
-    23: ("expire-tokens", {}),  # password auth: a 401, one new IAM login, the same poll works
+#: fault injected right before the clock moves to the change instant with this index, and the
+#: request of an incremental cycle it is aimed at (the first one of that kind after the move)
+FAULTS: dict[int, tuple[str, dict[str, Any], str]] = {
+    2: ("500", {}, "waiting"),
+    5: ("429", {"retry_after": 1}, "processing"),
+    8: ("502", {}, "processing"),
+    11: ("truncated", {}, "processing"),
+    14: ("count", {}, "waiting"),
+    17: ("slow", {"delay": CLIENT_TIMEOUT + 1.0}, "processing"),
+    20: ("disconnect", {}, "waiting"),
+    # password auth: a 401, one new IAM login, the same request works
+    23: ("expire-tokens", {}, "waiting"),
 }
+#: faults on the follow-up that reads a terminal state, injected before the first and the
+#: third instant at which an operation ends
+END_FAULTS: tuple[tuple[str, dict[str, Any]], ...] = (("500", {}), ("count", {}))
 
-
-#: poll_mode -> [service] settings; incremental: besides the start, a complete listing every
-#: 2 s (wall time), so complete listings and short lists interleave
-MODES: dict[str, dict[str, Any]] = {
-    "full": {"poll_mode": "full"},
-    "incremental": {"poll_mode": "incremental", "full_poll_interval": 2},
-}
-BOTH_MODES = pytest.mark.parametrize("poll_mode", list(MODES))
+#: incremental polling with the shipped full_poll_interval (unless a test sets it): after the
+#: start only short lists, so a fault aimed at one of their requests meets it
+BOTH_MODES = pytest.mark.parametrize("poll_mode", ["full", "incremental"])
 
 
 def assert_mode(cycles: list[Cycle], poll_mode: str) -> None:
@@ -76,6 +77,22 @@ def assert_mode(cycles: list[Cycle], poll_mode: str) -> None:
     else:
         assert short, "no incremental cycle was committed"
         assert any(cycle.follow_ups for cycle in short), "no terminal state was followed up"
+
+
+def ending(sim: GatedSimulator, instants: list[int]) -> list[int]:
+    """The indices of the instants at which an operation reaches a terminal state."""
+    before = {r["operation_id"]: r for r in sim.records()}
+    found = []
+    for index, instant in enumerate(instants):
+        now = {r["operation_id"]: r for r in sim.scenario.records_at(instant)}
+        if any(
+            r["operation_status"] in TERMINAL
+            and before.get(op, r)["operation_status"] not in TERMINAL
+            for op, r in now.items()
+        ):
+            found.append(index)
+        before = now
+    return found
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -99,20 +116,27 @@ def _wait_delivered(
 def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_mode: str) -> None:
     with GatedSimulator(seed=5, story=STORY) as sim, webhook_receiver() as receiver:
         source = sim_source(sim, "password", "prod", timeout=CLIENT_TIMEOUT, max_retries=0)
-        config = write_config(tmp_path, [source], receiver.url, **MODES[poll_mode])
+        config = write_config(tmp_path, [source], receiver.url, poll_mode=poll_mode)
         service = Service(config, tmp_path)
         try:
             service.start()
             sim.wait_committed_after(0)  # the silent baseline
             instants = sim.change_instants()
+            ends = ending(sim, instants)
             assert len(instants) > max(FAULTS) + 3
+            assert len(ends) >= 3
+            faults = dict(FAULTS)
+            for (kind, options), index in zip(END_FAULTS, ends[::2], strict=False):
+                assert index not in faults
+                faults[index] = (kind, options, "follow-up")
             for index, instant in enumerate(instants):
                 with sim.gate:
-                    fault = FAULTS.get(index)
+                    fault = faults.get(index)
                     if fault is not None and fault[0] == "expire-tokens":
                         sim.expire_tokens()
                     elif fault is not None:
-                        sim.inject(fault[0], **fault[1])
+                        where = fault[2] if poll_mode == "incremental" else None
+                        sim.inject_on(where, fault[0], **fault[1])
                     mark = sim.move_to(instant)
                 # a whole cycle begun at this instant (a fault costs the one it lands in)
                 sim.wait_committed_after(mark)
@@ -131,12 +155,17 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_
         cycles = sim.cycles()
         assert set(instants) <= seen_alone(cycles)
         assert_mode(cycles, poll_mode)
-        # every fault was really served, and each cost exactly one failed cycle
-        faults = [o.fault for o in sim.observations if o.fault is not None]
-        assert sorted(faults) == sorted(
-            ["500", "429", "502", "truncated", "count", "slow", "disconnect"]
-        )
-        assert sum(cycle.failed for cycle in cycles) == len(faults)
+        # every fault was really served, by the request it was aimed at, and each cost
+        # exactly one failed cycle
+        assert not sim.armed()
+        served = sorted((o.fault or "", o.kind) for o in sim.observations if o.fault)
+        aimed = [
+            (kind, where if poll_mode == "incremental" else "complete")
+            for kind, _options, where in faults.values()
+            if kind != "expire-tokens"
+        ]
+        assert served == sorted(aimed)
+        assert sum(cycle.failed for cycle in cycles) == len(served)
         rejected = [o for o in sim.observations if o.status == 401]
         assert len(rejected) == 1  # the revoked token, answered by one new login
         logins = [r for r in sim.requests() if r.path.startswith("/v3/auth/tokens")]
@@ -149,11 +178,12 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_
 def test_restarts_resume_without_resending(tmp_path: Path, poll_mode: str) -> None:
     """SIGTERM while a webhook is in flight: it completes, nothing is sent twice. SIGKILL
     while a webhook is in flight: after the restart exactly that one event is sent again
-    (at-least-once), every other event exactly once, and nothing is lost. Incremental: the
-    shipped full_poll_interval, so each process lists everything once, at its start."""
+    (at-least-once), every other event exactly once, and nothing is lost. Incremental: a
+    complete listing at each start and every 2 s (wall time) besides the short lists."""
     with GatedSimulator(seed=6, story=STORY) as sim, webhook_receiver() as receiver:
         source = sim_source(sim, "aksk", "prod", timeout=5, max_retries=0)
-        config = write_config(tmp_path, [source], receiver.url, poll_mode=poll_mode)
+        every = {"full_poll_interval": 2} if poll_mode == "incremental" else {}
+        config = write_config(tmp_path, [source], receiver.url, poll_mode=poll_mode, **every)
         service = Service(config, tmp_path)
         origin = sim.scenario.origin_ns
         settled = sim.scenario.story_settled_ns
@@ -221,8 +251,5 @@ def test_restarts_resume_without_resending(tmp_path: Path, poll_mode: str) -> No
         assert service.runs == 3
         cycles = sim.cycles()
         assert_mode(cycles, poll_mode)
-        # each process began with a complete listing; incremental: only then
-        complete = [cycle for cycle in cycles if cycle.committed and cycle.complete]
-        assert len(complete) >= 3
-        if poll_mode == "incremental":
-            assert len(complete) == 3
+        # each process began with a complete listing
+        assert sum(cycle.committed and cycle.complete for cycle in cycles) >= 3
