@@ -124,12 +124,16 @@ class GatedSimulator(Simulator):
         self._records_of = self.scenario
         self._reader = CycleReader(self._records_then)
         self._armed: list[tuple[str | None, str, dict[str, Any]]] = []
+        self._moves: list[tuple[str, int]] = []
+        #: the observation index of each request a ``move_on`` move was made for
+        self.moved: list[int] = []
 
     def handle(self, request: ReceivedRequest) -> SimResponse:
         with self.gate:
             now = self.clock.now_ns()
             if request.method == "GET" and RECORD_PATH.match(request.path):
                 self._fire(request_kind(request.query))
+                now = self._move(request_kind(request.query), now)
             response = super().handle(request)
             if request.method == "GET" and RECORD_PATH.match(request.path):
                 entry = self.requests()[-1]
@@ -140,9 +144,10 @@ class GatedSimulator(Simulator):
         return response
 
     def inject_on(self, where: str | None, kind: str, **options: Any) -> None:
-        """A fault (``Simulator.inject`` arguments) for the next record request of the kind
-        ``where`` (:func:`request_kind`; None: any): injected as that request arrives, so
-        that one request takes it, wherever it falls in a cycle."""
+        """A fault (``Simulator.inject`` arguments; "expire-tokens": every token revoked) for
+        the next record request of the kind ``where`` (:func:`request_kind`; None: any):
+        injected as that request arrives, so that one request takes it, wherever it falls in
+        a cycle."""
         with self.gate:
             self._armed.append((where, kind, options))
 
@@ -151,11 +156,28 @@ class GatedSimulator(Simulator):
         with self.gate:
             return list(self._armed)
 
+    def move_on(self, where: str, target_ns: int) -> None:
+        """Set the clock to ``target_ns`` as the next record request of the kind ``where``
+        arrives, before it is answered: a cycle then straddles two instants."""
+        with self.gate:
+            self._moves.append((where, target_ns))
+
+    def _move(self, request: str, now: int) -> int:
+        if not self._moves or self._moves[0][0] != request:
+            return now
+        _where, target = self._moves.pop(0)
+        self.moved.append(len(self.observations))
+        self.move_to(target)
+        return self.clock.now_ns()
+
     def _fire(self, request: str) -> None:
         for position, (where, kind, options) in enumerate(self._armed):
             if where in (None, request):
                 del self._armed[position]
-                self.inject(kind, **options)
+                if kind == "expire-tokens":
+                    self.expire_tokens()
+                else:
+                    self.inject(kind, **options)
                 return
 
     def _records_then(self, now_ns: int) -> list[dict[str, Any]]:

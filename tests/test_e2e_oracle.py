@@ -10,6 +10,7 @@ import pytest
 from e2e_support import (
     COMMITTED,
     FAILED,
+    NS,
     UNFINISHED,
     CycleReader,
     GatedSimulator,
@@ -262,3 +263,20 @@ def test_a_fault_aimed_at_a_kind_of_request_is_taken_by_the_next_one_of_that_kin
         ("processing", None),
         ("complete", None),
     ]
+
+
+def test_tokens_revoked_and_the_clock_moved_as_a_kind_of_request_arrives() -> None:
+    sim = GatedSimulator(seed=3)
+    path = f"/v2/{sim.project_id}/operation/record"
+    headers = {"x-auth-token": sim.issue_token()}
+    start = sim.clock.now_ns()
+
+    def get(query: str) -> int:
+        return sim.handle(ReceivedRequest("GET", path, query, headers, b"")).status
+
+    sim.inject_on("processing", "expire-tokens")
+    sim.move_on("processing", start + 5 * NS)
+    assert [get(WAITING), get(PROCESSING)] == [200, 401]
+    assert [o.now_ns for o in sim.observations] == [start, start + 5 * NS]
+    assert sim.moved == [1]  # the request the clock moved for
+    assert sim.armed() == []

@@ -46,14 +46,15 @@ def test_repeated_polls_deliver_every_observed_transition_once_through_faults(
         assert "baseline" in poll()
         assert receiver.snapshot() == []  # the first poll is silent
 
-        plan = [
-            # (seconds after the story's origin, fault injected before that poll)
+        plan: list[tuple[float, tuple[str, str] | None]] = [
+            # (seconds after the story's origin, fault injected before that poll and the
+            # request of an incremental cycle it is aimed at)
             (60, None),
-            (75, "500"),
-            (130, "truncated"),
+            (75, ("500", "waiting")),
+            (130, ("truncated", "processing")),
             (130, None),  # the jump since 60 s is reported now, nothing of the failures
-            (170, "count"),
-            (240, "502"),
+            (170, ("count", "processing")),
+            (240, ("502", "follow-up")),  # "add organisation" ended at 139 s
             (330, None),
             # incremental: a complete listing (--full) reconciles what the short lists missed
             ((settled - origin) / 1e9 + 1, None),
@@ -64,7 +65,7 @@ def test_repeated_polls_deliver_every_observed_transition_once_through_faults(
             if number == len(plan) and poll_mode == "incremental":
                 poll(0, "--full")
             elif fault is not None:
-                sim.inject(fault)
+                sim.inject_on(fault[1] if poll_mode == "incremental" else None, fault[0])
                 error = poll(EX_UNAVAILABLE)
                 lines = [line for line in error.splitlines() if line.startswith("error:")]
                 assert len(lines) == 1, error
@@ -75,7 +76,11 @@ def test_repeated_polls_deliver_every_observed_transition_once_through_faults(
                 poll()
 
         cycles = sim.cycles()
-        # one cycle a poll; a fault costs the poll it was injected before
+        # one cycle a poll; a fault costs the poll it was injected before, at its aim
+        served = [(o.fault, o.kind) for o in sim.observations if o.fault]
+        aimed = [fault for _at, fault in plan if fault is not None]
+        incremental = poll_mode == "incremental"
+        assert served == [(kind, where if incremental else "complete") for kind, where in aimed]
         assert len(cycles) == 1 + len(plan)
         assert [cycle.failed for cycle in cycles] == [False] + [f is not None for _, f in plan]
         assert all(cycle.committed for cycle in cycles if not cycle.failed)

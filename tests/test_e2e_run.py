@@ -56,7 +56,7 @@ FAULTS: dict[int, tuple[str, dict[str, Any], str]] = {
     17: ("slow", {"delay": CLIENT_TIMEOUT + 1.0}, "processing"),
     20: ("disconnect", {}, "waiting"),
     # password auth: a 401, one new IAM login, the same request works
-    23: ("expire-tokens", {}, "waiting"),
+    23: ("expire-tokens", {}, "processing"),
 }
 #: faults on the follow-up that reads a terminal state, injected before the first and the
 #: third instant at which an operation ends
@@ -79,18 +79,14 @@ def assert_mode(cycles: list[Cycle], poll_mode: str) -> None:
         assert any(cycle.follow_ups for cycle in short), "no terminal state was followed up"
 
 
-def ending(sim: GatedSimulator, instants: list[int]) -> list[int]:
-    """The indices of the instants at which an operation reaches a terminal state."""
-    before = {r["operation_id"]: r for r in sim.records()}
+def status_changes(sim: GatedSimulator, instants: list[int]) -> list[set[tuple[str, str]]]:
+    """Per instant, the operation status changes it brings, as ``(from, to)`` ("" for an
+    operation that appears)."""
+    before = {r["operation_id"]: r["operation_status"] for r in sim.records()}
     found = []
-    for index, instant in enumerate(instants):
-        now = {r["operation_id"]: r for r in sim.scenario.records_at(instant)}
-        if any(
-            r["operation_status"] in TERMINAL
-            and before.get(op, r)["operation_status"] not in TERMINAL
-            for op, r in now.items()
-        ):
-            found.append(index)
+    for instant in instants:
+        now = {r["operation_id"]: r["operation_status"] for r in sim.scenario.records_at(instant)}
+        found.append({(before.get(op, ""), to) for op, to in now.items() if before.get(op) != to})
         before = now
     return found
 
@@ -122,22 +118,37 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_
             service.start()
             sim.wait_committed_after(0)  # the silent baseline
             instants = sim.change_instants()
-            ends = ending(sim, instants)
+            changes = status_changes(sim, instants)
+            ends = [i for i, found in enumerate(changes) if any(t in TERMINAL for _, t in found)]
+            starts = [i for i, found in enumerate(changes) if ("waiting", "processing") in found]
             assert len(instants) > max(FAULTS) + 3
-            assert len(ends) >= 3
+            assert len(ends) >= 4
+            assert len(starts) >= 3
             faults = dict(FAULTS)
-            for (kind, options), index in zip(END_FAULTS, ends[::2], strict=False):
+            for (kind, options), index in zip(END_FAULTS, ends[::2], strict=True):
                 assert index not in faults
                 faults[index] = (kind, options, "follow-up")
+            # incremental: at these instants the clock moves as the processing list is asked,
+            # so that cycle straddles two instants (an operation moves between the two lists,
+            # or leaves them and is followed up)
+            straddles = [i for i in starts + ends[1::2] if i > 0 and i not in faults]
+            assert len(straddles) >= 4
+            if poll_mode == "full":
+                straddles = []
             for index, instant in enumerate(instants):
                 with sim.gate:
                     fault = faults.get(index)
-                    if fault is not None and fault[0] == "expire-tokens":
-                        sim.expire_tokens()
-                    elif fault is not None:
+                    if fault is not None:
                         where = fault[2] if poll_mode == "incremental" else None
                         sim.inject_on(where, fault[0], **fault[1])
-                    mark = sim.move_to(instant)
+                    if index in straddles:
+                        moves = len(sim.moved)
+                        sim.move_on("processing", instant)
+                    else:
+                        mark = sim.move_to(instant)
+                if index in straddles:
+                    sim.wait_for(lambda _seen, before=moves: len(sim.moved) > before)
+                    mark = sim.moved[-1] + 1
                 # a whole cycle begun at this instant (a fault costs the one it lands in)
                 sim.wait_committed_after(mark)
             expected = expected_transitions("prod", sim.truths())
@@ -155,6 +166,10 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_
         cycles = sim.cycles()
         assert set(instants) <= seen_alone(cycles)
         assert_mode(cycles, poll_mode)
+        # each straddling cycle was committed, over the two instants
+        straddled = {cycle.instants for cycle in cycles if cycle.committed}
+        for index in straddles:
+            assert frozenset(instants[index - 1 : index + 1]) in straddled
         # every fault was really served, by the request it was aimed at, and each cost
         # exactly one failed cycle
         assert not sim.armed()
@@ -168,6 +183,7 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_
         assert sum(cycle.failed for cycle in cycles) == len(served)
         rejected = [o for o in sim.observations if o.status == 401]
         assert len(rejected) == 1  # the revoked token, answered by one new login
+        assert rejected[0].kind == ("processing" if poll_mode == "incremental" else "complete")
         logins = [r for r in sim.requests() if r.path.startswith("/v3/auth/tokens")]
         assert len(logins) == 2
         log = service.stderr()
