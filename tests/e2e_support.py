@@ -97,7 +97,7 @@ class Observation:
 
     @property
     def kind(self) -> str:
-        """ "complete", "waiting", "processing" or "follow-up" (:func:`request_kind`)."""
+        """What it asked for (:func:`request_kind`)."""
         return request_kind(self.query)
 
     def records(self, records_at: Callable[[int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -132,8 +132,9 @@ class GatedSimulator(Simulator):
         with self.gate:
             now = self.clock.now_ns()
             if request.method == "GET" and RECORD_PATH.match(request.path):
-                self._fire(request_kind(request.query))
-                now = self._move(request_kind(request.query), now)
+                kind = request_kind(request.query)
+                self._fire(kind)
+                now = self._move(kind, now)
             response = super().handle(request)
             if request.method == "GET" and RECORD_PATH.match(request.path):
                 entry = self.requests()[-1]
