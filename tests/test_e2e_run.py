@@ -188,6 +188,9 @@ def test_run_delivers_every_transition_once_through_faults(tmp_path: Path, poll_
         assert len(logins) == 2
         log = service.stderr()
         assert "Traceback" not in log
+        # and the service failed those cycles itself: none committed part of what it read
+        failures = [line for line in log.splitlines() if "prod: poll failed: " in line]
+        assert len(failures) == len(served), failures
 
 
 @BOTH_MODES
