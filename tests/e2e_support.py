@@ -3,6 +3,13 @@ the events that must follow, a signed-webhook receiver, and the real CLI as a su
 
 The oracle does not use ``notifier.diff``: it re-derives, from the raw API records the
 simulator served, which transitions a reader must be told about (README.md, "Events").
+
+It reads the simulator's record requests as polling cycles (:func:`group_cycles`): a complete
+listing is a cycle on its own (``poll_mode = "full"``, and the baseline, reconciling and
+``poll --full`` listings of incremental polling); an incremental cycle is the ``waiting`` list,
+the ``processing`` list and the ``operation_id`` follow-ups. A cycle commits only when every
+request of it was answered intact (:class:`CycleReader`), and the service then stores what its
+responses showed; the expected transitions are the changes between consecutive committed views.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import config_support
 from net_support import WAIT, Received, Receiver, http_receiver, verify_standard_webhook
@@ -30,6 +39,10 @@ from notifier.simulator import ReceivedRequest, SimResponse, Simulator
 NS = 1_000_000_000
 RECORD_PATH = re.compile(r"^/v2/[^/]+/operation/record/?$")
 KNOWN_STATUSES = {"waiting", "processing", "finished", "failed", "stop"}
+ACTIVE_STATUSES = frozenset({"waiting", "processing"})
+TERMINAL = frozenset({"finished", "failed", "stop"})
+#: the status lists of an incremental cycle, in the order the service asks for them
+STATUS_LISTS = ("waiting", "processing")
 SECRET = "whsec_" + base64.b64encode(b"end-to-end-webhook-secret-32byte").decode()
 ROOT = Path(__file__).parent.parent
 
@@ -37,19 +50,64 @@ ROOT = Path(__file__).parent.parent
 # -- a simulator that knows what every poll saw ---------------------------------------------
 
 
+def request_kind(query: str) -> str:
+    """What a record request with ``query`` asks for: "complete" (a complete listing),
+    "waiting" or "processing" (a status list), "follow-up" (``?operation_id=``)."""
+    params = {key: value for key, value in parse_qsl(query) if value}
+    if "operation_id" in params:
+        return "follow-up"
+    return params.get("operation_status", "complete")
+
+
 @dataclass(frozen=True)
 class Observation:
-    """One operation-record request: the simulated time it was answered at, and how."""
+    """One operation-record request: the simulated time it was answered at, how, and what it
+    asked for (its query string)."""
 
     now_ns: int
     status: int | None
     fault: str | None
     auth: str
+    query: str = ""
 
     @property
     def valid(self) -> bool:
-        """The client got this body intact (no fault, 200): the service commits it."""
+        """The client got this body intact (no fault, 200)."""
         return self.status == 200 and self.fault is None
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {key: value for key, value in parse_qsl(self.query) if value}
+
+    @property
+    def complete(self) -> bool:
+        """A complete listing: neither a status list nor a follow-up."""
+        return self.kind == "complete"
+
+    @property
+    def status_list(self) -> str | None:
+        """The status a short list asked for (None: not a status list)."""
+        kind = self.kind
+        return None if kind in ("complete", "follow-up") else kind
+
+    @property
+    def follow_up(self) -> str | None:
+        """The operation a follow-up asked for (None: not a follow-up)."""
+        return self.params.get("operation_id")
+
+    @property
+    def kind(self) -> str:
+        """What it asked for (:func:`request_kind`)."""
+        return request_kind(self.query)
+
+    def records(self, records_at: Callable[[int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """What the API answered: the records at ``now_ns`` its query selects."""
+        params = self.params
+        return [
+            record
+            for record in records_at(self.now_ns)
+            if all(str(record.get(key)) == value for key, value in params.items())
+        ]
 
 
 class GatedSimulator(Simulator):
@@ -62,16 +120,81 @@ class GatedSimulator(Simulator):
         super().__init__(**kwargs)
         self.gate = threading.Condition()
         self.observations: list[Observation] = []
+        self._records_at: dict[int, list[dict[str, Any]]] = {}
+        self._records_of = self.scenario
+        self._reader = CycleReader(self._records_then)
+        self._armed: list[tuple[str | None, str, dict[str, Any]]] = []
+        self._moves: list[tuple[str, int]] = []
+        #: the observation index of each request a ``move_on`` move was made for
+        self.moved: list[int] = []
 
     def handle(self, request: ReceivedRequest) -> SimResponse:
         with self.gate:
             now = self.clock.now_ns()
+            if request.method == "GET" and RECORD_PATH.match(request.path):
+                kind = request_kind(request.query)
+                self._fire(kind)
+                now = self._move(kind, now)
             response = super().handle(request)
             if request.method == "GET" and RECORD_PATH.match(request.path):
                 entry = self.requests()[-1]
-                self.observations.append(Observation(now, entry.status, entry.fault, entry.auth))
+                self.observations.append(
+                    Observation(now, entry.status, entry.fault, entry.auth, entry.query)
+                )
             self.gate.notify_all()
         return response
+
+    def inject_on(self, where: str | None, kind: str, **options: Any) -> None:
+        """A fault (``Simulator.inject`` arguments; "expire-tokens": every token revoked) for
+        the next record request of the kind ``where`` (:func:`request_kind`; None: any):
+        injected as that request arrives, so that one request takes it, wherever it falls in
+        a cycle."""
+        with self.gate:
+            self._armed.append((where, kind, options))
+
+    def armed(self) -> list[tuple[str | None, str, dict[str, Any]]]:
+        """The faults of ``inject_on`` no request has taken yet."""
+        with self.gate:
+            return list(self._armed)
+
+    def move_on(self, where: str, target_ns: int) -> None:
+        """Set the clock to ``target_ns`` as the next record request of the kind ``where``
+        arrives, before it is answered: a cycle then straddles two instants."""
+        with self.gate:
+            self._moves.append((where, target_ns))
+
+    def _move(self, request: str, now: int) -> int:
+        if not self._moves or self._moves[0][0] != request:
+            return now
+        _where, target = self._moves.pop(0)
+        self.moved.append(len(self.observations))
+        self.move_to(target)
+        return self.clock.now_ns()
+
+    def _fire(self, request: str) -> None:
+        for position, (where, kind, options) in enumerate(self._armed):
+            if where in (None, request):
+                del self._armed[position]
+                if kind == "expire-tokens":
+                    self.expire_tokens()
+                else:
+                    self.inject(kind, **options)
+                return
+
+    def _records_then(self, now_ns: int) -> list[dict[str, Any]]:
+        """The records at ``now_ns`` (kept: the oracle reads each instant many times)."""
+        if self._records_of is not self.scenario:  # an operation was scheduled since
+            self._records_at.clear()
+            self._records_of = self.scenario
+        found = self._records_at.get(now_ns)
+        if found is None:
+            found = self._records_at[now_ns] = self.scenario.records_at(now_ns)
+        return found
+
+    def cycles(self) -> list[Cycle]:
+        """Every polling cycle so far, the last one possibly still running."""
+        with self.gate:
+            return self._reader.read(self.observations)
 
     def mark(self) -> int:
         with self.gate:
@@ -102,6 +225,19 @@ class GatedSimulator(Simulator):
         """Until a record request after ``mark`` was answered intact."""
         self.wait_for(lambda seen: any(o.valid for o in seen[mark:]), timeout)
 
+    def wait_committed_after(self, mark: int, timeout: float = WAIT) -> None:
+        """Until a whole cycle that started after ``mark`` was answered intact (committed)."""
+
+        def committed(seen: list[Observation]) -> bool:
+            for cycle in reversed(self._reader.read(seen)):
+                if cycle.requests[0] < mark:
+                    return False
+                if cycle.committed:
+                    return True
+            return False
+
+        self.wait_for(committed, timeout)
+
     def wait_requests_after(self, mark: int, count: int = 1, timeout: float = WAIT) -> None:
         self.wait_for(lambda seen: len(seen) >= mark + count, timeout)
 
@@ -117,14 +253,176 @@ class GatedSimulator(Simulator):
         return sorted({t for plan in self.scenario.story_plans for t in plan.times() if t > now})
 
     def truths(self) -> list[tuple[int, list[dict[str, Any]]]]:
-        """The records of every intact answer, in order, as ``(observation index, records)``."""
-        with self.gate:
-            observations = list(self.observations)
-        return [
-            (index, self.scenario.records_at(o.now_ns))
-            for index, o in enumerate(observations)
-            if o.valid
-        ]
+        """What the service stores after every committed cycle, in order, as ``(index of the
+        cycle's last request, records)`` (``poll_mode = "full"``: every intact answer)."""
+        return committed_views(self.cycles())
+
+
+# -- polling cycles ---------------------------------------------------------------------------
+
+
+COMMITTED, FAILED, UNFINISHED = "committed", "failed", "unfinished"
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One polling cycle as the simulator saw it."""
+
+    #: indices of its requests in the observations (a 401 and its re-send included)
+    requests: tuple[int, ...]
+    #: a complete listing (else the short lists of incremental polling)
+    complete: bool
+    #: COMMITTED (every request answered intact, none missing), FAILED (a request was not
+    #: answered intact: the service changes nothing), UNFINISHED (still running, or its
+    #: process ended before the last request)
+    state: str
+    #: the simulated instants its requests were answered at
+    instants: frozenset[int]
+    #: committed: what its responses showed per operation (the latest record_time)
+    shown: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: committed: every operation as the service stores it afterwards
+    view: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: committed: the operations followed up on (``?operation_id=``)
+    follow_ups: tuple[str, ...] = ()
+
+    @property
+    def index(self) -> int:
+        return self.requests[-1]
+
+    @property
+    def committed(self) -> bool:
+        return self.state == COMMITTED
+
+    @property
+    def failed(self) -> bool:
+        return self.state == FAILED
+
+
+def _resent(observations: Sequence[Observation], index: int) -> bool:
+    """The request at ``index`` is the one before it sent again: password auth answers a 401
+    with one new login and the same request."""
+    if index == 0:
+        return False
+    before = observations[index - 1]
+    return before.status == 401 and before.query == observations[index].query
+
+
+def group_cycles(observations: Sequence[Observation], start: int = 0) -> list[tuple[int, ...]]:
+    """The observation indices of each polling cycle from ``start`` (where one begins): a
+    complete listing or a ``waiting`` list begins a cycle; the ``processing`` list and the
+    follow-ups continue it; a request sent again after a 401 stays with it."""
+    groups: list[list[int]] = []
+    for index in range(start, len(observations)):
+        observation = observations[index]
+        begins = observation.complete or observation.status_list == STATUS_LISTS[0]
+        if groups and (not begins or _resent(observations, index)):
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return [tuple(group) for group in groups]
+
+
+class CycleReader:
+    """Reads observations as cycles, each as the service commits it or not, keeping the view
+    (operation id -> record) the service stores. Reading again only reads what is new: closed
+    cycles are final, the last one is read again until the next one begins.
+
+    It fails (AssertionError) where the service asks what it must not: a request after a
+    failed one in the same cycle, a follow-up on an operation it does not store as active or
+    that a status list showed, one twice, a cycle left without its follow-ups while the same
+    process goes on (the next cycle is not the complete listing a new ``run`` starts with), or
+    short lists before any baseline.
+    """
+
+    def __init__(self, records_at: Callable[[int], list[dict[str, Any]]]) -> None:
+        self._records_at = records_at
+        self._closed: list[Cycle] = []
+        self._view: dict[str, dict[str, Any]] = {}
+        self._baseline = False  # a complete listing was committed
+        self._next = 0  # the first observation of the open (last) cycle
+
+    def read(self, observations: Sequence[Observation]) -> list[Cycle]:
+        groups = group_cycles(observations, self._next)
+        for group, following in pairwise(groups):
+            cycle = self._cycle(observations, group, observations[following[0]])
+            self._closed.append(cycle)
+            if cycle.committed:
+                self._view = cycle.view
+                self._baseline = True
+            self._next = following[0]
+        if not groups:
+            return list(self._closed)
+        return [*self._closed, self._cycle(observations, groups[-1], None)]
+
+    def _cycle(
+        self,
+        observations: Sequence[Observation],
+        group: tuple[int, ...],
+        closed_by: Observation | None,
+    ) -> Cycle:
+        last = group[-1]
+        requests = [i for i in group if not (i < last and _resent(observations, i + 1))]
+        asked = [observations[i] for i in requests]
+        instants = frozenset(observations[i].now_ns for i in group)
+        complete = asked[0].complete
+        where = f"cycle of requests {group[0]}-{last}"
+        broken = [position for position, observation in enumerate(asked) if not observation.valid]
+        if broken:
+            assert broken[0] == len(asked) - 1, f"{where}: asked on after a failed request"
+            return Cycle(group, complete, FAILED, instants)
+        if complete:
+            assert len(asked) == 1, f"{where}: short requests after a complete listing"
+            shown = _merged(asked, self._records_at)
+            return Cycle(group, True, COMMITTED, instants, shown, shown)
+        assert self._baseline, f"{where}: short lists before any baseline"
+        lists = tuple(o.status_list for o in asked[:2])
+        assert lists == STATUS_LISTS[: len(lists)], f"{where}: status lists {lists}"
+        follow_ups = [o.follow_up or "" for o in asked[2:]]
+        assert "" not in follow_ups, f"{where}: a status list after the follow-ups"
+        listed = {r["operation_id"] for o in asked[:2] for r in o.records(self._records_at)}
+        due = {
+            operation_id
+            for operation_id, record in self._view.items()
+            if _status(record["operation_status"]) in ACTIVE_STATUSES
+        } - listed
+        assert len(set(follow_ups)) == len(follow_ups), f"{where}: a follow-up asked twice"
+        unexpected = set(follow_ups) - due
+        assert not unexpected, f"{where}: followed up on {sorted(unexpected)} (due: {sorted(due)})"
+        if len(lists) < len(STATUS_LISTS) or set(follow_ups) != due:
+            missing = sorted(due - set(follow_ups))
+            assert closed_by is None or closed_by.complete, (
+                f"{where}: the next cycle began without the follow-ups on {missing}"
+            )
+            return Cycle(group, False, UNFINISHED, instants)
+        shown = _merged(asked, self._records_at)
+        view = {**self._view, **shown}
+        return Cycle(group, False, COMMITTED, instants, shown, view, tuple(follow_ups))
+
+
+def _merged(
+    asked: Sequence[Observation], records_at: Callable[[int], list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """The records the answers showed, per operation; one shown twice (it moved between two
+    requests) as its latest ``record_time``, the later answer winning a tie."""
+    shown: dict[str, dict[str, Any]] = {}
+    for observation in asked:
+        for record in observation.records(records_at):
+            operation_id = record["operation_id"]
+            before = shown.get(operation_id)
+            if before is None or int(record["record_time"]) >= int(before["record_time"]):
+                shown[operation_id] = record
+    return shown
+
+
+def committed_views(cycles: Sequence[Cycle]) -> list[tuple[int, list[dict[str, Any]]]]:
+    """The view after every committed cycle as ``(index of its last request, records)``: what
+    ``expected_transitions`` and ``assert_chains`` read."""
+    return [(cycle.index, list(cycle.view.values())) for cycle in cycles if cycle.committed]
+
+
+def seen_alone(cycles: Sequence[Cycle]) -> set[int]:
+    """The instants some committed cycle saw alone (each of its requests answered then)."""
+    return {next(iter(c.instants)) for c in cycles if c.committed and len(c.instants) == 1}
 
 
 # -- the oracle ------------------------------------------------------------------------------
@@ -510,9 +808,8 @@ def write_config(directory: Path, sources: Sequence[str], webhook_url: str, **se
     settings = {
         "poll_interval": 1,
         "active_poll_interval": 0.2,
-        # the oracle takes each answered request as one observation of the whole API, and
-        # checks that every change instant is told on its own: one complete listing a cycle
-        # (incremental polling has its own tests: test_incremental*.py)
+        # one complete listing a cycle unless a test asks for "incremental" (the oracle reads
+        # both: CycleReader)
         "poll_mode": "full",
         "poll_jitter": 0,
         "unreachable_after": 600,
