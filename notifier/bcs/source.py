@@ -231,6 +231,7 @@ def read_listing(
     canonical: dict[str, tuple[PackedJSON, str]] = {}
     samples = NewestSamples()
     packer = Packer()
+    shared: dict[str, str] = {}
     records: list[tuple[OperationRecord, str]] = []
     unchanged: list[str] = []
     skipped: list[str] = []
@@ -263,7 +264,7 @@ def read_listing(
                 digest_of_data = hashlib.sha256(data.encode()).hexdigest()
                 canonical[record.operation_id] = (packer.pack(data), digest_of_data)
                 samples.add(finished_samples(record))  # the baseline teaches usual durations
-                record = replace(record, steps=(), message=(), cluster=None, desc=None)
+                record = _slim(record, shared)
         except (MalformedRecord, *CONTENT_ERRORS) as exc:
             # CONTENT_ERRORS: a last guard behind notifier.bcs.sanitize (it cannot be stored)
             logger.warning(
@@ -285,6 +286,30 @@ def read_listing(
         request_id=raw.request_id,
         canonical=canonical,
         samples=samples.samples(),
+    )
+
+
+def _slim(record: OperationRecord, shared: dict[str, str]) -> OperationRecord:
+    """``record`` with only the operation's own fields (a silent baseline keeps 10,000 of
+    them for its transaction), the values most records share (statuses, types, the
+    project, its chains) kept once in ``shared``."""
+
+    def one(value: str) -> str:
+        return shared.setdefault(value, value)
+
+    return replace(
+        record,
+        steps=(),
+        message=(),
+        cluster=None,
+        desc=None,
+        status=one(record.status),
+        resource_type=one(record.resource_type),
+        operation_type=one(record.operation_type),
+        domain_id=one(record.domain_id),
+        project_id=one(record.project_id),
+        blockchain_id=one(record.blockchain_id),
+        blockchain_name=one(record.blockchain_name),
     )
 
 
