@@ -27,7 +27,7 @@ import json
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,17 @@ def _events(count: int) -> tuple[list[Event], OperationRecord]:
     return found, record
 
 
-def _fill_outbox(engine: Engine, found: list[Event], record: OperationRecord) -> None:
+def fill_outbox(
+    engine: Engine,
+    groups: Sequence[Sequence[Event]],
+    *,
+    channel: str = "hook",
+    record: str | None = None,
+    event_ids: Callable[[Sequence[Event]], str | None] = lambda _found: None,
+) -> None:
+    """One event group a list of ``groups`` (its ``record`` JSON), its events, and its
+    pending outbox row to ``channel``, due now; ``event_ids``: the row's routed ids (None:
+    a row as written before migration 0007)."""
     now = int(time.time() * 1000)
     with engine.begin() as connection:
         connection.execute(
@@ -159,11 +169,11 @@ def _fill_outbox(engine: Engine, found: list[Event], record: OperationRecord) ->
                 {
                     "id": f"grp_{index}",
                     "source": "bench",
-                    "operation_id": event.operation_id,
+                    "operation_id": found[0].operation_id,
                     "created_at": now,
-                    "record": json.dumps(record.to_dict()),
+                    "record": record,
                 }
-                for index, event in enumerate(found)
+                for index, found in enumerate(groups)
             ],
         )
         connection.execute(
@@ -179,7 +189,8 @@ def _fill_outbox(engine: Engine, found: list[Event], record: OperationRecord) ->
                     "created_at": now,
                     "payload": json.dumps(event.to_dict()),
                 }
-                for index, event in enumerate(found)
+                for index, found in enumerate(groups)
+                for event in found
             ],
         )
         connection.execute(
@@ -187,15 +198,16 @@ def _fill_outbox(engine: Engine, found: list[Event], record: OperationRecord) ->
             [
                 {
                     "group_id": f"grp_{index}",
-                    "channel": "hook",
+                    "channel": channel,
                     "state": "pending",
                     "attempts": 0,
                     "created_at": now,
                     "next_attempt_at": now,
                     "updated_at": now,
                     "done_targets": "[]",
+                    "event_ids": event_ids(found),
                 }
-                for index in range(len(found))
+                for index, found in enumerate(groups)
             ],
         )
 
@@ -252,7 +264,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             engine = db.make_engine(f"sqlite:///{Path(scratch) / 'bench.db'}")
             db.upgrade(engine, backup=False)
-            _fill_outbox(engine, found, record)
+            fill_outbox(engine, [[event] for event in found], record=json.dumps(record.to_dict()))
             channel = ChannelConfig(
                 name="hook", urls=(f"webhook://127.0.0.1:{receiver.port}/events?secret={SECRET}",)
             )

@@ -25,17 +25,17 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench_dispatch import SECRET, Receiver, reset_outbox
-from sqlalchemy import Engine, insert
+from bench_dispatch import SECRET, Receiver, fill_outbox, reset_outbox
+from sqlalchemy import Engine
 
 from notifier.config import ChannelConfig, Config, DeliveryConfig, ServiceConfig
 from notifier.model import Event, EventType, OperationRecord
 from notifier.outbox import Dispatcher
 from notifier.routing import matching_events, routes
 from notifier.store import db
-from notifier.store.schema import event_groups, events, outbox
 
 _KINDS = (
     (EventType.SUBSTEP_STATUS_CHANGED, "processing", "finished"),  # admitted
@@ -75,60 +75,9 @@ def _groups(count: int) -> list[list[Event]]:
     ]
 
 
-def _fill(
-    engine: Engine, groups: list[list[Event]], channel: ChannelConfig, *, stored: bool
-) -> None:
-    now = int(time.time() * 1000)
-    with engine.begin() as connection:
-        connection.execute(
-            insert(event_groups),
-            [
-                {
-                    "id": f"grp_{index}",
-                    "source": "bench",
-                    "operation_id": found[0].operation_id,
-                    "created_at": now,
-                    "record": None,
-                }
-                for index, found in enumerate(groups)
-            ],
-        )
-        connection.execute(
-            insert(events),
-            [
-                {
-                    "id": event.id,
-                    "group_id": f"grp_{index}",
-                    "source": "bench",
-                    "operation_id": event.operation_id,
-                    "type": str(event.type),
-                    "record_time": event.record_time,
-                    "created_at": now,
-                    "payload": json.dumps(event.to_dict()),
-                }
-                for index, found in enumerate(groups)
-                for event in found
-            ],
-        )
-        connection.execute(
-            insert(outbox),
-            [
-                {
-                    "group_id": f"grp_{index}",
-                    "channel": channel.name,
-                    "state": "pending",
-                    "attempts": 0,
-                    "created_at": now,
-                    "next_attempt_at": now,
-                    "updated_at": now,
-                    "done_targets": "[]",
-                    "event_ids": (
-                        json.dumps(list(routes([channel], found)[channel.name])) if stored else None
-                    ),
-                }
-                for index, found in enumerate(groups)
-            ],
-        )
+def _routed(channel: ChannelConfig) -> Callable[[Sequence[Event]], str]:
+    """The ``event_ids`` the planner stores for ``channel``'s row of a group."""
+    return lambda found: json.dumps(list(routes([channel], found)[channel.name]))
 
 
 def main() -> None:
@@ -166,7 +115,12 @@ def main() -> None:
             for name in labels:
                 engine = db.make_engine(f"sqlite:///{Path(scratch) / f'{name}.db'}")
                 db.upgrade(engine, backup=False)
-                _fill(engine, groups, channel, stored=name == "stored")
+                fill_outbox(
+                    engine,
+                    groups,
+                    channel=channel.name,
+                    **({"event_ids": _routed(channel)} if name == "stored" else {}),
+                )
                 engines[name] = engine
 
             best = dict.fromkeys(labels, float("inf"))
