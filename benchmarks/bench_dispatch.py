@@ -122,16 +122,20 @@ class Receiver:
 # -- the workload ---------------------------------------------------------------------------
 
 
+#: The operation every benchmark event belongs to (its record, as the group stores it).
+BENCH_RECORD = OperationRecord(
+    operation_id="BCSSVC01-99-1618218591906093855",
+    status="processing",
+    resource_type="BCSSVC01",
+    operation_type="99",
+    blockchain_id="23604f57-eac9-3777-e9f5-ae87457f2338",
+    blockchain_name="bcs-bench",
+    record_time=1_618_218_591_906_100_000,
+)
+
+
 def _events(count: int) -> tuple[list[Event], OperationRecord]:
-    record = OperationRecord(
-        operation_id="BCSSVC01-99-1618218591906093855",
-        status="processing",
-        resource_type="BCSSVC01",
-        operation_type="99",
-        blockchain_id="23604f57-eac9-3777-e9f5-ae87457f2338",
-        blockchain_name="bcs-bench",
-        record_time=1_618_218_591_906_100_000,
-    )
+    record = BENCH_RECORD
     found = [
         Event(
             id=f"evt_{index:032x}",

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench_dispatch import SECRET, Receiver, fill_outbox, reset_outbox
+from bench_dispatch import BENCH_RECORD, SECRET, Receiver, fill_outbox, reset_outbox
 from sqlalchemy import Engine
 
 from notifier.config import ChannelConfig, Config, DeliveryConfig, ServiceConfig
-from notifier.model import Event, EventType, OperationRecord
+from notifier.model import Event, EventType
 from notifier.outbox import Dispatcher
 from notifier.routing import matching_events, routes
 from notifier.store import db
@@ -46,15 +46,7 @@ _KINDS = (
 
 
 def _groups(count: int) -> list[list[Event]]:
-    record = OperationRecord(
-        operation_id="BCSSVC01-99-1618218591906093855",
-        status="processing",
-        resource_type="BCSSVC01",
-        operation_type="99",
-        blockchain_id="23604f57-eac9-3777-e9f5-ae87457f2338",
-        blockchain_name="bcs-bench",
-        record_time=1_618_218_591_906_100_000,
-    )
+    record = BENCH_RECORD
     return [
         [
             Event(
