@@ -32,6 +32,7 @@ import orjson
 from notifier.bcs.errors import json_excerpt
 from notifier.bcs.parse import MalformedRecord, parse_record, select, shown_id
 from notifier.bcs.sanitize import CONTENT_ERRORS
+from notifier.bcs.stream import split_body
 from notifier.errors import IncompleteResponse, InvalidResponse
 from notifier.model import OperationRecord, PackedJSON, Packer, canonical_json, normalise_status
 from notifier.stalls import NewestSamples, Sample, finished_samples
@@ -143,25 +144,12 @@ class BodyRecords:
                 f"response body is {kind}, not a JSON object", request_id=request_id
             )
         self.request_id = request_id
-        self.envelope = {key: value for key, value in body.items() if key != "operation_records"}
-        raw = body.get("operation_records", _Absent)
+        self.envelope, raw, self.records_kind = split_body(dict(body))
         self._list: list[Any] = raw if isinstance(raw, list) else []
-        if raw is _Absent:
-            self.records_kind = "absent"
-        elif raw is None:
-            self.records_kind = "null"
-        elif isinstance(raw, list):
-            self.records_kind = "list"
-        else:
-            self.records_kind = type(raw).__name__
         self.returned = len(self._list)
 
     def records(self) -> Iterator[Any]:
         yield from self._list
-
-
-class _Absent:
-    """Marks a missing ``operation_records`` member."""
 
 
 def queries_supported(client: object) -> bool:

@@ -41,6 +41,22 @@ _ARRAY_START: Final = re.compile(rb'"operation_records"\s*:\s*\[')
 _ABSENT: Final = object()
 
 
+def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:
+    """A decoded body as (envelope: its members but ``operation_records``, the records value,
+    its kind: ``"list"``, ``"null"``, ``"absent"`` or the JSON type it has instead)."""
+    envelope = {key: value for key, value in body.items() if key != "operation_records"}
+    records = body.get("operation_records", _ABSENT)
+    if records is _ABSENT:
+        kind = "absent"
+    elif records is None:
+        kind = "null"
+    elif isinstance(records, list):
+        kind = "list"
+    else:
+        kind = type(records).__name__
+    return envelope, records, kind
+
+
 class RecordTooLarge(Exception):
     """One record (or the whole body) passed its cap while being decoded."""
 
@@ -204,18 +220,10 @@ class RecordStream:
                 f"body is JSON but not an object (a {type(data).__name__})",
                 request_id=self.request_id,
             )
-        records = data.pop("operation_records", _ABSENT)
-        self.envelope = data
-        if records is _ABSENT:
-            self.records_kind = "absent"
-        elif records is None:
-            self.records_kind = "null"
-        elif isinstance(records, list):
-            self.records_kind = "list"
+        self.envelope, records, self.records_kind = split_body(data)
+        if isinstance(records, list):
             self.returned = len(records)
             yield from records
-        else:
-            self.records_kind = type(records).__name__
 
     def _head_members(self, head: bytes) -> dict[str, Any]:
         """The members before the array: ``{"count": 3, `` + ``"operation_records": null}``."""
