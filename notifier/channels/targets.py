@@ -35,7 +35,7 @@ from notifier.channels import email as email_channel
 from notifier.channels import slack as slack_channel
 from notifier.channels.console import NotifyConsole
 from notifier.channels.privacy import Scrubber, describe_unloadable, mask_url
-from notifier.channels.render import check_templates
+from notifier.channels.render import RenderOptions, check_templates
 from notifier.channels.senders import (
     Outgoing,
     Sender,
@@ -141,6 +141,16 @@ class Target:
         position, so an old row re-sends only to positions it has not recorded. Only rows
         still pending from before the upgrade are affected, and only if ``urls`` changed."""
         return self.key(event_id) in done_keys or self.legacy_key(event_id) in done_keys
+
+    def render_options(self, timezone: str) -> RenderOptions:
+        """How a message for this target is rendered (times in the channel's ``timezone``)."""
+        return RenderOptions(
+            format=self.format,
+            timezone=timezone,
+            budget=self.budget,
+            title_max=self.title_max,
+            dialect=self.dialect,
+        )
 
     @property
     def alternatives(self) -> tuple[str, ...]:

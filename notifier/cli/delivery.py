@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
@@ -278,7 +277,7 @@ def outbox_dispatch(context: Context, limit: int | None) -> None:
 @pass_context
 def test_channel(context: Context, name: str) -> None:
     """Send a test message through every URL of channel NAME; exit 1 if one fails."""
-    from notifier.channels.render import RenderOptions, Templates, render_message, sample_events
+    from notifier.channels.render import Templates, render_message, sample_events
     from notifier.channels.targets import UnloadableURL, build_targets
     from notifier.model import ns_to_rfc3339
 
@@ -332,19 +331,13 @@ def test_channel(context: Context, name: str) -> None:
                 if channel.title or channel.body
                 else None
             )
-            options = RenderOptions(
-                format=target.format,
-                timezone=channel.timezone,
-                budget=target.budget,
-                title_max=target.title_max,
-                dialect=target.dialect,
-            )
+            options = target.render_options(channel.timezone)
             message = render_message(events, record, options, templates)
             alternatives = {  # e.g. the text part of a mail
                 fmt: render_message(
                     events,
                     record,
-                    dataclasses.replace(options, format=fmt, budget=0, dialect="commonmark"),
+                    options.alternative(fmt),
                     templates,
                 ).body
                 for fmt in target.alternatives

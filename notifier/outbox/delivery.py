@@ -97,13 +97,7 @@ class Delivery:
             self._defer(waiting, target)
             return
         record = next((row.record for row in reversed(waiting) if row.record is not None), None)
-        options = RenderOptions(
-            format=target.format,
-            timezone=channel.timezone,
-            budget=target.budget,
-            title_max=target.title_max,
-            dialect=target.dialect,
-        )
+        options = target.render_options(channel.timezone)
         try:
             message = self._render(channel, merged, record, options)
         except Exception as exc:  # even the plain fallback failed: the content cannot be sent
@@ -150,14 +144,7 @@ class Delivery:
         for fmt in target.alternatives:
             if fmt == options.format:
                 continue
-            other = RenderOptions(
-                format=fmt,
-                timezone=options.timezone,
-                budget=0,
-                title_max=options.title_max,
-                dialect="commonmark",
-            )
-            result[fmt] = self._render(channel, merged, record, other).body
+            result[fmt] = self._render(channel, merged, record, options.alternative(fmt)).body
         return result
 
     def _render(

@@ -10,7 +10,7 @@ status words and symbols, times and durations every part shows are here too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -148,6 +148,11 @@ class RenderOptions:
     #: "slack" for Slack targets (markdown only): API text escaped for Slack's mrkdwn
     #: (``channels.slack`` turns the renderer's ``**bold**`` into ``*bold*``).
     dialect: str = "commonmark"
+
+    def alternative(self, fmt: str) -> RenderOptions:
+        """The options of another part of the same message (email: the text part): in
+        ``fmt``, unbounded, plain CommonMark."""
+        return replace(self, format=fmt, budget=0, dialect="commonmark")
 
 
 @dataclass(frozen=True)
