@@ -17,13 +17,14 @@ The claim's clock is the dispatcher's (the same as ``next_attempt_at``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, and_, exists, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError, error_line
+from notifier.store.db import chunks
 from notifier.store.schema import event_groups, outbox
 
 #: A claim lasts at least this long, and ``CLAIM_TTL_LEASES`` x ``lease_ttl``.
@@ -97,14 +98,14 @@ class Claims:
                 if not keys:
                     return []
                 self._claim_rows(connection, token, [r.id for r in found], now_ms)
-                for chunk in _chunks(keys, 300):
+                for chunk in chunks(keys, 300):
                     self._claim_siblings(connection, token, chunk, now_ms)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot claim outbox rows: {error_line(exc, 300)}") from exc
         return keys
 
     def _claim_rows(self, connection: Connection, token: str, ids: list[int], now_ms: int) -> None:
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids):
             connection.execute(
                 update(outbox)
                 .where(outbox.c.id.in_(list(chunk)), unclaimed(now_ms))
@@ -192,8 +193,3 @@ class Claims:
 def owned(token: str) -> Any:
     """The WHERE clause of every write of a claimed row's result."""
     return and_(outbox.c.claim_token == token)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

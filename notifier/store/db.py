@@ -12,9 +12,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import sqlalchemy
 from sqlalchemy import create_engine, event, inspect, text
@@ -27,6 +28,18 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
+
+#: Values a statement takes at once where a list goes into ``IN (...)`` or one executemany:
+#: under SQLite's variable limit, and a bounded batch in memory.
+CHUNK: Final = 500
+_T = TypeVar("_T")
+
+
+def chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
+    """``items`` in slices of ``size``, in order."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
 
 #: The engine type the service passes around: other modules import it from here, so
 #: SQLAlchemy itself is imported only under notifier/store/.

@@ -44,11 +44,10 @@ from notifier.stalls import (
     stall_event,
     usual,
 )
+from notifier.store.db import chunks
 from notifier.store.schema import stall_alerts, step_durations
 
 logger = logging.getLogger(__name__)
-
-_CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +128,8 @@ class StallWatch:
         mine = stall_alerts.c.source == source
         queries = [select(stall_alerts).where(mine, stall_alerts.c.ended_at.is_(None))]
         queries.extend(
-            select(stall_alerts).where(
-                mine, stall_alerts.c.operation_id.in_(operation_ids[start : start + _CHUNK])
-            )
-            for start in range(0, len(operation_ids), _CHUNK)
+            select(stall_alerts).where(mine, stall_alerts.c.operation_id.in_(chunk))
+            for chunk in chunks(operation_ids)
         )
         try:
             with self.engine.connect() as connection:
@@ -249,8 +246,7 @@ def _write_samples(connection: Connection, source: str, samples: Sequence[Sample
         unique.setdefault((sample.operation_id, sample.key.step, sample.key.substep), sample)
     operation_ids = sorted({sample.operation_id for sample in unique.values()})
     known: set[tuple[str, str, str]] = set()
-    for start in range(0, len(operation_ids), _CHUNK):
-        chunk = operation_ids[start : start + _CHUNK]
+    for chunk in chunks(operation_ids):
         query = select(
             step_durations.c.operation_id, step_durations.c.step, step_durations.c.substep
         ).where(step_durations.c.operation_id.in_(chunk))

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from notifier.errors import StoreError, error_line
 from notifier.model import Event, OperationRecord
 from notifier.store.claims import owned
+from notifier.store.db import chunks
 from notifier.store.schema import event_groups, events, outbox
 
 PENDING: Final = "pending"
@@ -136,11 +137,6 @@ def _event_ids(text: str) -> list[str]:
     return ids
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def load_claimed(
     engine: Engine, token: str, keys: Sequence[tuple[str, str, str]], row_type: type[Row]
 ) -> list[tuple[str, list[Row]]]:
@@ -149,7 +145,7 @@ def load_claimed(
     coalesce and keep their order; each row is a ``row_type``."""
     with engine.connect() as connection:
         by_key: dict[tuple[str, str, str], list[Row]] = {key: [] for key in keys}
-        for chunk in _chunks(keys, 300):
+        for chunk in chunks(keys, 300):
             for row in _load_rows(connection, token, chunk, row_type):
                 by_key[(row.channel, row.source, row.operation_id)].append(row)
     return [(key[0], rows) for key, rows in by_key.items() if rows]
@@ -362,7 +358,7 @@ def reassign(
         groups = sorted({row.group_id for row in rows})
         taken: set[str] = set()
         group_events: dict[str, list[Event] | None] = {group: [] for group in groups}
-        for chunk in _chunks(groups, 500):
+        for chunk in chunks(groups):
             taken.update(
                 connection.scalars(
                     select(outbox.c.group_id).where(

@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from notifier.errors import StoreError
 from notifier.store.claims import owned
+from notifier.store.db import chunks
 from notifier.store.schema import outbox
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,6 @@ MAX_PENDING: Final = 200
 ATTEMPTS: Final = 3  # commits of one batch while the server drops the connection
 #: Seconds :meth:`ResultWriter.close` waits for the writer thread to end.
 CLOSE_TIMEOUT: Final = 60.0
-
-
-_CHUNK: Final = 500  # keeps IN (...) lists under SQLite's variable limit
 
 
 def _statement(columns: tuple[str, ...], token: str | None) -> Any:
@@ -200,8 +198,7 @@ class ResultWriter:
         if self.token is None:
             return set()
         held: set[int] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
+        for chunk in chunks(ids):
             query = (
                 select(outbox.c.id)
                 .where(outbox.c.id.in_(chunk), owned(self.token))

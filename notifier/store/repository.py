@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from notifier.errors import StoreError
 from notifier.model import Event, OperationRecord, json_text
+from notifier.store.db import chunks
 from notifier.store.durations import StallWrite, write_stalls
 from notifier.store.lease import Fence
 from notifier.store.records import (
@@ -33,9 +34,6 @@ __all__ = [  # the plain values of notifier.store.records are re-exported from h
     "StoredEvent",
     "StoredSnapshot",
 ]
-
-_CHUNK = 500  # keeps IN (...) lists under SQLite's variable limit
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +80,7 @@ class Repository:
             else:
                 rows = [
                     row
-                    for chunk in _chunks(list(operation_ids))
+                    for chunk in chunks(list(operation_ids))
                     for row in connection.execute(query.where(snapshots.c.operation_id.in_(chunk)))
                 ]
             return {
@@ -124,7 +122,7 @@ class Repository:
     def load_records(self, source: str, operation_ids: Iterable[str]) -> dict[str, OperationRecord]:
         found: dict[str, OperationRecord] = {}
         with self._connect() as connection:
-            for chunk in _chunks(list(operation_ids)):
+            for chunk in chunks(list(operation_ids)):
                 query = select(snapshots.c.operation_id, snapshots.c.data).where(
                     snapshots.c.source == source, snapshots.c.operation_id.in_(chunk)
                 )
@@ -214,7 +212,7 @@ class Repository:
         new = [item for item in write.snapshots if item.is_new]
         changed = [item for item in write.snapshots if not item.is_new]
         # in chunks: a packed baseline is unpacked 500 records at a time, not all at once
-        for chunk in _chunks(new):
+        for chunk in chunks(new):
             connection.execute(
                 insert(snapshots),
                 [
@@ -233,7 +231,7 @@ class Repository:
                     for item in chunk
                 ],
             )
-        for chunk in _chunks(changed):
+        for chunk in chunks(changed):
             connection.execute(
                 update(snapshots)
                 .where(
@@ -275,7 +273,7 @@ class Repository:
                 ],
             )
         for ids, gone_at in ((write.gone, now), (write.returned, None)):
-            for id_chunk in _chunks(list(ids)):
+            for id_chunk in chunks(list(ids)):
                 connection.execute(
                     update(snapshots)
                     .where(snapshots.c.source == source, snapshots.c.operation_id.in_(id_chunk))
@@ -308,7 +306,7 @@ class Repository:
             return []
         all_ids = [event.id for group in groups for event in group.events]
         known: set[str] = set()
-        for chunk in _chunks(all_ids):
+        for chunk in chunks(all_ids):
             known.update(connection.scalars(select(events.c.id).where(events.c.id.in_(chunk))))
         written: list[EventGroup] = []
         group_rows: list[dict[str, Any]] = []
@@ -440,8 +438,3 @@ def _fresh_routes(group: EventGroup, fresh: set[str]) -> dict[str, tuple[str, ..
         if ids:
             routes[channel] = ids
     return routes
-
-
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
